@@ -1,0 +1,328 @@
+"""Image data for pixel-space training: CIFAR-10, a folder of images, and a built-in set.
+
+Every dataset is loaded once into an `ImageSet`: all images as one uint8 tensor [N, 3, H, W] and
+their integer labels. Conversion to floats in [-1, 1] (the library's convention) happens per batch,
+in `to_float`, so a 50k-image set costs 150 MB as uint8 and can live on the GPU whole.
+
+`Batches` then serves training batches: a fresh random order each epoch and a random horizontal
+flip per image (DDPM, Sec. 4: "random horizontal flips"), both a pure function of (seed, step), so a
+run resumed at step s sees exactly the batches it would have seen, with no loader state to save.
+
+The built-in set is drawn in code (no download): ten classes of simple shapes, each its own shape
+and colour, on a background whose brightness is uniform from nearly black to nearly white. It is
+the dataset on which Lin et al.'s brightness effect (a non-zero terminal SNR pulls every sample
+towards medium brightness) shows after minutes of CPU training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("builtin", "cifar10", "folder")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+BUILTIN_CLASSES = ("disc", "square", "triangle", "ring", "cross",
+                   "diamond", "stripes", "bars", "checker", "dot-pair")
+# One saturated colour per class (RGB in [0, 1]), so class shows in shape and in colour.
+BUILTIN_COLOURS = torch.tensor([
+    [1.00, 0.20, 0.20], [0.20, 0.60, 1.00], [0.25, 0.85, 0.25], [1.00, 0.80, 0.10],
+    [0.80, 0.30, 1.00], [0.10, 0.90, 0.90], [1.00, 0.50, 0.00], [1.00, 0.30, 0.70],
+    [0.60, 0.60, 0.60], [0.50, 1.00, 0.40],
+], dtype=torch.float64)
+
+
+@dataclass
+class ImageSet:
+    """A whole dataset in memory: uint8 images [N, 3, H, W], int64 labels [N], class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    name: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[-1]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+# --------------------------------------------------------------------------------------- pixels
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] (the library's image convention)."""
+    return images.float().mul_(2.0 / 255.0).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], clamped and rounded to the nearest level."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def resize_center_crop(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize so the shorter side is `resolution` (antialiased), then crop the centre square.
+
+    images: uint8 or float [N, 3, H, W]. Returns the same dtype, [N, 3, resolution, resolution].
+    """
+    h, w = images.shape[-2:]
+    if (h, w) == (resolution, resolution):
+        return images
+    scale = resolution / min(h, w)
+    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    out = F.interpolate(images.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    out = out[..., top:top + resolution, left:left + resolution]
+    return out.round().clamp(0, 255).to(torch.uint8) if images.dtype == torch.uint8 else out
+
+
+# ------------------------------------------------------------------------------ built-in shapes
+
+
+def _shape_distance(kind: int, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Signed distance (in pixels, negative inside) to shape `kind` of radius r centred at 0."""
+    ax, ay = x.abs(), y.abs()
+    if kind == 0:  # disc
+        return torch.sqrt(x**2 + y**2) - r
+    if kind == 1:  # square
+        return torch.maximum(ax, ay) - 0.85 * r
+    if kind == 2:  # triangle pointing up (image y grows downwards)
+        return torch.maximum(y - 0.6 * r, (2 * ax - y - r) / math.sqrt(5))
+    if kind == 3:  # ring
+        return (torch.sqrt(x**2 + y**2) - 0.75 * r).abs() - 0.25 * r
+    if kind == 4:  # plus-shaped cross
+        arm = 0.3 * r
+        return torch.minimum(torch.maximum(ax - arm, ay - r), torch.maximum(ay - arm, ax - r))
+    if kind == 5:  # diamond
+        return (ax + ay - 1.1 * r) / math.sqrt(2)
+    if kind == 6:  # square filled with horizontal stripes
+        period = 0.5 * r
+        stripe = ((y / period).frac() - 0.5).abs() * period - 0.25 * period
+        return torch.maximum(torch.maximum(ax, ay) - 0.9 * r, stripe)
+    if kind == 7:  # two vertical bars
+        return torch.maximum((ax - 0.5 * r).abs() - 0.2 * r, ay - r)
+    if kind == 8:  # 2x2 checkerboard
+        checker = torch.where((x > 0) == (y > 0), -torch.minimum(ax, ay), torch.minimum(ax, ay))
+        return torch.maximum(torch.maximum(ax, ay) - 0.85 * r, checker)
+    if kind == 9:  # two dots on a diagonal
+        d1 = torch.sqrt((x - 0.5 * r) ** 2 + (y - 0.5 * r) ** 2)
+        d2 = torch.sqrt((x + 0.5 * r) ** 2 + (y + 0.5 * r) ** 2)
+        return torch.minimum(d1, d2) - 0.4 * r
+    raise ValueError(f"unknown built-in shape {kind}")
+
+
+def _draw_builtin(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw one image per label: float32 [N, 3, size, size] in [-1, 1]."""
+    n = labels.shape[0]
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=generator)
+
+    # Target mean brightness: the quantity Lin et al.'s effect is about, uniform over nearly the
+    # whole range [-0.9, 0.9] (pixel levels 13 to 242). A gentle gradient in a random direction
+    # keeps the background from being flat.
+    brightness = uniform(-0.9, 0.9)
+    tilt, angle = uniform(-0.1, 0.1), uniform(0, 2 * math.pi)
+    scale = size / 32
+    centre = uniform(-3 * scale, 3 * scale, 2)
+    radius = uniform(8 * scale, 11 * scale)
+    contrast = uniform(0.9, 1.3)
+
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    ramp = xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]
+    background = brightness[:, None, None] + tilt[:, None, None] * ramp * (2 / size)
+
+    distance = torch.empty(n, size, size)
+    x = xx - centre[:, 0, None, None]
+    y = yy - centre[:, 1, None, None]
+    for kind in labels.unique().tolist():
+        rows = labels == kind
+        distance[rows] = _shape_distance(kind, x[rows], y[rows], radius[rows, None, None])
+    coverage = (0.5 - distance).clamp_(0, 1)[:, None]  # one-pixel antialiased edge
+
+    # The shape is the class colour, lighter than a dark background and darker than a light one,
+    # with the same hue either way (a dark red stays red), so it is visible at every brightness.
+    colour = BUILTIN_COLOURS.float()[labels]  # [N, 3]
+    dark = brightness > 0
+    weight = 0.35 + 0.65 * torch.where(dark[:, None], 1 - colour, colour)
+    shape = brightness[:, None] + torch.where(dark, -contrast, contrast)[:, None] * weight
+    image = background[:, None] + coverage * (shape[:, :, None, None] - background[:, None])
+    # Shift each image so its mean is the drawn brightness (the shape would pull it to the middle).
+    image += (brightness - image.mean((1, 2, 3)))[:, None, None, None]
+    return image.clamp_(-1, 1)
+
+
+def builtin_shapes(num: int = 20_000, *, seed: int = 0, resolution: int = 32,
+                   chunk: int = 5_000, progress: bool = False) -> ImageSet:
+    """The built-in dataset: `num` images of ten shape classes, deterministic in `seed`.
+
+    Labels cycle through the ten classes in a seeded random order, so every class has num/10
+    images. Mean image brightness is spread almost uniformly over [-0.9, 0.9].
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(num) % len(BUILTIN_CLASSES))[torch.randperm(num, generator=generator)]
+    images = torch.empty(num, 3, resolution, resolution, dtype=torch.uint8)
+    starts = range(0, num, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="drawing built-in shapes", unit="chunk")
+    for start in starts:
+        stop = min(start + chunk, num)
+        images[start:stop] = to_uint8(_draw_builtin(labels[start:stop], resolution, generator))
+    return ImageSet(images, labels, BUILTIN_CLASSES, "builtin")
+
+
+# ----------------------------------------------------------------------------------- CIFAR-10
+
+
+def cifar10(root: str | Path = "data", *, train: bool = True, download: bool = True,
+            resolution: int = 32) -> ImageSet:
+    """CIFAR-10 through torchvision (50k training images, 10 classes), as one uint8 tensor."""
+    import torchvision
+
+    root = Path(root).expanduser()
+    try:
+        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    except RuntimeError as err:
+        if download:
+            raise
+        raise FileNotFoundError(
+            f"CIFAR-10 not found under {root.resolve()} (looked for {root.resolve() / 'cifar-10-batches-py'}). "
+            "Point --data-root at the folder that holds 'cifar-10-batches-py', "
+            "or allow the download (drop --no-download)."
+        ) from err
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    return ImageSet(resize_center_crop(images, resolution), labels, tuple(ds.classes), "cifar10")
+
+
+# -------------------------------------------------------------------------------- image folder
+
+
+def image_folder(root: str | Path, *, resolution: int = 32, progress: bool = True) -> ImageSet:
+    """Every image under `root` (searched recursively), resized and centre-cropped to a square.
+
+    Classes are the names of the top-level subfolders when every image sits in one; otherwise the
+    set has a single class. Images are loaded once into memory.
+    """
+    from PIL import Image
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root.resolve()} does not exist; pass --data-root DIR "
+                                "with a folder of images (png, jpg, ...).")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images found under {root.resolve()} (searched recursively for "
+                                f"{', '.join(IMAGE_SUFFIXES)}); put images there or pass another --data-root.")
+    tops = [p.relative_to(root).parts for p in paths]
+    if all(len(parts) > 1 for parts in tops):
+        classes = tuple(sorted({parts[0] for parts in tops}))
+        labels = torch.tensor([classes.index(parts[0]) for parts in tops], dtype=torch.int64)
+    else:
+        classes, labels = ("images",), torch.zeros(len(paths), dtype=torch.int64)
+    images = torch.empty(len(paths), 3, resolution, resolution, dtype=torch.uint8)
+    items = enumerate(paths)
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(items, total=len(paths), desc=f"loading {root}", unit="img")
+    for i, path in items:
+        with Image.open(path) as im:
+            pixels = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
+            h, w = im.height, im.width
+        images[i] = resize_center_crop(pixels.view(1, h, w, 3).permute(0, 3, 1, 2), resolution)[0]
+    return ImageSet(images, labels, classes, root.name or "folder")
+
+
+def load_dataset(name: str, *, data_root: str | Path | None = None, resolution: int = 32,
+                 download: bool = True, seed: int = 0, num: int = 20_000) -> ImageSet:
+    """Load a dataset by name: "builtin" (num images from seed), "cifar10" or "folder"."""
+    if name == "builtin":
+        return builtin_shapes(num, seed=seed, resolution=resolution)
+    if name == "cifar10":
+        return cifar10(data_root or "data", download=download, resolution=resolution)
+    if name == "folder":
+        if data_root is None:
+            raise ValueError("--dataset folder needs --data-root DIR (a folder of images).")
+        return image_folder(data_root, resolution=resolution)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+class Batches:
+    """Random training batches from an ImageSet held as one tensor (on `device` when it fits).
+
+    The batch at step s is a pure function of (seed, s): epoch e = floor(s * B / N) uses the
+    permutation drawn from seed and e; flips come from a generator seeded by (seed, s). Resuming at
+    step s therefore needs only s. With several processes (DDP), each global batch of
+    B * world_size images is cut into world_size disjoint slices, one per rank.
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, *, seed: int = 0, device="cpu",
+                 flip: bool = True, rank: int = 0, world_size: int = 1, max_device_bytes: float = 0.5):
+        self.batch_size, self.seed, self.flip = batch_size, seed, flip
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.labels = data.labels
+        self.images = data.images
+        # Hold the whole set on the accelerator when it takes under half its memory: then a batch
+        # is one index op and the loader can never be the bottleneck.
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if data.images.numel() < max_device_bytes * free:
+                self.images, self.labels = data.images.to(self.device), data.labels.to(self.device)
+        self.global_batch = batch_size * world_size
+        if self.global_batch > len(data):
+            raise ValueError(f"batch size {batch_size} x {world_size} process(es) exceeds the "
+                             f"dataset size {len(data)}.")
+        self._epoch, self._order = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch, 0x5EED))
+            self._epoch, self._order = epoch, torch.randperm(len(self.labels), generator=g)
+        return self._order
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images float [-1, 1] [B, 3, H, W], labels [B]) on the device, for training step `step`."""
+        n, per_epoch = len(self.labels), len(self.labels) // self.global_batch
+        epoch, within = divmod(step, per_epoch)  # drop the ragged tail of each epoch
+        start = within * self.global_batch + self.rank * self.batch_size
+        index = self._permutation(epoch)[start:start + self.batch_size]
+        assert index.numel() == self.batch_size <= n
+        index = index.to(self.images.device)
+        x = to_float(self.images[index].to(self.device, non_blocking=True))
+        y = self.labels[index].to(self.device)
+        if self.flip:
+            g = torch.Generator().manual_seed(_mix(self.seed, step, self.rank))
+            flip = (torch.rand(self.batch_size, generator=g) < 0.5).to(self.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, y
+
+    def __iter__(self):
+        step = 0
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (so nearby seeds give unrelated streams)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
