@@ -154,9 +154,9 @@ def _draw_builtin(labels: torch.Tensor, size: int, generator: torch.Generator) -
     # The shape is the class colour, lighter than a dark background and darker than a light one,
     # with the same hue either way (a dark red stays red), so it is visible at every brightness.
     colour = BUILTIN_COLOURS.float()[labels]  # [N, 3]
-    dark = brightness > 0
-    weight = 0.35 + 0.65 * torch.where(dark[:, None], 1 - colour, colour)
-    shape = brightness[:, None] + torch.where(dark, -contrast, contrast)[:, None] * weight
+    light = brightness > 0  # a light background gets a dark shape
+    weight = 0.35 + 0.65 * torch.where(light[:, None], 1 - colour, colour)
+    shape = brightness[:, None] + torch.where(light, -contrast, contrast)[:, None] * weight
     image = background[:, None] + coverage * (shape[:, :, None, None] - background[:, None])
     # Shift each image so its mean is the drawn brightness (the shape would pull it to the middle).
     image += (brightness - image.mean((1, 2, 3)))[:, None, None, None]
