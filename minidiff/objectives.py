@@ -1,0 +1,170 @@
+"""What the model is trained to predict, and how to get x0 and eps back from it.
+
+Write a = alpha_bar_t. The forward process and the three parameterisations:
+
+    x_t = sqrt(a) x0 + sqrt(1 - a) eps                       q(x_t | x0), Lin et al. eq. 4
+    eps prediction:  the noise eps
+    x0 prediction:   the clean sample x0
+    v prediction:    v = sqrt(a) eps - sqrt(1 - a) x0        Salimans and Ho 2022; Lin eq. 11
+
+Because (x_t, v) is a rotation of (x0, eps) by the angle with cos = sqrt(a), v converts
+back to both exactly at every a, including a = 0 (x_t = eps, v = -x0) and a = 1:
+
+    x0  = sqrt(a) x_t - sqrt(1 - a) v                        Lin eq. 19
+    eps = sqrt(a) v   + sqrt(1 - a) x_t                      Lin eq. 17
+
+eps prediction cannot give x0 at a = 0 (x0 = (x_t - sqrt(1-a) eps) / sqrt(a) divides by
+zero: the input *is* the noise, so predicting it says nothing about the image), and x0
+prediction cannot give eps at a = 1. Those two cases raise instead of returning inf.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .schedules import Schedule
+
+PREDICTIONS = ("eps", "x0", "v")
+WEIGHTINGS = ("none", "min_snr")
+
+
+def extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """values[t] (float64 schedule entries) cast to x's dtype and device, shaped [B, 1, 1, ...]."""
+    out = values.to(x.device)[t.to(x.device)]
+    return out.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _check_prediction_name(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+def check_prediction(prediction: str, schedule: Schedule) -> None:
+    """Refuse eps prediction on a zero-terminal-SNR schedule (Lin et al. Sec. 3.2)."""
+    _check_prediction_name(prediction)
+    if prediction == "eps" and schedule.zero_terminal_snr:
+        raise ValueError(
+            "eps prediction cannot be used with a zero-terminal-SNR schedule: at the last step the "
+            "input is pure noise, so the eps target equals the input and x0 = (x_t - sqrt(1-a) eps) / "
+            "sqrt(a) divides by zero. Use prediction='v' (recommended by Lin et al.) or 'x0', or turn "
+            "the zero-SNR rescale off."
+        )
+
+
+def q_sample(x0: torch.Tensor, ab, noise: torch.Tensor) -> torch.Tensor:
+    """Sample q(x_t | x0): x_t = sqrt(a) x0 + sqrt(1 - a) eps. `ab` broadcasts against x0."""
+    ab = torch.as_tensor(ab, dtype=x0.dtype, device=x0.device)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, ab) -> torch.Tensor:
+    """The regression target of each parameterisation for the pair (x0, eps)."""
+    _check_prediction_name(prediction)
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    ab = torch.as_tensor(ab, dtype=x0.dtype, device=x0.device)
+    return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+
+def from_x0_eps(prediction: str, x0: torch.Tensor, eps: torch.Tensor, ab) -> torch.Tensor:
+    """Express (x0, eps) as a model output in `prediction`'s parameterisation (same as `target`)."""
+    return target(prediction, x0, eps, ab)
+
+
+def to_x0_eps(prediction: str, output: torch.Tensor, x_t: torch.Tensor, ab) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a model output into the predicted clean sample x0 and the predicted noise eps.
+
+    Exact at a = 0 and a = 1 for v; eps at a = 0 and x0 at a = 1 are undefined and raise.
+    """
+    _check_prediction_name(prediction)
+    ab = torch.as_tensor(ab, dtype=x_t.dtype, device=x_t.device)
+    sa, s1a = ab.sqrt(), (1 - ab).sqrt()
+    if prediction == "v":
+        return sa * x_t - s1a * output, sa * output + s1a * x_t
+    if prediction == "eps":
+        if bool((ab == 0).any()):
+            raise ValueError("x0 cannot be recovered from an eps prediction at alpha_bar = 0 (zero SNR); use v or x0")
+        return (x_t - s1a * output) / sa, output
+    if bool((ab == 1).any()):
+        raise ValueError("eps cannot be recovered from an x0 prediction at alpha_bar = 1 (no noise in x_t)")
+    return output, (x_t - sa * output) / s1a
+
+
+def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), written to stay finite at SNR = 0 and inf.
+
+    The weighting is min(SNR, gamma) on the x0 error. Each parameterisation's squared error
+    is a multiple of the x0 error: |eps err|^2 = SNR |x0 err|^2 and |v err|^2 = (SNR + 1) |x0 err|^2,
+    so the weights on the eps, x0 and v losses are min(SNR, gamma) divided by SNR, 1 and SNR + 1.
+    For eps that is min(1, gamma / SNR), never the 0/0 of min(SNR, gamma) / SNR at zero SNR.
+    """
+    _check_prediction_name(prediction)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction == "eps":
+        return torch.clamp(gamma / snr, max=1.0)  # gamma / 0 = inf, clamped to 1
+    if prediction == "x0":
+        return clipped
+    return clipped / (snr + 1)
+
+
+def randn(shape, *, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (so a CPU generator gives the same
+    numbers whatever device the model runs on), then moved to `device`."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def offset_noise(shape, offset: float, *, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Guttenberg 2023 (Lin et al. Sec. 5.4): eps + offset * delta, one delta ~ N(0, 1) per sample and channel.
+
+    The shared shift makes the noise's mean say nothing about the image's mean, so the model
+    learns to change brightness freely. It is the earlier fix that the paper compares with.
+    """
+    noise = randn(shape, generator=generator, device=device, dtype=dtype)
+    if offset:
+        shift = randn(shape[:2], generator=generator, device=device, dtype=dtype)
+        noise = noise + offset * shift.reshape(*shape[:2], *([1] * (len(shape) - 2)))
+    return noise
+
+
+def diffusion_loss(
+    model,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    prediction: str = "v",
+    *,
+    y=None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: str = "none",
+    min_snr_gamma: float = 5.0,
+    offset_noise_strength: float = 0.0,
+) -> torch.Tensor:
+    """The denoising loss: E_t,eps [ w_t |target - model(x_t, t, y)|^2 ] (Lin et al. eq. 12).
+
+    t ~ Uniform{0..T-1} and eps ~ N(0, I) unless given. With prediction="v" and
+    weighting="none" this is the paper's v loss with lambda_t = 1. The mean is over all
+    elements, so the value does not depend on the image size.
+    """
+    check_prediction(prediction, schedule)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    b = x0.shape[0]
+    if t is None:
+        device = generator.device if generator is not None else x0.device
+        t = torch.randint(0, schedule.num_timesteps, (b,), generator=generator, device=device).to(x0.device)
+    if noise is None:
+        noise = offset_noise(x0.shape, offset_noise_strength, generator=generator, device=x0.device, dtype=x0.dtype)
+    ab = extract(schedule.alphas_cumprod, t, x0)
+    x_t = q_sample(x0, ab, noise)
+    out = model(x_t, t, y=y)
+    per_sample = F.mse_loss(out.float(), target(prediction, x0, noise, ab).float(), reduction="none")
+    per_sample = per_sample.reshape(b, -1).mean(dim=1)
+    if weighting == "min_snr":
+        w = min_snr_weight(schedule.snr.to(x0.device)[t], prediction, min_snr_gamma).float()
+        per_sample = per_sample * w
+    return per_sample.mean()

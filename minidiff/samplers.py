@@ -1,0 +1,199 @@
+"""Sampling: which timesteps to visit, one DDIM or DDPM step, and the loop that runs them.
+
+Both updates are written in x0 form (Lin et al. Sec. 6): the model output is first turned
+into (x0, eps) with `objectives.to_x0_eps`, and the step never divides by sqrt(alpha_bar_t).
+So they stay finite at alpha_bar = 0, where a zero-terminal-SNR schedule starts.
+
+Each step goes from a listed timestep t to the *next listed* timestep s (not t - T // S,
+which is wrong for linspace and for trailing when S does not divide T); after the last
+listed timestep it goes to alpha_bar = 1, a clean sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .guidance import cfg
+from .objectives import check_prediction, randn, to_x0_eps
+from .schedules import Schedule
+
+SPACINGS = ("leading", "linspace", "trailing")
+SAMPLERS = ("ddim", "ddpm")
+
+
+def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "trailing", steps_offset: int = 0) -> torch.Tensor:
+    """The S timesteps a sampler visits, descending, 0-indexed (Lin et al. Table 2 minus one).
+
+    leading  (DDIM, PNDM):     arange(0, T, floor(T/S)), first S, + steps_offset
+    linspace (iDDPM):          round(linspace(0, T-1, S))
+    trailing (DPM-Solver):     round(arange(T, 0, -T/S)) - 1
+    Only trailing starts at the last training step T-1 for every S. Stable Diffusion's
+    tooling uses leading with steps_offset=1. Rounding is half to even, as numpy's.
+    """
+    T, S = num_train_timesteps, num_steps
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if not (isinstance(S, int) and 1 <= S <= T):
+        raise ValueError(f"num_steps must be an integer from 1 to num_train_timesteps={T}, got {S!r}")
+    if spacing == "leading":
+        steps = torch.arange(S, dtype=torch.int64) * (T // S) + steps_offset
+    elif spacing == "linspace":
+        steps = torch.round(torch.linspace(0, T - 1, S, dtype=torch.float64)).to(torch.int64)
+    else:
+        steps = torch.round(T - torch.arange(S, dtype=torch.float64) * (T / S)).to(torch.int64) - 1
+    if steps_offset and spacing != "leading":
+        raise ValueError("steps_offset only applies to 'leading' spacing")
+    if steps.min() < 0 or steps.max() > T - 1:
+        raise ValueError(
+            f"{spacing} spacing with {S} steps and steps_offset={steps_offset} leaves [0, {T - 1}]: "
+            f"lower steps_offset or num_steps"
+        )
+    return steps.sort(descending=True).values
+
+
+def ddim_step(x_t, x0, eps, ab_t: float, ab_prev: float, eta: float = 0.0, noise=None):
+    """One DDIM update from alpha_bar_t to alpha_bar_prev (Song et al. eq. 12; Lin eqs. 21-22).
+
+        sigma  = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)
+        x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z
+
+    eta = 0 is deterministic (the probability-flow direction); eta = 1 has the variance
+    of the DDPM posterior. At a_prev = 1 the result is x0 exactly.
+    """
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t)) * math.sqrt(max(0.0, 1 - ab_t / ab_prev))
+    x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(0.0, 1 - ab_prev - sigma**2)) * eps
+    if sigma > 0:
+        if noise is None:
+            raise ValueError("ddim_step with eta > 0 needs `noise`")
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+def ddpm_posterior(ab_t: float, ab_prev: float) -> tuple[float, float, float]:
+    """Coefficients of q(x_prev | x_t, x0) for any pair of steps (Ho et al. eqs. 6-7; Lin eq. 20).
+
+    With a = a_t / a_prev (the signal kept between the two steps):
+        mean = sqrt(a_prev) (1 - a) / (1 - a_t) x0 + sqrt(a) (1 - a_prev) / (1 - a_t) x_t
+        var  = (1 - a_prev) / (1 - a_t) (1 - a)
+    Returns (coefficient of x0, coefficient of x_t, variance). Finite at a_t = 0.
+    """
+    a = ab_t / ab_prev
+    c_x0 = math.sqrt(ab_prev) * (1 - a) / (1 - ab_t)
+    c_xt = math.sqrt(a) * (1 - ab_prev) / (1 - ab_t)
+    var = (1 - ab_prev) / (1 - ab_t) * (1 - a)
+    return c_x0, c_xt, var
+
+
+def ddpm_step(x_t, x0, ab_t: float, ab_prev: float, noise=None):
+    """One ancestral (DDPM) step: a draw from the posterior q(x_prev | x_t, x0 = predicted x0)."""
+    c_x0, c_xt, var = ddpm_posterior(ab_t, ab_prev)
+    x_prev = c_x0 * x0 + c_xt * x_t
+    if var > 0:
+        if noise is None:
+            raise ValueError("ddpm_step needs `noise` unless it steps to a clean sample")
+        x_prev = x_prev + math.sqrt(var) * noise
+    return x_prev
+
+
+def guided_output(model, x, t, *, y=None, uncond_y=None, guidance: float = 1.0, guidance_rescale: float = 0.0):
+    """The model output at (x, t), with classifier-free guidance when guidance != 1.
+
+    With `uncond_y` the conditional and unconditional passes share one batch [x, x] with
+    labels [y, uncond_y]; without it the unconditional pass is model(x, t, y=None).
+    """
+    if guidance == 1.0:
+        return model(x, t, y=y)
+    if uncond_y is None:
+        cond, uncond = model(x, t, y=y), model(x, t, y=None)
+    else:
+        both = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, uncond_y]))
+        cond, uncond = both.chunk(2)
+    return cfg(cond, uncond, guidance, guidance_rescale)
+
+
+@dataclass
+class SampleResult:
+    """Samples plus what the docs plot: x at each visited step (x_T first, the sample last)
+    and the x0 predicted at each visited timestep."""
+
+    samples: torch.Tensor
+    xs: list
+    x0s: list
+    timesteps: torch.Tensor
+
+
+def _check_timesteps(timesteps: torch.Tensor, T: int) -> torch.Tensor:
+    timesteps = torch.as_tensor(timesteps, dtype=torch.int64).flatten()
+    if len(timesteps) == 0 or timesteps.min() < 0 or timesteps.max() > T - 1:
+        raise ValueError(f"timesteps must be a non-empty list of integers in [0, {T - 1}]")
+    if len(timesteps) > 1 and not (timesteps[1:] < timesteps[:-1]).all():
+        raise ValueError("timesteps must be strictly descending (the sampler goes from noise to data)")
+    return timesteps
+
+
+@torch.no_grad()
+def sample(
+    model,
+    shape,
+    schedule: Schedule,
+    *,
+    prediction: str = "v",
+    steps: int = 50,
+    spacing: str = "trailing",
+    steps_offset: int = 0,
+    sampler: str = "ddim",
+    eta: float = 0.0,
+    timesteps=None,
+    y=None,
+    uncond_y=None,
+    guidance: float = 1.0,
+    guidance_rescale: float = 0.0,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    x_T: torch.Tensor | None = None,
+    return_trajectory: bool = False,
+    progress: bool = True,
+):
+    """Draw samples from `model` by running DDIM or DDPM steps over a list of timesteps.
+
+    model(x, t, y=None) is any callable returning the `prediction` parameterisation (eps, x0
+    or v) with t an int64 tensor [B] of training timesteps. `timesteps` overrides
+    (steps, spacing). Sampling starts from x_T ~ N(0, I) whatever alpha_bar of the first
+    timestep is: that mismatch is exactly what Lin et al. fix.
+    """
+    check_prediction(prediction, schedule)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if timesteps is None:
+        timesteps = make_timesteps(schedule.num_timesteps, steps, spacing, steps_offset)
+    timesteps = _check_timesteps(timesteps, schedule.num_timesteps)
+    if device is None:
+        device = x_T.device if x_T is not None else "cpu"
+    x = randn(shape, generator=generator, device=device, dtype=dtype) if x_T is None else x_T.to(device, dtype)
+    ab = schedule.alphas_cumprod.tolist()
+    stochastic = sampler == "ddpm" or eta > 0
+    xs, x0s = ([x.cpu()], []) if return_trajectory else (None, None)
+
+    for i, t in enumerate(tqdm(timesteps.tolist(), desc=f"{sampler} sampling", disable=not progress, leave=False)):
+        ab_t = ab[t]
+        ab_prev = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=device)
+        out = guided_output(model, x, t_batch, y=y, uncond_y=uncond_y, guidance=guidance, guidance_rescale=guidance_rescale)
+        x0, eps = to_x0_eps(prediction, out.to(dtype), x, ab_t)
+        noise = randn(x.shape, generator=generator, device=device, dtype=dtype) if stochastic and ab_prev < 1 else None
+        if sampler == "ddim":
+            x = ddim_step(x, x0, eps, ab_t, ab_prev, eta, noise)
+        else:
+            x = ddpm_step(x, x0, ab_t, ab_prev, noise)
+        if return_trajectory:
+            xs.append(x.cpu())
+            x0s.append(x0.cpu())
+
+    if return_trajectory:
+        return SampleResult(samples=x, xs=xs, x0s=x0s, timesteps=timesteps)
+    return x
