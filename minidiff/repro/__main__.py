@@ -1,0 +1,21 @@
+"""`python -m minidiff.repro NAME [options]`: run one reproduction experiment."""
+
+import importlib
+import sys
+
+EXPERIMENTS = {
+    "exact": "minidiff.repro.exact",
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in EXPERIMENTS:
+        names = ", ".join(EXPERIMENTS)
+        print(f"usage: python -m minidiff.repro NAME [options]\n  NAME one of: {names}", file=sys.stderr)
+        sys.exit(2)
+    importlib.import_module(EXPERIMENTS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
