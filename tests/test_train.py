@@ -1,0 +1,191 @@
+"""Training: DDPM's recipe as defaults, the loss going down, exact resume, NaN stop, Ctrl-C,
+wall-clock budget, checkpoints without pickle, and a two-process DDP step on CPU (gloo)."""
+
+import signal
+
+import pytest
+import torch
+
+from minidiff import data, train as T
+from minidiff.ema import EMA
+from minidiff.schedules import Schedule
+from minidiff.unet import PRESETS, UNet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU run fastest (and the same) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(out, **overrides) -> T.TrainConfig:
+    """A run of the tiny preset (16x16) on 64 built-in images, with dropout so the global RNG matters."""
+    cfg = dict(dataset="builtin", num_images=64, preset="tiny", dropout=0.1, class_cond=True,
+               batch_size=8, lr=1e-3, warmup=2, ema_decay=0.9, max_steps=4, minutes=0,
+               sample_every=0, ckpt_every=0, num_samples=4, sample_steps=2, log_every=2,
+               device="cpu", out=str(out))
+    return T.TrainConfig(**{**cfg, **overrides})
+
+
+def test_cifar10_defaults_are_ddpm_recipe():
+    """Ho et al. 2020, Sec. 4 / App. B: Adam 2e-4, warm-up 5000, batch 128, clip 1, EMA 0.9999,
+    dropout 0.1 in the 35.7M network, random flips (data.Batches flips by default)."""
+    cfg = T.parse_args(["--dataset", "cifar10"]).resolved()
+    assert (cfg.lr, cfg.warmup, cfg.batch_size, cfg.grad_clip, cfg.ema_decay) == (2e-4, 5000, 128, 1.0, 0.9999)
+    assert cfg.preset == "ddpm-cifar10" and PRESETS[cfg.preset]["dropout"] == 0.1
+    assert cfg.class_cond is False and cfg.minutes is None
+    # Lin et al.'s fixes are the default; each is one flag away.
+    assert (cfg.zero_snr, cfg.prediction, cfg.spacing) == (True, "v", "trailing")
+    flawed = T.parse_args(["--dataset", "cifar10", "--no-zero-snr", "--prediction", "eps"]).resolved()
+    assert (flawed.zero_snr, flawed.prediction) == (False, "eps")
+    assert flawed.out == "runs/cifar10-ddpm-cifar10-linear-snr-eps"
+
+
+def test_main_job_defaults():
+    cfg = T.parse_args([]).resolved()
+    assert (cfg.dataset, cfg.preset, cfg.class_cond, cfg.minutes) == ("builtin", "small", True, 10.0)
+    assert cfg.out == "runs/builtin-small-linear-zsnr-v"
+
+
+def test_learning_rate_warmup_is_linear():
+    cfg = T.TrainConfig(lr=2e-4, warmup=5000)
+    assert T.learning_rate(cfg, 0) == pytest.approx(2e-4 / 5000)
+    assert T.learning_rate(cfg, 2499) == pytest.approx(1e-4)
+    assert T.learning_rate(cfg, 4999) == T.learning_rate(cfg, 10**6) == 2e-4
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
+    cfg = tiny(tmp_path, dropout=0.0, lr=3e-3).resolved()
+    model = T.build_model(cfg, num_classes=10)
+    ema, optimizer = EMA(model, cfg.ema_decay), torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    initial = [p.clone() for p in model.parameters()]
+    schedule = Schedule.make("linear", zero_snr=True)
+    x, y = data.Batches(data.builtin_shapes(8, resolution=16), 8, flip=False).batch(0)
+    gen = torch.Generator()
+    losses = []
+    for step in range(60):
+        gen.manual_seed(0)  # the same timesteps, noise and dropped labels every step
+        losses.append(T.training_step(model, model, optimizer, ema, schedule, cfg, x, y, step, gen, 10).item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+    # The EMA lies between the start and the live weights: moved, but not all the way.
+    for p0, p, e in zip(initial, model.parameters(), ema.model.parameters()):
+        if not torch.equal(p0, p):
+            assert not torch.equal(e, p0) and not torch.equal(e, p)
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    """N steps straight == N/2 steps, stop, resume for N/2 (same seed): every weight, EMA weight
+    and Adam moment equal exactly. Dropout, label dropout and flips are all on."""
+    straight = T.train(tiny(tmp_path / "a", max_steps=6))
+    T.train(tiny(tmp_path / "b", max_steps=3))
+    resumed = T.train(tiny(tmp_path / "b", max_steps=6, resume=True))
+    assert resumed["step"] == straight["step"] == 6
+    for name in ("model", "ema"):
+        a, b = straight[name].state_dict(), resumed[name].state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}.{k} differs after resume"
+    a = T.load_checkpoint(tmp_path / "a" / T.CHECKPOINT)["optimizer"]["state"]
+    b = T.load_checkpoint(tmp_path / "b" / T.CHECKPOINT)["optimizer"]["state"]
+    assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
+    # The metrics log continues: one line per log_every steps, no gap and no repeat.
+    steps = [int(line.split('"step": ')[1].split(",")[0])
+             for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 3, 4, 6]
+
+
+def test_checkpoint_loads_without_pickle_and_rebuilds_the_model(tmp_path):
+    result = T.train(tiny(tmp_path, max_steps=2))
+    ckpt = torch.load(tmp_path / T.CHECKPOINT, map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["config"]["preset"] == "tiny"
+    assert set(ckpt["rng"]) >= {"torch", "noise"} and ckpt["rng"]["torch"].dtype == torch.uint8
+    model = UNet(**ckpt["model_config"])
+    model.load_state_dict(ckpt["ema"])
+    for k, v in result["ema"].state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    assert not (tmp_path / (T.CHECKPOINT + ".tmp")).exists()  # written atomically, tmp renamed
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert (tmp_path / "samples" / "step_0000002.png").exists()
+    # Starting again in the same folder without --resume is refused rather than overwriting.
+    with pytest.raises(T.TrainingError, match="--resume"):
+        T.train(tiny(tmp_path, max_steps=2))
+
+
+def test_nan_loss_stops_and_names_the_step(tmp_path, monkeypatch):
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = T_diffusion_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    T_diffusion_loss = T.diffusion_loss
+    monkeypatch.setattr(T, "diffusion_loss", poisoned)
+    with pytest.raises(T.TrainingError, match="at step 3"):
+        T.train(tiny(tmp_path, max_steps=8))
+
+
+def test_ctrl_c_finishes_the_step_and_saves(tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # as if Ctrl-C arrived during step 2
+        return real(*args, **kwargs)
+
+    real = T.diffusion_loss
+    monkeypatch.setattr(T, "diffusion_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny(tmp_path, max_steps=8))
+    assert T.load_checkpoint(tmp_path / T.CHECKPOINT)["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_wall_clock_budget_stops_cleanly(tmp_path):
+    result = T.train(tiny(tmp_path, max_steps=1000, minutes=1e-9))
+    assert result["step"] == 1
+    assert T.load_checkpoint(tmp_path / T.CHECKPOINT)["step"] == 1
+
+
+def test_eps_with_zero_snr_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="eps"):
+        T.train(tiny(tmp_path, prediction="eps", zero_snr=True))
+
+
+# ------------------------------------------------------------------------- DDP on two CPUs
+
+
+def _ddp_worker(rank: int, out: str, port: int) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    result = T.train(tiny(out, max_steps=2, batch_size=8))
+    torch.save(result["model"].state_dict(), f"{out}/rank{rank}.pt")
+
+
+def test_two_process_ddp_step_keeps_ranks_identical(tmp_path):
+    """torchrun-style launch of two CPU processes (gloo): after 2 steps on different halves of the
+    batch, both ranks hold exactly the same weights, and those weights moved from the start."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(str(tmp_path), port), nprocs=2, start_method="spawn")
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    torch.manual_seed(0)
+    start = T.build_model(tiny(tmp_path).resolved(), num_classes=10).state_dict()
+    assert any(not torch.equal(start[k], r0[k]) for k in r0)
+    # Only rank 0 writes: one checkpoint, at step 2.
+    assert T.load_checkpoint(tmp_path / T.CHECKPOINT)["step"] == 2
