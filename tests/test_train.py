@@ -58,7 +58,7 @@ def test_learning_rate_warmup_is_linear():
 
 
 def test_training_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
-    cfg = tiny(tmp_path, dropout=0.0, lr=3e-3).resolved()
+    cfg = tiny(tmp_path, dropout=0.0, lr=1e-2).resolved()
     model = T.build_model(cfg, num_classes=10)
     ema, optimizer = EMA(model, cfg.ema_decay), torch.optim.Adam(model.parameters(), lr=cfg.lr)
     initial = [p.clone() for p in model.parameters()]
@@ -66,10 +66,10 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
     x, y = data.Batches(data.builtin_shapes(8, resolution=16), 8, flip=False).batch(0)
     gen = torch.Generator()
     losses = []
-    for step in range(60):
+    for step in range(25):
         gen.manual_seed(0)  # the same timesteps, noise and dropped labels every step
         losses.append(T.training_step(model, model, optimizer, ema, schedule, cfg, x, y, step, gen, 10).item())
-    assert losses[-1] < 0.5 * losses[0], losses[::10]
+    assert losses[-1] < 0.5 * losses[0], losses[::5]
     # The EMA lies between the start and the live weights: moved, but not all the way.
     for p0, p, e in zip(initial, model.parameters(), ema.model.parameters()):
         if not torch.equal(p0, p):

@@ -1,0 +1,159 @@
+"""Draw images from a trained checkpoint: `python -m minidiff.sample runs/NAME/checkpoint.pt`.
+
+The checkpoint (written by minidiff.train) carries the UNet's config, the schedule and the
+prediction target, so only the sampler's own choices are flags: DDIM or DDPM, the number of
+steps and their spacing (Lin et al. Table 2), eta, the guidance weight and its rescale
+(Algorithm 2), the classes. The EMA weights are used unless --no-ema. Output: a PNG grid and/or
+an .npz holding `images`, uint8 [N, H, W, 3], and `labels` (what minidiff.fid reads).
+
+    python -m minidiff.sample runs/builtin-small-linear-zsnr-v/checkpoint.pt --num 100 --guidance 3
+    python -m minidiff.sample CKPT --num 50000 --npz samples.npz --png ""      # for FID
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from .data import to_uint8
+from .samplers import SAMPLERS, SPACINGS, sample
+from .schedules import Schedule
+from .unet import UNet
+
+GRID_MAX = 256  # a grid of more images than this is too small to look at; the npz holds them all
+
+
+def load_model(checkpoint: str | Path, *, ema: bool = True, device="cpu") -> tuple[UNet, dict]:
+    """The UNet from a training checkpoint (EMA weights by default) and the run's config.
+
+    Loads with weights_only=True: a checkpoint cannot run code.
+    """
+    from .train import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model = UNet(**ckpt["model_config"])
+    model.load_state_dict(ckpt["ema" if ema else "model"])
+    return model.to(device).eval(), ckpt["config"]
+
+
+def schedule_of(config: dict) -> Schedule:
+    """The training schedule of a run, rebuilt from its config."""
+    return Schedule.make(config["schedule"], 1000, zero_snr=config["zero_snr"])
+
+
+def class_labels(classes: list[str] | None, num: int, num_classes: int | None) -> torch.Tensor | None:
+    """Labels for `num` samples: the listed classes in turn (default: every class in turn), or
+    None for an unconditional model. "null" is the null class (an unconditional sample)."""
+    if num_classes is None:
+        if classes:
+            raise ValueError("--class given, but this model was trained without --class-cond")
+        return None
+    if not classes:
+        wanted = list(range(num_classes))
+    else:
+        wanted = [num_classes if c == "null" else int(c) for c in classes]
+        bad = [c for c in wanted if not 0 <= c <= num_classes]
+        if bad:
+            raise ValueError(f"classes {bad} out of range: this model has classes 0..{num_classes - 1} "
+                             "(and 'null')")
+    return torch.tensor(wanted)[torch.arange(num) % len(wanted)]
+
+
+@torch.no_grad()
+def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", steps: int = 50,
+             spacing: str | None = None, eta: float = 0.0, guidance: float = 1.0,
+             guidance_rescale: float = 0.0, labels: torch.Tensor | None = None, seed: int = 0,
+             batch_size: int = 256, device="cpu", progress: bool = True) -> torch.Tensor:
+    """`num` samples as uint8 [num, 3, H, W], drawn in batches (one seed per batch index, so the
+    same seed and batch size give the same images)."""
+    from tqdm.auto import tqdm
+
+    schedule, device = schedule_of(config), torch.device(device)
+    size = model.config["image_size"]
+    null = model.config["num_classes"]
+    out = torch.empty(num, 3, size, size, dtype=torch.uint8)
+    starts = range(0, num, batch_size)
+    for i, start in enumerate(tqdm(starts, desc=f"{sampler} {steps} steps", unit="batch", disable=not progress)):
+        n = min(batch_size, num - start)
+        y = uncond = None
+        if labels is not None:
+            y = labels[start:start + n].to(device)
+            uncond = torch.full_like(y, null)
+        gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
+        x = sample(model, (n, 3, size, size), schedule, prediction=config["prediction"], steps=steps,
+                   spacing=spacing or config.get("spacing", "trailing"), sampler=sampler, eta=eta,
+                   y=y, uncond_y=uncond if guidance != 1.0 else None, guidance=guidance,
+                   guidance_rescale=guidance_rescale, generator=gen, device=device, progress=False)
+        out[start:start + n] = to_uint8(x).cpu()
+    return out
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
+    """Save up to GRID_MAX uint8 images [N, 3, H, W] as one PNG grid."""
+    import torchvision
+
+    images = images[:GRID_MAX]
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torchvision.utils.save_image(images.float() / 255, str(path), nrow=nrow, padding=1)
+
+
+def save_npz(images: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> None:
+    """Save uint8 images as `images` [N, H, W, 3] (channels last, as image files and FID code
+    expect) and their `labels` (-1 for an unconditional model)."""
+    import numpy as np
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    labels = labels if labels is not None else torch.full((len(images),), -1)
+    np.savez(path, images=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m minidiff.sample", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint.pt written by train_cifar.py")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="DDIM (eta=0: deterministic) or DDPM")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's, trailing)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w (1: none)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="phi of Lin et al. Alg. 2 (0.7 in the paper)")
+    p.add_argument("--class", dest="classes", nargs="+", metavar="K",
+                   help="class label(s) to draw, in turn; 'null' for unconditional (default: every class)")
+    p.add_argument("--num", type=int, default=64, help="number of images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
+    p.add_argument("--png", help="grid PNG path (default: samples.png next to the checkpoint; '' for none)")
+    p.add_argument("--npz", help="also save all images as uint8 to this .npz")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        model, config = load_model(args.checkpoint, ema=args.ema, device=args.device)
+        labels = class_labels(args.classes, args.num, model.config["num_classes"])
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    images = generate(model, config, args.num, sampler=args.sampler, steps=args.steps,
+                      spacing=args.spacing, eta=args.eta, guidance=args.guidance,
+                      guidance_rescale=args.guidance_rescale, labels=labels, seed=args.seed,
+                      batch_size=args.batch_size, device=args.device)
+    png = Path(args.checkpoint).with_name("samples.png") if args.png is None else args.png
+    if png:
+        # With classes given in turn, one grid row per round of classes puts each class in a column.
+        nrow = len(labels.unique()) if labels is not None and len(labels.unique()) > 1 else None
+        save_grid(images, png, nrow)
+        print(f"wrote {min(len(images), GRID_MAX)} images as a grid to {png}")
+    if args.npz:
+        save_npz(images, labels, args.npz)
+        print(f"wrote {len(images)} images to {args.npz}")
+
+
+if __name__ == "__main__":
+    main()
