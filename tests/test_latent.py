@@ -1,0 +1,243 @@
+"""The Stable Diffusion latent path on tiny random SD-shaped components (no download).
+
+A module fixture builds a UNet2DConditionModel, an AutoencoderKL and a CLIP text model with a
+few thousand parameters each, plus a CLIP tokenizer from a vocabulary the test writes, and saves
+them in the diffusers layout with Stable Diffusion's own (eps, non-zero-SNR) scheduler config.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,  # noqa: E402
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+from minidiff import latent  # noqa: E402
+from minidiff.objectives import diffusion_loss  # noqa: E402
+from minidiff.samplers import make_timesteps  # noqa: E402
+
+RES = 32  # pixels; the tiny VAE has two blocks, so latents are 16 x 16
+CAPTIONS = ["a black square", "a white square", "a red square", "a blue square"]
+COLOURS = [(0, 0, 0), (255, 255, 255), (220, 30, 30), (30, 30, 220)]
+
+
+def write_tokenizer(folder):
+    """A character-level CLIP BPE vocabulary (no merges): enough to tokenize any lowercase text."""
+    folder.mkdir(parents=True)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for ch in letters:
+            vocab[ch + suffix] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=12)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny networks are a few hundred small ops per call: on a busy machine, threads only
+    wait for each other (a forward pass measured 0.1 s on one thread, up to 6 s on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A complete tiny Stable Diffusion checkpoint folder, as StableDiffusionPipeline saves it."""
+    root = tmp_path_factory.mktemp("tiny_sd")
+    torch.manual_seed(0)
+    tokenizer = write_tokenizer(root / "tokenizer_src")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=12, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        sample_size=RES)
+    unet = UNet2DConditionModel(sample_size=RES // 2, block_out_channels=(16, 32), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8)
+    # Stable Diffusion 2.1-base's scheduler: eps prediction, scaled_linear, non-zero terminal SNR
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    folder = root / "sd"
+    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Four solid-colour images with a caption .txt beside each."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    for i, (colour, caption) in enumerate(zip(COLOURS, CAPTIONS)):
+        Image.new("RGB", (RES + 8, RES), colour).save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(caption)
+    return root
+
+
+def config(tiny_sd, images, out, **kw):
+    base = dict(pretrained=str(tiny_sd), data_dir=str(images), output_dir=str(out), resolution=RES,
+                max_steps=4, batch_size=2, lr=1e-3, ema_decay=0.9, caption_dropout=0.25, workers=0,
+                device="cpu", checkpoint_every=2, progress=False)
+    return latent.LatentTrainConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def test_the_loaded_schedule_is_stable_diffusions_rescaled_to_zero_terminal_snr(tiny_sd):
+    """Table 1, Stable Diffusion row: sqrt(alpha_bar_T) = 0.068265 before the rescale, 0 after."""
+    config = latent.read_scheduler_config(tiny_sd)
+    flawed, fixed = latent.base_schedule(config, zero_snr=False), latent.base_schedule(config, zero_snr=True)
+    assert flawed.alphas_cumprod[-1].sqrt().item() == pytest.approx(0.068265, abs=5e-7)
+    assert fixed.zero_terminal_snr and fixed.alphas_cumprod[0] == flawed.alphas_cumprod[0]
+    assert latent.prediction_of(config) == "eps"
+
+
+def test_incomplete_checkpoint_folder_names_what_is_missing(tiny_sd, tmp_path):
+    import shutil
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        latent.check_checkpoint_folder(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd, broken)
+    for f in (broken / "vae").glob("*.safetensors"):
+        f.unlink()
+    for name in ("vocab.json", "tokenizer.json"):
+        (broken / "tokenizer" / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match=r"vae/ weights.*tokenizer/vocab.json"):
+        latent.check_checkpoint_folder(broken)
+
+
+def test_resolution_must_be_a_multiple_of_the_vae_factor(tiny_sd, images, tmp_path):
+    with pytest.raises(ValueError, match="not a multiple of the VAE's downsampling factor 2"):
+        latent.train(config(tiny_sd, images, tmp_path, resolution=RES + 1))
+    with pytest.raises(ValueError, match="downsampling factor 8.*use e.g. 504 or 512"):
+        latent.check_resolution(510, 8)
+
+
+def test_images_without_captions_are_refused(images, tmp_path):
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(images, folder)
+    (folder / "2.txt").unlink()
+    with pytest.raises(ValueError, match=r"1 of 4 images .* no caption \(2.png\)"):
+        latent.CaptionedImages(folder, RES)
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "2.png", "text": "a red square"}) + "\n")
+    assert latent.CaptionedImages(folder, RES).captions == CAPTIONS
+
+
+# --------------------------------------------------------------------------------- training
+
+
+def fixed_batch_loss(components, unet, schedule, images):
+    """The v loss of one fixed batch at fixed timesteps and noise."""
+    data = latent.CaptionedImages(images, RES)
+    pixels = torch.stack([data[i]["pixels"] for i in range(len(data))])
+    z = latent.encode_images(components, pixels, "mean")
+    c = latent.encode_prompts(components, data.captions)
+    t = torch.tensor([999, 700, 300, 20])
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return diffusion_loss(latent.LatentUNet(unet), z, schedule, "v", y=c, t=t, noise=noise).item()
+
+
+def test_training_lowers_the_v_loss_on_a_fixed_batch(tiny_sd, images, tmp_path):
+    components = latent.load_components(tiny_sd)
+    schedule = latent.base_schedule(components.scheduler_config, zero_snr=True)
+    before = fixed_batch_loss(components, components.unet, schedule, images)
+    result = latent.train(config(tiny_sd, images, tmp_path, max_steps=30, ema_decay=0, caption_dropout=0,
+                                 vae_latent="mean", checkpoint_every=1000))
+    after = fixed_batch_loss(components, result.unet, schedule, images)
+    assert after < 0.6 * before, (before, after)
+
+
+def test_resume_is_exact(tiny_sd, images, tmp_path):
+    """4 steps in one go == 2 steps, stop, resume for 2 more: same weights, EMA and optimizer, bit for bit."""
+    straight = latent.train(config(tiny_sd, images, tmp_path / "a", max_steps=4))
+    latent.train(config(tiny_sd, images, tmp_path / "b", max_steps=2))
+    resumed = latent.train(config(tiny_sd, images, tmp_path / "b", max_steps=4, resume=True))
+    assert resumed.losses == straight.losses
+    for (name, p), q in zip(straight.unet.state_dict().items(), resumed.unet.state_dict().values()):
+        assert torch.equal(p, q), name
+    a, b = (latent.load_checkpoint(d / "checkpoint.pt") for d in (tmp_path / "a", tmp_path / "b"))
+    assert a["step"] == b["step"] == 4
+    for key in a["optimizer"]["state"]:
+        assert torch.equal(a["optimizer"]["state"][key]["exp_avg_sq"], b["optimizer"]["state"][key]["exp_avg_sq"])
+    assert all(torch.equal(x, y) for x, y in zip(a["ema"]["shadow"], b["ema"]["shadow"]))
+    with pytest.raises(ValueError, match="differ from the checkpoint's.*lr"):
+        latent.train(config(tiny_sd, images, tmp_path / "b", max_steps=5, lr=1e-4, resume=True))
+
+
+def test_cached_latents_give_the_same_losses_as_live_encoding(tiny_sd, images, tmp_path):
+    kw = dict(max_steps=3, vae_latent="mean", ema_decay=0)
+    live = latent.train(config(tiny_sd, images, tmp_path / "live", **kw))
+    cached = latent.train(config(tiny_sd, images, tmp_path / "cached", cache_dir=str(tmp_path / "cache"), **kw))
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4 + 1  # one per image, plus the empty caption
+    assert cached.losses == pytest.approx(live.losses, rel=1e-5)
+
+
+# --------------------------------------------------------------------------------- sampling
+
+
+def test_sampling_with_guidance_and_rescale_is_finite_and_seed_reproducible(tiny_sd):
+    components = latent.load_components(tiny_sd)
+    kw = dict(negative_prompt="blurry", height=RES, width=RES + 8, steps=3, guidance=7.5,
+              guidance_rescale=0.7, progress=False)
+    a = latent.generate(components, ["a black square", "a white square"], seed=3, **kw)
+    b = latent.generate(components, ["a black square", "a white square"], seed=3, **kw)
+    c = latent.generate(components, ["a black square", "a white square"], seed=4, **kw)
+    assert a.shape == (2, 3, RES, RES + 8) and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sample_latent_command_writes_pngs(tiny_sd, tmp_path):
+    from PIL import Image
+
+    from minidiff import sample_latent
+
+    paths = sample_latent.main(["--model", str(tiny_sd), "--prompt", "a cat", "--prompt", "a dog",
+                                "--steps", "2", "--height", str(RES), "--width", str(RES), "--sampler", "ddpm",
+                                "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
+    assert len(paths) == 2 and Image.open(paths[0]).size == (RES, RES)
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def test_exported_folder_loads_in_a_stock_pipeline_and_matches_minidiff(tiny_sd, images, tmp_path):
+    """The saved scheduler records the fixes; diffusers' own DDIM loop on the saved folder gives
+    the same images as minidiff's sampler (same x_T, trailing, guidance 5, phi 0.7)."""
+    out = tmp_path / "out"
+    latent.train(config(tiny_sd, images, out, max_steps=2))
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    sched = pipe.scheduler
+    assert isinstance(sched, DDIMScheduler) and sched.config.rescale_betas_zero_snr
+    assert sched.config.prediction_type == "v_prediction" and sched.config.timestep_spacing == "trailing"
+    sched.set_timesteps(10)
+    assert torch.equal(sched.timesteps, make_timesteps(1000, 10, "trailing"))
+    ours = latent.base_schedule(latent.read_scheduler_config(out), zero_snr=True).alphas_cumprod
+    assert torch.allclose(sched.alphas_cumprod.double(), ours, atol=1e-6) and sched.alphas_cumprod[-1] == 0
+
+    x_T = torch.randn(1, 4, RES // 2, RES // 2, generator=torch.Generator().manual_seed(0))
+    theirs = pipe("a red square", height=RES, width=RES, num_inference_steps=4, guidance_scale=5.0,
+                  guidance_rescale=0.7, latents=x_T.clone(), output_type="pt").images
+    components = latent.load_components(out)
+    mine = latent.generate(components, ["a red square"], height=RES, width=RES, steps=4, guidance=5.0,
+                           guidance_rescale=0.7, x_T=x_T, progress=False)
+    assert torch.allclose((mine + 1) / 2, theirs, atol=1e-4)
