@@ -38,6 +38,7 @@ except ImportError as err:  # the latent path is an optional extra; the core nev
                       "(diffusers, transformers, accelerate, safetensors)") from err
 
 from .data import IMAGE_SUFFIXES, resize_center_crop, to_float
+from .ema import EMA
 from .objectives import diffusion_loss
 from .samplers import sample
 from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
@@ -382,53 +383,6 @@ class StepBatches(torch.utils.data.Sampler):
             k += 1
 
 
-# --------------------------------------------------------------------------------------- EMA
-
-
-class EMA:
-    """Exponential moving average of the UNet's weights (Polyak averaging), in float32.
-
-    decay_n = min(decay, (1 + n) / (10 + n)) after n updates: the usual warm-up, so that a
-    short fine-tune's average is not mostly the base weights.
-    """
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay, self.num_updates = decay, 0
-        self.shadow = [p.detach().float().clone() for p in module.parameters()]
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        self.num_updates += 1
-        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        params = [p.detach().float() for p in module.parameters()]
-        torch._foreach_lerp_(self.shadow, params, 1 - decay)
-
-    @contextlib.contextmanager
-    def swapped_into(self, module: nn.Module):
-        """Run the block with the averaged weights in `module` (a swap of references: no copy)."""
-        params = list(module.parameters())
-        for p, s in zip(params, self.shadow):
-            p.data, s.data = s.data, p.data
-        try:
-            yield module
-        finally:
-            for p, s in zip(params, self.shadow):
-                p.data, s.data = s.data, p.data
-
-    @torch.no_grad()
-    def copy_to(self, module: nn.Module) -> None:
-        for p, s in zip(module.parameters(), self.shadow):
-            p.copy_(s)
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay, self.num_updates = state["decay"], state["num_updates"]
-        for s, saved in zip(self.shadow, state["shadow"]):
-            s.copy_(saved)
-
-
 # ------------------------------------------------------------------------------------ config
 
 
@@ -660,11 +614,11 @@ def train(cfg: LatentTrainConfig) -> TrainResult:
     unet = components.unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    ema = EMA(unet, cfg.ema_decay) if cfg.ema_decay > 0 else None
     model = LatentUNet(unet)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = EMA(unet, cfg.ema_decay) if cfg.ema_decay > 0 else None
     generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
 
     # data: images encoded live, or latents and text embeddings cached once on disk
@@ -740,30 +694,27 @@ def train(cfg: LatentTrainConfig) -> TrainResult:
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             bar.set_postfix(loss=f"{sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]):.4f}")
         if cfg.sample_every and step % cfg.sample_every == 0 and rank == 0:
-            _save_samples(components, unet, ema, cfg, schedule, out / "samples" / f"step_{step:07d}.png")
+            _save_samples(components, ema.model if ema is not None else unet.eval(), cfg, schedule,
+                          out / "samples" / f"step_{step:07d}.png")
+            unet.train()
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             checkpoint()
     bar.close()
 
-    unet.eval()
-    if ema is not None:  # training is over: the exported and returned network is the average
-        ema.copy_to(unet)
+    final = (ema.model if ema is not None else unet).eval()  # the exported network is the average
     if rank == 0:
-        save_diffusers(out, components, unet, zero_snr=cfg.zero_snr, prediction=cfg.prediction)
+        save_diffusers(out, components, final, zero_snr=cfg.zero_snr, prediction=cfg.prediction)
     _barrier(world_size)
-    return TrainResult(step, losses, unet, out)
+    return TrainResult(step, losses, final, out)
 
 
-def _save_samples(components, unet, ema, cfg, schedule, path: Path) -> None:
-    """One image per sample prompt from the current EMA weights, in a row, as a PNG."""
+def _save_samples(components, unet, cfg, schedule, path: Path) -> None:
+    """One image per sample prompt from `unet` (the EMA network when there is one), in a row."""
     from torchvision.utils import save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    unet.eval()
-    with (ema.swapped_into(unet) if ema is not None else contextlib.nullcontext()):
-        images = generate(components, cfg.sample_prompts, height=cfg.resolution, width=cfg.resolution,
-                          steps=cfg.sample_steps, guidance=cfg.guidance, guidance_rescale=cfg.guidance_rescale,
-                          spacing="trailing", schedule=schedule, prediction=cfg.prediction, seed=cfg.seed,
-                          bf16=cfg.bf16, progress=False)
-    unet.train()
+    images = generate(dataclasses.replace(components, unet=unet), cfg.sample_prompts, height=cfg.resolution,
+                      width=cfg.resolution, steps=cfg.sample_steps, guidance=cfg.guidance,
+                      guidance_rescale=cfg.guidance_rescale, spacing="trailing", schedule=schedule,
+                      prediction=cfg.prediction, seed=cfg.seed, bf16=cfg.bf16, progress=False)
     save_image((images + 1) / 2, path, nrow=len(images))
