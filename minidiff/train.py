@@ -49,13 +49,13 @@ CHECKPOINT = "checkpoint.pt"
 RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
-                    ckpt_every=5_000),
+                    ckpt_every=5_000, sample_steps=50),
     "builtin": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.995,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=1_000,
-                    ckpt_every=1_000),
+                    ckpt_every=1_000, sample_steps=25),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
-                   ckpt_every=2_000),
+                   ckpt_every=2_000, sample_steps=50),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "schedule", "zero_snr", "prediction",
@@ -77,7 +77,7 @@ class TrainConfig:
     zero_snr: bool = True
     prediction: str = "v"
     spacing: str = "trailing"         # for the sample grids drawn during training
-    sample_steps: int = 50
+    sample_steps: int | None = None
     batch_size: int | None = None     # global batch, split across DDP processes
     lr: float | None = None
     warmup: int | None = None
@@ -166,7 +166,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     run.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>-<schedule>-<snr>-<prediction>)")
     run.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     run.add_argument("--sample-every", type=int, help="steps between EMA sample grids")
-    run.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps for those grids")
+    run.add_argument("--sample-steps", type=int, help="DDIM steps for those grids (recipe: 25 builtin, 50 else)")
     run.add_argument("--spacing", choices=SPACINGS, default=d.spacing, help="timestep spacing for those grids")
     run.add_argument("--num-samples", type=int, default=d.num_samples, help="images per grid")
     run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
@@ -446,8 +446,11 @@ def train(cfg: TrainConfig) -> dict:
     start = time.perf_counter()
     losses, window_start, window_images = [], time.perf_counter(), 0
     last_loss, images_per_s = math.nan, math.nan
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"training {out.name}", unit="step",
-               disable=not master, dynamic_ncols=True)
+    # With a wall-clock budget the bar counts seconds of it; otherwise steps.
+    timed = budget_s < math.inf
+    bar = tqdm(total=round(budget_s) if timed else cfg.max_steps, initial=0 if timed else step,
+               desc=f"training {out.name}", unit="s" if timed else "step", disable=not master,
+               dynamic_ncols=True)
     model.train()
     with StopOnInterrupt() as interrupt:
         while step < cfg.max_steps:
@@ -458,7 +461,7 @@ def train(cfg: TrainConfig) -> dict:
                                         noise_gen, null_class=data.num_classes))
             step += 1
             window_images += cfg.batch_size
-            bar.update(1)
+            bar.update(min(bar.total, round(time.perf_counter() - start)) - bar.n if timed else 1)
 
             # Every log_every steps: one sync to read the losses, the NaN check, a metrics line.
             if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -470,7 +473,7 @@ def train(cfg: TrainConfig) -> dict:
                     write_metrics(metrics, dict(step=step, loss=last_loss, lr=learning_rate(cfg, step - 1),
                                                 images_per_s=images_per_s, window=len(values),
                                                 elapsed_s=time.perf_counter() - start))
-                bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{images_per_s:.0f}")
+                bar.set_postfix(step=step, loss=f"{last_loss:.4f}", img_s=f"{images_per_s:.0f}")
                 losses, window_start, window_images = [], time.perf_counter(), 0
 
             out_of_time = time.perf_counter() - start > budget_s

@@ -189,3 +189,16 @@ def test_two_process_ddp_step_keeps_ranks_identical(tmp_path):
     assert any(not torch.equal(start[k], r0[k]) for k in r0)
     # Only rank 0 writes: one checkpoint, at step 2.
     assert T.load_checkpoint(tmp_path / T.CHECKPOINT)["step"] == 2
+
+
+def test_bf16_and_channels_last_train(tmp_path):
+    result = T.train(tiny(tmp_path, max_steps=2, bf16=True, channels_last=True))
+    assert result["step"] == 2 and 0 < result["loss"] < 10
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_eager(tmp_path):
+    eager = T.train(tiny(tmp_path / "eager", max_steps=3, dropout=0.0))
+    compiled = T.train(tiny(tmp_path / "compiled", max_steps=3, dropout=0.0, compile=True))
+    for k, v in eager["model"].state_dict().items():
+        torch.testing.assert_close(compiled["model"].state_dict()[k], v, rtol=1e-4, atol=1e-5)
