@@ -618,7 +618,9 @@ def train(cfg: LatentTrainConfig) -> TrainResult:
     model = LatentUNet(unet)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused AdamW on CUDA updates in one kernel, without foreach's parameter-sized temporaries
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + rank)
 
     # data: images encoded live, or latents and text embeddings cached once on disk
