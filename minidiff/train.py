@@ -50,9 +50,9 @@ RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50),
-    "builtin": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.995,
-                    max_steps=100_000, minutes=10.0, class_cond=True, sample_every=1_000,
-                    ckpt_every=1_000, sample_steps=25),
+    "builtin": dict(preset="small", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.99,
+                    max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
+                    ckpt_every=500, sample_steps=25),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
                    ckpt_every=2_000, sample_steps=50),
@@ -450,7 +450,8 @@ def train(cfg: TrainConfig) -> dict:
     timed = budget_s < math.inf
     bar = tqdm(total=round(budget_s) if timed else cfg.max_steps, initial=0 if timed else step,
                desc=f"training {out.name}", unit="s" if timed else "step", disable=not master,
-               dynamic_ncols=True)
+               dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s{postfix}" if timed else None)
     model.train()
     with StopOnInterrupt() as interrupt:
         while step < cfg.max_steps:
