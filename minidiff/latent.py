@@ -162,8 +162,8 @@ def load_components(name_or_path: str | Path, *, device="cpu", encoder_dtype=tor
     runs its matrix products in bf16).
     """
     folder = resolve_checkpoint(name_or_path)
-    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet").to(device, unet_dtype)
-    vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae").to(device, encoder_dtype)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=unet_dtype).to(device)
+    vae = diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=encoder_dtype).to(device)
     text_encoder = transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").to(device, encoder_dtype)
     tokenizer = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer")
     for frozen in (vae, text_encoder):
@@ -649,7 +649,7 @@ def train(cfg: LatentTrainConfig) -> TrainResult:
         torch.set_rng_state(state["rng"]["torch"])
         if len(state["rng"]["generators"]) == world_size:
             generator.set_state(state["rng"]["generators"][rank])
-        else:  # another number of processes: the data order is kept, the noise draws are not
+        else:  # another number of processes: a valid continuation, but not the same batches or noise
             generator.manual_seed(cfg.seed * 1000 + rank + step)
 
     batches = StepBatches(len(dataset), cfg.batch_size, seed=cfg.seed, start=step * cfg.grad_accum,
@@ -680,8 +680,9 @@ def train(cfg: LatentTrainConfig) -> TrainResult:
             z, c = _training_inputs(next(loader), components, cfg, empty, generator, device)
             # DDP averages gradients across processes only on the last micro-batch of the step
             sync = micro == cfg.grad_accum - 1 or world_size == 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
-                loss = diffusion_loss(model, z, schedule, cfg.prediction, y=c, generator=generator)
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with autocast:
+                    loss = diffusion_loss(model, z, schedule, cfg.prediction, y=c, generator=generator)
                 (loss / cfg.grad_accum).backward()
             total += loss.item() / cfg.grad_accum
         if cfg.grad_clip:
