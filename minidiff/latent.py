@@ -372,9 +372,11 @@ class StepBatches(torch.utils.data.Sampler):
 
     def batch(self, k: int) -> list[int]:
         epoch, within = divmod(k, self.per_epoch)
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(hash((self.seed, epoch))))
+        if epoch != getattr(self, "_epoch", None):  # one permutation per epoch, drawn once
+            seed = hash((self.seed, epoch))  # hash of ints is stable across runs
+            self._epoch, self._order = epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         start = (within * self.world_size + self.rank) * self.batch_size
-        return order[start:start + self.batch_size].tolist()
+        return self._order[start:start + self.batch_size].tolist()
 
     def __iter__(self):
         k = self.start

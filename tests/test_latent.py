@@ -159,6 +159,19 @@ def test_images_without_captions_are_refused(images, tmp_path):
 # --------------------------------------------------------------------------------- training
 
 
+def test_each_epoch_visits_every_image_once_split_across_ranks():
+    """10 images, batch 2 per rank, 2 ranks: 2 global batches per epoch (the ragged 2 images
+    are dropped), the ranks' batches are disjoint, and a later start gives the same batches."""
+    ranks = [latent.StepBatches(10, 2, seed=5, rank=r, world_size=2) for r in range(2)]
+    for epoch in range(3):
+        seen = [i for k in (2 * epoch, 2 * epoch + 1) for b in ranks for i in b.batch(k)]
+        assert len(seen) == len(set(seen)) == 8
+    late = latent.StepBatches(10, 2, seed=5, start=3, rank=1, world_size=2)
+    assert next(iter(late)) == latent.StepBatches(10, 2, seed=5, rank=1, world_size=2).batch(3)
+
+
+
+
 def fixed_batch_loss(components, unet, schedule, images):
     """The v loss of one fixed batch at fixed timesteps and noise."""
     data = latent.CaptionedImages(images, RES)
