@@ -374,6 +374,41 @@ def run_mixture(mixture: GaussianMixture, setup: Setup, num_steps: int, n: int =
     return mixture_features(mixture, u / math.sqrt(mixture.d), abs(gain) * perp0 / math.sqrt(mixture.d - 1))
 
 
+def _mean_chi_over_sqrt(k: int) -> float:
+    """E[chi_k] / sqrt(k) = sqrt(2/k) Gamma((k+1)/2) / Gamma(k/2); the series 1 - 1/(4k) + 1/(32k^2)
+    beyond k = 1e4, where the difference of two huge lgammas would lose the digits."""
+    if k > 10_000:
+        return 1.0 - 1.0 / (4 * k) + 1.0 / (32 * k * k)
+    return math.sqrt(2.0 / k) * math.exp(math.lgamma((k + 1) / 2) - math.lgamma(k / 2))
+
+
+def mixture_features_exact(mixture: GaussianMixture, setup: Setup, num_steps: int, points: int = 513) -> Features:
+    """The features' expectations, without Monte Carlo noise (used by the table and the N-curves).
+
+    Weight of the + mode: the Euler map u0 -> u_N is non-decreasing (each step is
+    u -> g u + q tanh(h + s u) with g, q s >= 0), so P(u_N > 0) = P(u0 > u0*) for the root u0*,
+    found on `points` quantiles of u0 ~ N(0, c^2) and refined by linear interpolation.
+    Spread: |G| c E[chi_{d-1}] / sqrt(d - 1), exactly (the orthogonal part only gets the gain).
+    """
+    interp = make_interpolant(setup.kind, mixture.d, setup.path)
+    quantiles = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+    u0 = interp.c * math.sqrt(2.0) * torch.erfinv(2 * quantiles - 1)
+    u, gain = euler_mixture_reduced(interp, mixture, setup.taus(mixture.d, num_steps), u0)
+    positive = u > 0
+    first = int(positive.int().argmax()) if positive.any() else points
+    if positive[first:].all() and not positive[:first].any():
+        if first == 0 or first == points:
+            weight = 1.0 - first / points  # root beyond the outer quantiles: within 1/(2 points)
+        else:
+            lo, hi = u[first - 1].item(), u[first].item()
+            root = u0[first - 1].item() + (u0[first] - u0[first - 1]).item() * (-lo) / (hi - lo)
+            weight = 0.5 * math.erfc(root / (interp.c * math.sqrt(2.0)))
+    else:  # not monotone (a user time change with huge steps): count the quantiles instead
+        weight = positive.double().mean().item()
+    spread = abs(gain) * interp.c * _mean_chi_over_sqrt(mixture.d - 1)
+    return Features(high=weight, high_target=mixture.p, low=spread, low_target=mixture.sigma)
+
+
 def run_curie_weiss(model: CurieWeiss, setup: Setup, num_steps: int, n: int = 400, seed: int = 0,
                     dtype=torch.float32, return_trajectory: bool = False):
     """Full d x n simulation of Curie-Weiss; returns Features (and the trajectory if asked)."""
@@ -402,15 +437,35 @@ def smallest_steps(run: Callable[[int], Features], tol_high: float, tol_low: flo
                    ratio: float = 2 ** 0.25):
     """The smallest N on the geometric grid `step_candidates` with both features within tolerance.
 
-    Scans upward and stops at the first success (the errors fall with N once N resolves the
-    critical window). Returns (N or None if none up to max_steps, Features at N or at max_steps).
+    Brackets the answer by doubling (every 1/log2(ratio)-th candidate), then bisects inside the
+    bracket, assuming that once N resolves the critical window the errors stay small for larger
+    N. Cost about 4 N* steps. Returns (N or None if none up to max_steps, Features at N or at
+    the largest N tried).
     """
-    feats = None
-    for n in step_candidates(max_steps, ratio):
-        feats = run(n)
-        if feats.within(tol_high, tol_low):
-            return n, feats
-    return None, feats
+    grid = step_candidates(max_steps, ratio)
+    stride = max(1, round(math.log(2) / math.log(ratio)))
+    cache = {}
+
+    def ok(i):
+        if i not in cache:
+            cache[i] = run(grid[i])
+        return cache[i].within(tol_high, tol_low)
+
+    lo, hi = -1, None  # grid[lo] fails (or lo = -1), grid[hi] passes
+    for i in list(range(0, len(grid), stride)) + [len(grid) - 1]:
+        if ok(i):
+            hi = i
+            break
+        lo = i
+    if hi is None:
+        return None, cache[max(cache)]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return grid[hi], cache[hi]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -539,6 +594,11 @@ def _pyplot():
     return plt
 
 
+def _dims(text: str | None) -> list[int]:
+    """"1e2,1e4" -> [100, 10000]; empty -> []."""
+    return [int(float(v)) for v in text.split(",") if v.strip()] if text else []
+
+
 def experiment_trajectories(args) -> dict:
     """Mode coordinate and single coordinates against t for the four setups, both data models."""
     plt = _pyplot()
@@ -595,7 +655,7 @@ def experiment_trajectories(args) -> dict:
 def experiment_features(args) -> dict:
     """Both features against N for each setup at several d (mixture via the reduction)."""
     plt = _pyplot()
-    dims = [int(float(v)) for v in args.dims.split(",")]
+    dims = _dims(args.dims)
     grid = step_candidates(args.max_steps)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     out = {"steps": grid, "dims": dims, "curves": {}}
@@ -603,7 +663,7 @@ def experiment_features(args) -> dict:
     for di, d in enumerate(dims):
         mixture = GaussianMixture(d=d)
         for setup in SETUPS:
-            feats = [run_mixture(mixture, setup, n, n=args.samples, seed=args.seed) for n in grid]
+            feats = [mixture_features_exact(mixture, setup, n) for n in grid]
             out["curves"][f"{setup.name}_d{d}"] = [asdict(f) for f in feats]
             col = 0 if setup.kind == "vp" else 1
             kw = dict(color=COLORS[setup.name], ls=styles[di % 4], label=f"{setup.schedule}, d={d:.0e}")
@@ -632,18 +692,17 @@ def experiment_table(args) -> dict:
 
     result = {"tolerance": {"mixture": {"weight_abs": args.tol_weight, "spread_rel": args.tol_spread},
                             "curie_weiss": {"weight_abs": args.cw_tol_weight, "minority_rel": args.cw_tol_minority}},
-              "kappa": args.kappa, "samples": {"mixture": args.samples, "curie_weiss": args.cw_samples},
+              "kappa": args.kappa, "samples": {"mixture": "exact in law (mixture_features_exact)", "curie_weiss": args.cw_samples},
               "mixture": [], "curie_weiss": []}
     start = time.time()
-    mix_dims = [int(float(v)) for v in args.dims.split(",")]
-    cw_dims = [int(float(v)) for v in args.cw_dims.split(",")] if args.cw_dims else []
+    mix_dims, cw_dims = _dims(args.dims), _dims(args.cw_dims)
     jobs = [("mixture", d, s) for d in mix_dims for s in SETUPS] + [("curie_weiss", d, s) for d in cw_dims for s in SETUPS]
     rows = {}
     for model_name, d, setup in tqdm(jobs, desc="table", disable=not args.progress):
         setup = Setup(setup.kind, setup.schedule, kappa=args.kappa)
         if model_name == "mixture":
             mixture = GaussianMixture(d=d)
-            n_star, feats = smallest_steps(lambda n: run_mixture(mixture, setup, n, n=args.samples, seed=args.seed),
+            n_star, feats = smallest_steps(lambda n: mixture_features_exact(mixture, setup, n),
                                            args.tol_weight, args.tol_spread, args.max_steps)
         else:
             cw = CurieWeiss(d=d)
@@ -783,7 +842,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cw-d", type=int, default=1000, help="Curie-Weiss dimension (trajectories)")
     parser.add_argument("--steps", type=int, default=16, help="Euler steps (trajectories)")
     parser.add_argument("--dims", default=None, help="comma-separated dimensions (features, table)")
-    parser.add_argument("--cw-dims", default="100,1000,10000", help="Curie-Weiss dimensions (table); '' for none")
+    parser.add_argument("--cw-dims", default="100,300,1000", help="Curie-Weiss dimensions (table); '' for none")
     parser.add_argument("--samples", type=int, default=4000, help="samples per run, mixture")
     parser.add_argument("--cw-samples", type=int, default=500, help="samples per run, Curie-Weiss")
     parser.add_argument("--samples-ddim", type=int, default=2000, help="samples per run, bridge")
@@ -795,7 +854,10 @@ def main(argv=None) -> None:
     parser.add_argument("--cw-tol-minority", type=float, default=0.25, help="|minority / target - 1| tolerance")
     parser.add_argument("--bridge-steps", type=lambda s: [int(v) for v in s.split(",")], default=[6, 10, 20, 50])
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; the lab's arrays are small, and one thread avoids OpenMP waits")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.dims is None:
         args.dims = "1e2,1e3,1e4,1e5,1e6,1e7,1e8" if args.name == "table" else "1e2,1e4,1e6"
         if args.name == "features":
