@@ -138,6 +138,9 @@ def main(argv=None) -> None:
     try:
         model, config = load_model(args.checkpoint, ema=args.ema, device=args.device)
         labels = class_labels(args.classes, args.num, model.config["num_classes"])
+        if labels is None and args.guidance != 1.0:
+            raise ValueError("--guidance needs a class-conditional model (train with --class-cond); "
+                             "this one has no labels to guide towards")
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     images = generate(model, config, args.num, sampler=args.sampler, steps=args.steps,
