@@ -298,12 +298,10 @@ class Batches:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(images float [-1, 1] [B, 3, H, W], labels [B]) on the device, for training step `step`."""
-        n, per_epoch = len(self.labels), len(self.labels) // self.global_batch
+        per_epoch = len(self.labels) // self.global_batch
         epoch, within = divmod(step, per_epoch)  # drop the ragged tail of each epoch
         start = within * self.global_batch + self.rank * self.batch_size
-        index = self._permutation(epoch)[start:start + self.batch_size]
-        assert index.numel() == self.batch_size <= n
-        index = index.to(self.images.device)
+        index = self._permutation(epoch)[start:start + self.batch_size].to(self.images.device)
         x = to_float(self.images[index].to(self.device, non_blocking=True))
         y = self.labels[index].to(self.device)
         if self.flip:
