@@ -4,6 +4,13 @@ import importlib
 import sys
 
 EXPERIMENTS = {
+    "table1": "minidiff.repro.table1",
+    "table2": "minidiff.repro.table2",
+    "leakage": "minidiff.repro.leakage",
+    "brightness": "minidiff.repro.brightness",
+    "at-T": "minidiff.repro.at_t",
+    "spacing": "minidiff.repro.spacing",
+    "cfg-rescale": "minidiff.repro.cfg_rescale",
     "exact": "minidiff.repro.exact",
 }
 

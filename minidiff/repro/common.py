@@ -1,0 +1,376 @@
+"""What the trained-model experiments share: run sizes, the model cache, sampling, brightness maths.
+
+Lin et al.'s brightness experiment needs a handful of models that differ in one choice each
+(schedule, prediction target, offset noise). `trained_model` trains one through the project's
+own trainer (`minidiff.train.train`, the code behind `train_cifar.py`) the first time it is asked
+for, and loads the checkpoint every later time, so `brightness`, `at-T`, `spacing` and
+`cfg-rescale` share the same few models. The cache key is the full training config: change the
+scale or a flag and a new model is trained beside the old one.
+
+Scales (`--scale`):
+    cpu      the default: the `small` UNet at 16x16 on the built-in shapes; minutes on a laptop CPU
+    test     the `tiny` UNet, a few dozen steps: checks that every command runs (used by the tests)
+    cifar10  DDPM's 35.7M UNet on CIFAR-10, 100k steps per model, bf16: hours on one GPU
+
+Brightness (Lin et al. Sec. 1 and Fig. 1): the quantity the flawed schedules get wrong is the mean
+of an image, its lowest frequency. `image_brightness` measures it, `wasserstein1` compares the
+distribution of samples with the data's, and `brightness_stats` adds the share of very dark
+(mean < -0.7) and very bright (mean > 0.7) images, the ends a flawed model cannot reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import data as datasets
+from ..samplers import sample
+from ..schedules import Schedule
+from ..unet import PRESETS
+
+# The CPU scale's network: the `small` preset at half its width (16 base channels,
+# 0.27M parameters, 0.03 GFLOP per 16x16 image), so that four models train in minutes on two
+# cores. It is registered as a UNet preset so that minidiff.train can build it by name.
+REPRO_PRESET = "repro-mini"
+PRESETS.setdefault(REPRO_PRESET, {**PRESETS["small"], "base_channels": 16, "norm_groups": 16})
+
+DARK, BRIGHT = -0.7, 0.7  # per-image mean brightness thresholds (images live in [-1, 1])
+
+# Run sizes. Every trained-model experiment reads its sizes from here, so one flag scales them all.
+SCALES = {
+    "cpu": dict(dataset="builtin", num_images=10_000, preset=REPRO_PRESET, resolution=16, batch_size=64,
+                lr=1e-3, warmup=100, ema_decay=0.99, max_steps=700, device="cpu", bf16=False,
+                num_samples=500, sample_batch=250, sample_steps=25),
+    "test": dict(dataset="builtin", num_images=64, preset="tiny", resolution=16, batch_size=8,
+                 lr=1e-3, warmup=2, ema_decay=0.9, max_steps=8, device="cpu", bf16=False,
+                 num_samples=10, sample_batch=10, sample_steps=3),
+    "cifar10": dict(dataset="cifar10", num_images=50_000, preset="ddpm-cifar10", resolution=32,
+                    batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999, max_steps=100_000,
+                    device="cuda", bf16=True, num_samples=10_000, sample_batch=1000, sample_steps=50),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One training setup of the brightness study: what differs between the models."""
+
+    name: str
+    schedule: str = "scaled_linear"
+    zero_snr: bool = False
+    prediction: str = "eps"
+    offset_noise: float = 0.0  # Guttenberg's offset noise (Lin et al. Sec. 5.4), the earlier fix
+
+    @property
+    def label(self) -> str:
+        snr = "zero-SNR" if self.zero_snr else "SD schedule"
+        extra = f", offset noise {self.offset_noise:g}" if self.offset_noise else ""
+        return f"{snr}, {self.prediction}{extra}"
+
+
+# The models of the study. Zero SNR comes with v only: eps prediction is refused on a zero-SNR
+# schedule (objectives.check_prediction), because at the last step the input is the noise itself.
+MODELS = {
+    "sd-eps": ModelSpec("sd-eps"),                                          # Stable Diffusion's choice
+    "sd-v": ModelSpec("sd-v", prediction="v"),                              # v alone
+    "zsnr-v": ModelSpec("zsnr-v", zero_snr=True, prediction="v"),           # zero SNR (+ v, required)
+    "sd-eps-offset": ModelSpec("sd-eps-offset", offset_noise=0.1),          # offset noise, the old fix
+}
+
+
+# ----------------------------------------------------------------------------------- arguments
+
+
+def experiment_parser(name: str, description: str, *, trained: bool = True) -> argparse.ArgumentParser:
+    """The flags every experiment has: --out, and for trained ones --scale, --models, --device, --seed."""
+    p = argparse.ArgumentParser(prog=f"python -m minidiff.repro {name}", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default=f"runs/repro/{name}", help="folder for the figures and the JSON")
+    if trained:
+        p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
+                       help="run size: cpu (default, minutes), test (seconds), cifar10 (a GPU, hours)")
+        p.add_argument("--models", default="runs/repro/models",
+                       help="cache of trained models, shared by the experiments")
+        p.add_argument("--device", help="override the scale's device (cpu, cuda)")
+        p.add_argument("--train-steps", type=int, help="override the scale's training steps per model")
+        p.add_argument("--num-samples", type=int, help="override the scale's samples per setup")
+        p.add_argument("--seed", type=int, default=0, help="seeds training data, model and sampling noise")
+        p.add_argument("--threads", type=int,
+                       help="CPU threads for torch (default: torch's; 1 is fastest on a CPU shared with other jobs)")
+    return p
+
+
+def scale_of(args) -> dict:
+    """The scale's sizes with the command line's overrides applied."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = dict(SCALES[args.scale])
+    if args.device:
+        s["device"] = args.device
+    if args.train_steps:
+        s["max_steps"] = args.train_steps
+    if args.num_samples:
+        s["num_samples"] = args.num_samples
+    if s["device"].startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: scale {args.scale!r} runs on {s['device']}, but CUDA is not available; "
+                         "pass --device cpu (slow) or use --scale cpu")
+    return s
+
+
+def write_json(out: Path, name: str, result: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -------------------------------------------------------------------------------- the models
+
+
+def train_config(spec: ModelSpec, scale: dict, models_dir: Path, seed: int = 0):
+    """The TrainConfig of `spec` at this scale, and the folder its checkpoint lives in.
+
+    Every model is class-conditional with 10% label dropout (so the cfg-rescale experiment can
+    guide it) and is trained for a fixed number of steps (not minutes), so a rerun gives the
+    same model.
+    """
+    from ..train import TrainConfig
+
+    cfg = TrainConfig(
+        dataset=scale["dataset"], num_images=scale["num_images"], resolution=scale["resolution"],
+        preset=scale["preset"], schedule=spec.schedule, zero_snr=spec.zero_snr,
+        prediction=spec.prediction, batch_size=scale["batch_size"], lr=scale["lr"],
+        warmup=scale["warmup"], ema_decay=scale["ema_decay"], max_steps=scale["max_steps"], minutes=0,
+        class_cond=True, label_dropout=0.1, seed=seed, device=scale["device"], bf16=scale["bf16"],
+        sample_every=0, ckpt_every=max(1000, scale["max_steps"] // 10), num_samples=20, sample_steps=10,
+        log_every=10,
+    )
+    key = {**dataclasses.asdict(cfg), "offset_noise": spec.offset_noise}
+    key.pop("device")
+    key.pop("out")
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    cfg.out = str(models_dir / f"{spec.name}-{scale['preset']}-{scale['resolution']}px-{digest}")
+    return cfg
+
+
+@contextlib.contextmanager
+def _offset_noise_in_trainer(strength: float):
+    """Train with offset noise through minidiff.train, whose config has no flag for it yet.
+
+    The trainer calls `diffusion_loss` by name; for the offset-noise model that name points, for
+    the length of the run, at the same loss with `offset_noise_strength` set.
+    """
+    from .. import train as trainer
+
+    if not strength:
+        yield
+        return
+    original = trainer.diffusion_loss
+    trainer.diffusion_loss = functools.partial(original, offset_noise_strength=strength)
+    try:
+        yield
+    finally:
+        trainer.diffusion_loss = original
+
+
+@dataclass
+class TrainedModel:
+    """An EMA model ready to sample, with what sampling needs to know about it."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    schedule: Schedule
+    num_classes: int
+    image_size: int
+    folder: str
+    train_seconds: float  # 0 when loaded from the cache
+
+    @property
+    def prediction(self) -> str:
+        return self.spec.prediction
+
+
+def trained_model(name: str, scale: dict, models_dir, seed: int = 0) -> TrainedModel:
+    """The model `name` (a key of MODELS): loaded from the cache, or trained and cached first."""
+    from ..train import CHECKPOINT, load_checkpoint, train
+    from ..unet import UNet
+
+    spec = MODELS[name]
+    cfg = train_config(spec, scale, Path(models_dir), seed)
+    ckpt = Path(cfg.out) / CHECKPOINT
+    seconds = 0.0
+    if not ckpt.exists() or load_checkpoint(ckpt)["step"] < cfg.max_steps:
+        cfg.resume = ckpt.exists()  # a run cut short continues where it stopped
+        print(f"training {name} ({spec.label}) for {cfg.max_steps} steps -> {cfg.out}")
+        start = time.perf_counter()
+        with _offset_noise_in_trainer(spec.offset_noise):
+            train(cfg)
+        seconds = time.perf_counter() - start
+        Path(cfg.out, "repro_spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1) + "\n")
+    saved = load_checkpoint(ckpt)
+    model = UNet(**saved["model_config"])
+    model.load_state_dict(saved["ema"])
+    model = model.to(scale["device"]).eval()
+    return TrainedModel(spec, model, Schedule.make(spec.schedule, 1000, zero_snr=spec.zero_snr),
+                        model.config["num_classes"], model.config["image_size"], cfg.out, seconds)
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(dataset: str, num_images: int, resolution: int, seed: int):
+    return datasets.load_dataset(dataset, resolution=resolution, seed=seed, num=num_images)
+
+
+def training_data(scale: dict, seed: int = 0) -> datasets.ImageSet:
+    """The images the models were trained on (the reference every sample is compared with)."""
+    return _dataset(scale["dataset"], scale["num_images"], scale["resolution"], seed)
+
+
+# ---------------------------------------------------------------------------------- sampling
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """0, 1, ..., K-1, 0, 1, ...: every class equally often."""
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def draw(tm: TrainedModel, n: int, scale: dict, *, steps: int, spacing: str, guidance: float = 1.0,
+         rescale: float = 0.0, labels: torch.Tensor | None = None, seed: int = 0, desc: str = "") -> torch.Tensor:
+    """n samples of `tm` (float [n, 3, H, W], on the CPU, not clamped), drawn with DDIM (eta = 0).
+
+    The same seed gives the same starting noise x_T to every model and spacing, so differences
+    between setups are the setups', not the noise's. Labels default to balanced classes.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(scale["device"])
+    labels = balanced_labels(n, tm.num_classes) if labels is None else labels
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    batch = scale["sample_batch"]
+    for start in tqdm(range(0, n, batch), desc=desc or f"{tm.spec.name} {spacing} {steps}", unit="batch",
+                      leave=False):
+        y = labels[start:start + batch].to(device)
+        x_T = torch.randn((len(y), 3, tm.image_size, tm.image_size), generator=gen)
+        with torch.autocast(device.type, torch.bfloat16, enabled=scale["bf16"]):
+            x = sample(tm.model, x_T.shape, tm.schedule, prediction=tm.prediction, steps=steps,
+                       spacing=spacing, y=y, uncond_y=torch.full_like(y, tm.num_classes),
+                       guidance=guidance, guidance_rescale=rescale, x_T=x_T.to(device), device=device,
+                       progress=False)
+        out.append(x.float().cpu())
+    return torch.cat(out)
+
+
+# -------------------------------------------------------------------------------- brightness
+
+
+def image_brightness(images: torch.Tensor) -> torch.Tensor:
+    """Per-image mean over channels and pixels of images in [-1, 1] (float, clamped as when
+    saved) or uint8 [0, 255] (converted first)."""
+    x = datasets.to_float(images) if images.dtype == torch.uint8 else images.float().clamp(-1, 1)
+    return x.flatten(1).mean(dim=1)
+
+
+def wasserstein1(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Wasserstein-1 distance between the empirical laws of two 1-D samples.
+
+    W1 = integral |F_a(x) - F_b(x)| dx, with F the empirical CDFs: exact for any two sample
+    sizes (the CDFs are step functions, so the integral is a finite sum over the merged points).
+    """
+    a, b = a.double().sort().values, b.double().sort().values
+    points = torch.cat([a, b]).sort().values
+    fa = torch.searchsorted(a, points, right=True).double() / len(a)
+    fb = torch.searchsorted(b, points, right=True).double() / len(b)
+    return float(((fa - fb).abs()[:-1] * points.diff()).sum())
+
+
+def brightness_stats(samples: torch.Tensor, data_brightness: torch.Tensor) -> dict:
+    """How far the samples' brightness law is from the data's, and how much of each end it reaches."""
+    b = image_brightness(samples)
+    return {
+        "wasserstein1": wasserstein1(b, data_brightness),
+        "dark_share": float((b < DARK).double().mean()),
+        "bright_share": float((b > BRIGHT).double().mean()),
+        "brightness_mean": float(b.mean()),
+        "brightness_std": float(b.std()),
+        "brightness_min": float(b.min()),
+        "brightness_max": float(b.max()),
+    }
+
+
+def data_brightness_stats(data_brightness: torch.Tensor) -> dict:
+    return {
+        "dark_share": float((data_brightness < DARK).double().mean()),
+        "bright_share": float((data_brightness > BRIGHT).double().mean()),
+        "brightness_mean": float(data_brightness.mean()),
+        "brightness_std": float(data_brightness.std()),
+        "brightness_min": float(data_brightness.min()),
+        "brightness_max": float(data_brightness.max()),
+    }
+
+
+# ----------------------------------------------------------------------------------- figures
+
+
+def to_display(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float or uint8 images -> float [0, 1], for plotting."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255
+    return (images.float().clamp(-1, 1) + 1) / 2
+
+
+def mosaic(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
+    """A grid of images as one [H, W, 3] array in [0, 1] (what imshow takes)."""
+    import torchvision
+
+    grid = torchvision.utils.make_grid(to_display(images), nrow=nrow, padding=pad, pad_value=1.0)
+    return grid.permute(1, 2, 0)
+
+
+def by_brightness(images: torch.Tensor, k: int) -> torch.Tensor:
+    """k images at evenly spaced quantiles of brightness, darkest first: the range a set covers."""
+    order = image_brightness(images).argsort()
+    pick = torch.linspace(0, len(order) - 1, k).round().long()
+    return images[order[pick]]
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+def timer() -> callable:
+    """seconds() since the call: for the run times reported in the JSON."""
+    start = time.perf_counter()
+    return lambda: round(time.perf_counter() - start, 1)
+
+
+def finite(value) -> bool:
+    """True when every number inside a JSON-like value is finite (what the tests check)."""
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(finite(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True

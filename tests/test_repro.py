@@ -1,0 +1,166 @@
+"""The reproduction commands (`python -m minidiff.repro NAME`), each run in a tiny configuration.
+
+table1 / table2 must print the paper's numbers; the trained-model experiments run with the `test`
+scale (the tiny UNet, 8 training steps, 10 samples), sharing one model cache, and must write a
+JSON with every field present and every number finite. The brightness maths is checked against
+exact answers.
+"""
+
+import json
+
+import pytest
+import torch
+
+from minidiff.repro import __main__ as repro
+from minidiff.repro.common import MODELS, brightness_stats, finite, image_brightness, wasserstein1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU run fastest on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """One model cache for the whole module: each model is trained by the first test that needs it."""
+    return tmp_path_factory.mktemp("models")
+
+
+def run(name, out, *args):
+    repro.main([name, "--out", str(out), *map(str, args)])
+    return json.loads(next(out.glob("*.json")).read_text())
+
+
+def trained(name, out, models_dir, *args):
+    return run(name, out, "--scale", "test", "--models", models_dir, *args)
+
+
+# ------------------------------------------------------------------------------- the paper's tables
+
+
+def test_table1_prints_the_papers_terminal_snr(tmp_path):
+    rows = {r["schedule"]: r for r in run("table1", tmp_path)["rows"]}
+    # Table 1, linear and Stable Diffusion rows: every printed digit, float64.
+    assert rows["linear"]["snr_T"] == pytest.approx(4.035993e-05, rel=2e-7)
+    assert rows["linear"]["sqrt_alpha_bar_T"] == pytest.approx(0.006353, abs=5e-7)
+    assert rows["scaled_linear"]["snr_T"] == pytest.approx(0.004682, abs=5e-7)
+    assert rows["scaled_linear"]["sqrt_alpha_bar_T"] == pytest.approx(0.068265, abs=5e-7)
+    # Cosine row: exact in float32 (as the paper computed it), within 1.3e-5 relative in float64.
+    assert rows["cosine"]["snr_T_float32_betas"] == pytest.approx(2.428735e-09, rel=3e-7)
+    assert rows["cosine"]["sqrt_alpha_bar_T_float32_betas"] == pytest.approx(4.928220e-05, rel=2e-7)
+    assert rows["cosine"]["snr_T"] == pytest.approx(2.428735e-09, rel=1e-4)
+    for r in rows.values():  # Algorithm 1: zero terminal SNR, last beta 1, first beta kept
+        assert r["rescaled_snr_T"] == 0 and r["rescaled_last_beta"] == 1.0
+        assert r["rescaled_first_beta_rel_change"] < 1e-12
+    assert (tmp_path / "schedules_snr.png").stat().st_size > 0
+
+
+def test_table2_prints_the_papers_timesteps(tmp_path):
+    res = run("table2", tmp_path)
+    rows = {r["spacing"]: r["timesteps_1_indexed"] for r in res["rows"]}
+    assert rows["leading"] == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    assert rows["linspace"] == [1, 112, 223, 334, 445, 556, 667, 778, 889, 1000]
+    assert rows["trailing"] == [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    # Only trailing (and here linspace) starts at the last training step, where SD's schedule still
+    # has sqrt(alpha_bar) = 0.068265 and the zero-SNR one has exactly 0.
+    for r in res["first_step"]:
+        if r["spacing"] == "trailing":
+            assert r["first_t"] == 999 and r["sqrt_alpha_bar_first_sd_zero_snr"] == 0.0
+            assert r["sqrt_alpha_bar_first_sd"] == pytest.approx(0.068265, abs=5e-7)
+        if r["spacing"] == "leading":
+            assert r["first_t"] == 1000 - 1000 // r["steps"]
+
+
+def test_leakage_measures_the_brightness_that_survives(tmp_path):
+    res = run("leakage", tmp_path, "--num-images", 400, "--resolution", 16)
+    rows = {r["schedule"]: r for r in res["rows"]}
+    assert rows["scaled_linear"]["sqrt_alpha_bar_T"] == pytest.approx(0.068265, abs=5e-7)
+    assert rows["scaled_linear_zero_snr"]["r2_mean"] == 0.0
+    # SD's schedule leaks the image mean far more than linear, which leaks more than cosine.
+    predicted = [rows[k]["mean_snr_predicted"] for k in ("scaled_linear", "linear", "cosine")]
+    assert predicted == sorted(predicted, reverse=True) and predicted[0] > 100 * predicted[1]
+    assert rows["scaled_linear"]["r2_mean"] > 0.3 > 0.05 > rows["linear"]["r2_mean"]
+    # ... by the amount the formula SNR(T) D Var(b) predicts (400 images: a loose tolerance).
+    assert rows["scaled_linear"]["r2_mean"] == pytest.approx(rows["scaled_linear"]["mean_snr_predicted_r2"], abs=0.1)
+    assert finite(res)
+
+
+# ---------------------------------------------------------------------------- brightness maths
+
+
+def test_wasserstein1_exact_values():
+    a = torch.tensor([0.0, 1.0, 2.0])
+    assert wasserstein1(a, a + 0.5) == pytest.approx(0.5)          # a shift moves every unit of mass
+    assert wasserstein1(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0, 1.0, 1.0])) == pytest.approx(0.0)
+    assert wasserstein1(torch.tensor([0.0]), torch.tensor([0.0, 1.0])) == pytest.approx(0.5)
+    assert wasserstein1(a, a.flip(0)) == 0.0                         # order does not matter
+
+
+def test_brightness_stats_count_the_ends():
+    images = torch.stack([torch.full((3, 4, 4), v) for v in (-0.9, -0.8, 0.0, 0.3, 0.75, 0.95)])
+    assert image_brightness(images).tolist() == pytest.approx([-0.9, -0.8, 0.0, 0.3, 0.75, 0.95])
+    s = brightness_stats(images, image_brightness(images))
+    assert s["wasserstein1"] == 0.0
+    assert s["dark_share"] == pytest.approx(2 / 6) and s["bright_share"] == pytest.approx(2 / 6)
+    # uint8 images are read in the library's [-1, 1] convention
+    assert image_brightness(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)).item() == 1.0
+
+
+def test_zero_snr_models_predict_v():
+    """Lin et al. Sec. 3.2: zero SNR needs v (or x0); the library refuses eps there."""
+    assert all(m.prediction == "v" for m in MODELS.values() if m.zero_snr)
+
+
+# ------------------------------------------------------------------- the trained-model experiments
+
+
+def test_brightness_command(tmp_path, models_dir):
+    res = trained("brightness", tmp_path, models_dir)
+    assert [r["setup"] for r in res["setups"]] == ["flawed", "trailing", "v", "zero-snr", "all", "offset"]
+    for r in res["setups"]:
+        assert r["wasserstein1"] >= 0 and 0 <= r["dark_share"] <= 1 and 0 <= r["bright_share"] <= 1
+    flawed, fixed = res["setups"][0], res["setups"][4]
+    assert (flawed["model"], flawed["spacing"]) == ("sd-eps", "leading")
+    assert (fixed["model"], fixed["spacing"]) == ("zsnr-v", "trailing")
+    assert set(res["train_seconds"]) == {"sd-eps", "sd-v", "zsnr-v", "sd-eps-offset"}
+    assert finite(res)
+    for png in ("brightness_hist.png", "brightness_range.png"):
+        assert (tmp_path / png).stat().st_size > 0
+    # A second run finds every model in the cache and trains nothing.
+    again = trained("brightness", tmp_path / "again", models_dir)
+    assert all(s == 0 for s in again["train_seconds"].values())
+    assert again["setups"] == res["setups"]  # same seeds, same models: the same numbers
+
+
+def test_at_T_command(tmp_path, models_dir):
+    res = trained("at-T", tmp_path, models_dir, "--num-noises", 4)
+    assert set(res["models"]) == {"zsnr-v", "sd-eps"}
+    for r in res["models"].values():
+        assert len(r["spread_rms_per_label"]) == 11  # ten classes and the null class
+    assert finite(res)
+
+
+def test_spacing_command(tmp_path, models_dir):
+    res = trained("spacing", tmp_path, models_dir)
+    assert {(r["spacing"], r["steps"]) for r in res["trained"]} == {
+        (s, n) for s in ("leading", "linspace", "trailing") for n in (5, 10, 25, 50)}
+    exact = {(r["schedule"], r["spacing"], r["steps"]): r for r in res["exact"]["rows"]}
+    # Exact DDIM on zero-SNR: the brightness spread approaches the data's from below as steps grow.
+    ratios = [exact[("zero_snr", "trailing", n)]["brightness_std_ratio"] for n in (5, 10, 25, 50)]
+    assert ratios == sorted(ratios) and ratios[-1] < 1.0
+    # Without the rescale it stays too small however many steps (the brightness effect, exactly).
+    assert exact[("sd", "trailing", 50)]["brightness_std_ratio"] < exact[("zero_snr", "trailing", 50)]["brightness_std_ratio"]
+    assert finite(res)
+
+
+def test_cfg_rescale_command(tmp_path, models_dir):
+    res = trained("cfg-rescale", tmp_path, models_dir, "--guidance", 1, 3, "--phi", 0, 0.7)
+    rows = {(r["guidance"], r["phi"]): r for r in res["rows"]}
+    assert set(rows) == {(1.0, 0.0), (1.0, 0.7), (3.0, 0.0), (3.0, 0.7)}
+    assert rows[(1.0, 0.0)] == {**rows[(1.0, 0.7)], "phi": 0.0}  # without guidance phi changes nothing
+    assert all(0 <= r["saturated_share"] <= 1 for r in rows.values())
+    assert finite(res)
