@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from minidiff.mixtures import CurieWeiss, GaussianMixture, PosteriorMeanModel
+from minidiff.mixtures import CurieWeiss, GaussianMixture, PosteriorMeanModel, ReducedMixture
 
 KINDS = ("vp", "ve")
 PATHS = ("linear", "trig")
@@ -555,26 +555,34 @@ def dilated_timesteps(alphas_cumprod: torch.Tensor, num_steps: int, window_eigen
     return torch.tensor(steps, dtype=torch.int64)
 
 
-def mixture_ddim(mixture: GaussianMixture, schedule, steps: int, spacing: str, n: int = 1000,
+def mixture_ddim(mixture: GaussianMixture, schedule, steps: int, spacing: str, n: int = 20_000,
                  seed: int = 0, kappa: float = 3.0, window_eigenvalue: float | None = None,
                  sampler: str = "ddim") -> Features:
-    """Sample the mixture with minidiff.samplers.sample driven by the exact posterior mean.
+    """Sample the mixture with minidiff.samplers.sample driven by the exact posterior mean E[x0 | x_t].
 
-    spacing "trailing"/"linspace"/"leading" go to the sampler; "dilated" passes
-    `dilated_timesteps` with Lambda = m^2 d by default.
+    The sampler runs on the reduced coordinates (mu_hat . x, one orthogonal coordinate)
+    (`minidiff.mixtures.ReducedMixture`), which DDIM keeps exact, so any d costs the same. The
+    orthogonal coordinate starts at 1 and ends at the common gain G, so the spread is
+    |G| E[chi_{d-1}] / sqrt(d - 1). spacing "trailing"/"linspace"/"leading" go to the sampler;
+    "dilated" passes `dilated_timesteps` with Lambda = m^2 d unless `window_eigenvalue` is given.
     """
-    from minidiff import samplers  # the core sampler; imported here so the lab runs without it
+    from minidiff import samplers  # the core sampler; imported here so the rest of the lab runs without it
 
-    model = PosteriorMeanModel(mixture, schedule.alphas_cumprod)
+    if sampler != "ddim":
+        raise ValueError("mixture_ddim keeps one orthogonal coordinate, which is exact for deterministic DDIM only")
+    model = PosteriorMeanModel(ReducedMixture(mixture), schedule.alphas_cumprod)
     gen = torch.Generator().manual_seed(seed)
-    kwargs = dict(prediction="x0", steps=steps, sampler=sampler, generator=gen, dtype=torch.float64, progress=False)
+    x_t = torch.stack([torch.randn(n, generator=gen, dtype=torch.float64), torch.ones(n, dtype=torch.float64)], -1)
+    kwargs = dict(prediction="x0", steps=steps, sampler=sampler, generator=gen, dtype=torch.float64,
+                  x_T=x_t, progress=False)
     if spacing == "dilated":
         lam = window_eigenvalue if window_eigenvalue is not None else mixture.m**2 * mixture.d
         kwargs["timesteps"] = dilated_timesteps(schedule.alphas_cumprod, steps, lam, kappa)
     else:
         kwargs["spacing"] = spacing
-    x = samplers.sample(model, (n, mixture.d), schedule, **kwargs)
-    return mixture_features_of(mixture, x.double())
+    y = samplers.sample(model, (n, 2), schedule, **kwargs)
+    return Features(high=(y[:, 0] > 0).double().mean().item(), high_target=mixture.p,
+                    low=y[0, 1].abs().item() * _mean_chi_over_sqrt(mixture.d - 1), low_target=mixture.sigma)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -599,46 +607,66 @@ def _dims(text: str | None) -> list[int]:
     return [int(float(v)) for v in text.split(",") if v.strip()] if text else []
 
 
+def _committed(posterior_sign: Callable, interp: Interpolant, taus: torch.Tensor, xs: list, final_mean: torch.Tensor):
+    """E[s | X_k] at each grid point before the last (which mode the sample is heading to), and the
+    sign of the final coordinate mean at tau = 1, where the posterior is a step function."""
+    rows = [posterior_sign(x, *interp.signal_noise(taus[k].item())) for k, x in enumerate(xs[:-1])]
+    rows.append(torch.sign(final_mean))
+    return torch.stack(rows)
+
+
 def experiment_trajectories(args) -> dict:
-    """Mode coordinate and single coordinates against t for the four setups, both data models."""
+    """Which mode each sample commits to, and single coordinates, against t for the four setups."""
     plt = _pyplot()
     d, steps, n_show = int(args.d), args.steps, 40
     mixture = GaussianMixture(d=d)
     cw = CurieWeiss(d=args.cw_d)
     fig, axes = plt.subplots(4, 4, figsize=(16, 13), sharex=True)
     summary = {}
+    t = torch.linspace(0, 1, steps + 1)
     for col, setup in enumerate(SETUPS):
-        t = torch.linspace(0, 1, steps + 1)
-        # mixture, via the reduction; a few coordinates x_i = u / sqrt(d) + G c w_i, w_i ~ N(0, 1 - 1/d)
         interp = make_interpolant(setup.kind, d, setup.path)
+        taus = setup.taus(d, steps)
+        # the exact marginal std of one coordinate at tau: sqrt(c^2 alpha^2 + beta^2 E[a_i^2]); dividing
+        # by it puts VP and VE on one scale (VE starts at std sqrt(d))
+        def scale(second_moment, c=interp.c):
+            return torch.tensor([math.hypot(c * interp.alpha(v), v * math.sqrt(second_moment)) for v in taus.tolist()])
+
+        # mixture, via the reduction; coordinates x_i = u / sqrt(d) + G c w_i, w_i ~ N(0, 1 - 1/d)
         gen = torch.Generator().manual_seed(args.seed)
         u0, _ = mixture_noise(n_show, d, interp.c, gen)
-        us, gains = euler_mixture_reduced(interp, mixture, setup.taus(d, steps), u0, return_trajectory=True)
-        mode = us / (mixture.m * math.sqrt(d))
-        ax = axes[0, col]
-        ax.plot(t, mode.numpy(), color=COLORS[setup.name], alpha=0.35, lw=1)
-        ax.axhline(1, color="k", lw=0.5), ax.axhline(-1, color="k", lw=0.5)
+        us, gains = euler_mixture_reduced(interp, mixture, taus, u0, return_trajectory=True)
+        lin_sign = lambda u, signal, noise: torch.tanh(mixture.h + mixture.posterior_coefficients(signal, noise)[2] * u)
+        committed = _committed(lin_sign, interp, taus, list(us), us[-1])
         feats = run_mixture(mixture, setup, steps, n=args.samples, seed=args.seed)
-        ax.set_title(f"{setup.name}, d={d:.0e}, N={steps}\n+ mode {feats.high:.2f} (p={mixture.p}), "
+        ax = axes[0, col]
+        ax.plot(t, committed.numpy(), color=COLORS[setup.name], alpha=0.35, lw=1)
+        ax.set_ylim(-1.1, 1.1)
+        ax.set_title(f"{setup.name}, N={steps}. Mixture d={d:.0e}:\n+ mode {feats.high:.2f} (p={mixture.p}), "
                      f"spread {feats.low:.3f} (sigma={mixture.sigma})", fontsize=9)
-        ax.set_ylim(-2.5, 2.5)
-        w = torch.randn(3, generator=gen, dtype=torch.float64) * math.sqrt(1 - 1 / d)
-        coords = us[:, :3] / math.sqrt(d) + gains[:, None] * interp.c * w[None, :]
-        axes[1, col].plot(t, coords.numpy(), lw=1.2)
+        w = torch.randn(4, generator=gen, dtype=torch.float64) * math.sqrt(1 - 1 / d)
+        coords = us[:, :1] / math.sqrt(d) + gains[:, None] * interp.c * w[None, :]  # one sample, 4 coordinates
+        axes[1, col].plot(t, (coords / scale(mixture.m**2 + mixture.sigma**2)[:, None]).numpy(), lw=1.2)
         axes[1, col].set_ylim(-3, 3)
         # Curie-Weiss, full simulation
         feats_cw, traj = run_curie_weiss(cw, setup, steps, n=200, seed=args.seed, return_trajectory=True)
-        traj = torch.stack(traj)  # [N+1, n, d]
-        axes[2, col].plot(t, traj[:, :n_show].mean(-1).numpy(), color=COLORS[setup.name], alpha=0.35, lw=1)
-        axes[2, col].set_ylim(-1.5, 1.5)
-        axes[2, col].set_title(f"Curie-Weiss d={cw.d}: + state {feats_cw.high:.2f} (W+={cw.weight_plus:.2f}), "
-                               f"minority {feats_cw.low:.3f} ({cw.minority_fraction:.3f})", fontsize=8)
-        axes[3, col].plot(t, traj[:, 0, :6].numpy(), lw=1.2)
-        axes[3, col].set_ylim(-2.5, 2.5)
-        axes[3, col].set_xlabel("t (sampler clock, tau = tau(t))")
+        state = lambda x, signal, noise: 2 * cw.posterior_plus(x, signal, noise) - 1
+        committed_cw = _committed(state, interp_cw := make_interpolant(setup.kind, cw.d, setup.path),
+                                  setup.taus(cw.d, steps), [x[:n_show] for x in traj], traj[-1][:n_show].mean(-1))
+        axes[2, col].plot(t, committed_cw.numpy(), color=COLORS[setup.name], alpha=0.35, lw=1)
+        axes[2, col].set_ylim(-1.1, 1.1)
+        axes[2, col].set_title(f"Curie-Weiss d={cw.d}: + state {feats_cw.high:.2f} (W+ {cw.weight_plus:.2f}),\n"
+                               f"minority {feats_cw.low:.3f} ({cw.minority_fraction:.3f}), mean |x_i| {feats_cw.abs_mean:.3f}",
+                               fontsize=9)
+        spins = torch.stack([x[0, :6] for x in traj]).double()
+        cw_taus = setup.taus(cw.d, steps).tolist()
+        spin_scale = torch.tensor([math.hypot(interp_cw.c * interp_cw.alpha(v), v) for v in cw_taus])
+        axes[3, col].plot(t, (spins / spin_scale[:, None]).numpy(), lw=1.2)
+        axes[3, col].set_ylim(-3, 3)
+        axes[3, col].set_xlabel("t (sampler clock; tau = tau(t))")
         summary[setup.name] = {"mixture": asdict(feats), "curie_weiss": asdict(feats_cw)}
-    for row, label in enumerate(["mixture: mode coordinate\nmean_i x_i / m", "mixture: 3 coordinates x_i",
-                                 "Curie-Weiss: magnetisation\nmean_i x_i", "Curie-Weiss: 6 spins x_i"]):
+    for row, label in enumerate(["mixture: committed mode\nE[s | X]", "mixture: 4 coordinates x_i of a sample\n/ exact std at tau",
+                                 "Curie-Weiss: committed state\n2 P(+ | X) - 1", "Curie-Weiss: 6 spins x_i of a sample\n/ exact std at tau"]):
         axes[row, 0].set_ylabel(label)
     fig.tight_layout()
     path = Path(args.figures) / "highdim_trajectories.png"

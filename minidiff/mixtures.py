@@ -105,6 +105,29 @@ class GaussianMixture:
         return lin * x + pref * torch.tanh(self.h + slope * u) / math.sqrt(self.d)
 
 
+@dataclass(frozen=True)
+class ReducedMixture:
+    """The Gaussian mixture seen in coordinates y = (mu_hat . x, x_perp . e_1, ..., x_perp . e_k).
+
+    Any sampler whose steps are linear combinations of x and of the denoiser output (Euler, DDIM,
+    DDPM with its noise) keeps the coordinates separate, because E[a | x] = lin x + (term along
+    mu_hat). So a d-dimensional run is reproduced exactly by running on y, of width 1 + k, with
+    the starting noise reduced the same way: d = 1e8 costs what d = 2 does.
+    """
+
+    mixture: GaussianMixture
+
+    def denoise(self, y: torch.Tensor, signal, noise) -> torch.Tensor:
+        """E[a | x] in the reduced coordinates; y[..., 0] is mu_hat . x."""
+        signal, noise = _as_tensor(signal, y), _as_tensor(noise, y)
+        lin, pref, slope = self.mixture.posterior_coefficients(signal, noise)
+        out = lin * y
+        along = pref[..., 0] if torch.is_tensor(pref) and pref.dim() else pref
+        slope0 = slope[..., 0] if torch.is_tensor(slope) and slope.dim() else slope
+        out[..., 0] = out[..., 0] + along * torch.tanh(self.mixture.h + slope0 * y[..., 0])
+        return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Curie-Weiss
 # ------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from minidiff.highdim import (
     tau_grid,
     uniform_time,
 )
-from minidiff.mixtures import CurieWeiss, GaussianMixture, PosteriorMeanModel, curie_weiss_magnetisation
+from minidiff.mixtures import CurieWeiss, GaussianMixture, PosteriorMeanModel, ReducedMixture, curie_weiss_magnetisation
 
 
 @pytest.fixture(autouse=True)
@@ -295,16 +295,50 @@ def test_speciation_window_and_dilated_timesteps():
         dilated_timesteps(Schedule.make(kind="linear").alphas_cumprod, 10, 1e7)
 
 
+def test_ddim_on_reduced_coordinates_equals_full_ddim():
+    """DDIM steps are linear in x and x0_hat, so (mu_hat . x, e_1 . x) evolve on their own."""
+    from minidiff.samplers import sample
+    from minidiff.schedules import Schedule
+
+    d, n = 64, 8
+    mixture = GaussianMixture(d=d)
+    schedule = Schedule.make(kind="linear", num_timesteps=1000, zero_snr=True)
+    x_T = torch.randn(n, d, generator=gen(7), dtype=torch.float64)
+    mu_hat = torch.full((d,), d**-0.5, dtype=torch.float64)
+    e_1 = torch.zeros(d, dtype=torch.float64)
+    e_1[0], e_1[1] = 2**-0.5, -(2**-0.5)
+    basis = torch.stack([mu_hat, e_1], -1)
+    kw = dict(prediction="x0", steps=7, spacing="trailing", dtype=torch.float64, progress=False)
+    full = sample(PosteriorMeanModel(mixture, schedule.alphas_cumprod), (n, d), schedule, x_T=x_T, **kw)
+    reduced = sample(PosteriorMeanModel(ReducedMixture(mixture), schedule.alphas_cumprod), (n, 2), schedule,
+                     x_T=x_T @ basis, **kw)
+    torch.testing.assert_close(full @ basis, reduced, rtol=1e-10, atol=1e-10)
+
+
 def test_ddim_dilated_spacing_recovers_the_mode_weight():
-    """DDIM with the exact x0 model, d = 1e4, 6 steps: trailing overshoots p, the dilated spacing does not."""
-    samplers = pytest.importorskip("minidiff.samplers")
+    """DDIM with the exact x0 model, zero-SNR linear schedule, d = 1e6, 10 steps: trailing and
+    linspace step over the speciation window (nearly all samples in the + mode), dilated does not."""
     from minidiff.highdim import mixture_ddim
     from minidiff.schedules import Schedule
 
-    assert hasattr(samplers, "sample")
-    mixture = GaussianMixture(d=10_000)
+    mixture = GaussianMixture(d=10**6)
     schedule = Schedule.make(kind="linear", num_timesteps=1000, zero_snr=True)
-    trailing = mixture_ddim(mixture, schedule, 6, "trailing", n=500)
-    dilated = mixture_ddim(mixture, schedule, 6, "dilated", n=500)
-    assert trailing.high > 0.9
-    assert dilated.high == pytest.approx(0.8, abs=0.06)
+    trailing = mixture_ddim(mixture, schedule, 10, "trailing", n=4000)
+    linspace = mixture_ddim(mixture, schedule, 10, "linspace", n=4000)
+    dilated = mixture_ddim(mixture, schedule, 10, "dilated", n=4000)
+    assert trailing.high > 0.99 and linspace.high > 0.99
+    assert dilated.high == pytest.approx(0.8, abs=0.05)
+
+
+def test_nonzero_terminal_snr_loses_the_mode_weight():
+    """Lin et al.'s flaw, in the mixture: the linear schedule's last alpha_bar (4e-5) already carries
+    sqrt(ab) |mu| = 6.3 noise units of mode signal at d = 1e6; starting from pure noise, the sign of
+    the noise picks the mode and the weight falls to about 1/2 whatever the number of steps."""
+    from minidiff.highdim import mixture_ddim
+    from minidiff.schedules import Schedule
+
+    mixture = GaussianMixture(d=10**6)
+    flawed = mixture_ddim(mixture, Schedule.make(kind="linear", num_timesteps=1000), 50, "trailing", n=4000)
+    assert flawed.high == pytest.approx(0.5, abs=0.06)
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        mixture_ddim(mixture, Schedule.make(kind="linear", num_timesteps=1000), 10, "dilated", n=10)
