@@ -796,7 +796,7 @@ def experiment_bridge(args) -> dict:
     from minidiff.schedules import Schedule
 
     plt = _pyplot()
-    mixture = GaussianMixture(d=int(args.d))
+    mixture = GaussianMixture(d=int(args.bridge_d))
     lam = mixture.m**2 * mixture.d
     result = {"d": mixture.d, "Lambda": lam, "schedules": {}}
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
@@ -820,17 +820,18 @@ def experiment_bridge(args) -> dict:
                 print(f"{key:16s} {spacing:9s} {steps:3d} steps: + mode {feats.high:.3f} (p {mixture.p}), "
                       f"spread {feats.low:.3f} (sigma {mixture.sigma})")
         result["schedules"][key] = entry
-        if zero_snr:
-            ts = {"trailing": None, "linspace": None}
+        if zero_snr:  # where each spacing puts 10 steps on the zero-SNR schedule
             from minidiff.samplers import make_timesteps
 
-            steps = args.bridge_steps[0]
-            for i, (spacing, marker) in enumerate((("trailing", "s"), ("linspace", "^"), ("dilated", "o"))):
-                tt = (dilated_timesteps(ab, steps, lam, args.kappa) if spacing == "dilated"
-                      else make_timesteps(1000, steps, spacing))
-                axes[0].plot(tt.numpy(), taus[tt].numpy(), marker, label=f"{spacing}, {steps} steps", ms=6, alpha=0.8)
-    axes[0].axhline(3 / math.sqrt(lam), color="tab:purple", lw=0.8, label="window edge kappa/sqrt(Lambda)")
-    axes[0].set_yscale("log"), axes[0].set_ylim(1e-4, 1.5)
+            for spacing, marker, color in (("trailing", "s", "tab:green"), ("linspace", "^", "tab:gray"),
+                                           ("dilated", "o", "tab:purple")):
+                tt = (dilated_timesteps(ab, 10, lam, args.kappa) if spacing == "dilated"
+                      else make_timesteps(1000, 10, spacing))
+                axes[0].plot(tt.numpy(), taus[tt].clamp(min=1e-5).numpy(), marker, color=color,
+                             label=f"{spacing}, 10 steps", ms=6, alpha=0.8)
+    tau_w = args.kappa * interpolant_time(torch.tensor([speciation_alpha_bar(lam)])).item()
+    axes[0].axhline(tau_w, color="tab:purple", lw=0.8, label="window edge kappa tau(1/Lambda)")
+    axes[0].set_yscale("log"), axes[0].set_ylim(1e-5, 1.5)
     axes[0].set_xlabel("training timestep t"), axes[0].set_ylabel("interpolant time tau (log)")
     axes[0].legend(fontsize=7), axes[0].set_title(f"DDPM linear schedule as a VP interpolant, Lambda={lam:.0e}")
     for ax, feature, target, title in ((axes[1], "high", mixture.p, "weight of + mode"),
@@ -866,21 +867,22 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="runs/highdim", help="where the JSON results go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kappa", type=float, default=3.0, help="window width r = kappa / sqrt(d)")
-    parser.add_argument("--d", type=float, default=1e4, help="dimension (trajectories, bridge)")
+    parser.add_argument("--d", type=float, default=1e4, help="dimension (trajectories)")
     parser.add_argument("--cw-d", type=int, default=1000, help="Curie-Weiss dimension (trajectories)")
     parser.add_argument("--steps", type=int, default=16, help="Euler steps (trajectories)")
     parser.add_argument("--dims", default=None, help="comma-separated dimensions (features, table)")
     parser.add_argument("--cw-dims", default="100,300,1000", help="Curie-Weiss dimensions (table); '' for none")
     parser.add_argument("--samples", type=int, default=4000, help="samples per run, mixture")
     parser.add_argument("--cw-samples", type=int, default=500, help="samples per run, Curie-Weiss")
-    parser.add_argument("--samples-ddim", type=int, default=2000, help="samples per run, bridge")
+    parser.add_argument("--samples-ddim", type=int, default=20_000, help="samples per run, bridge")
+    parser.add_argument("--bridge-d", type=float, default=1e6, help="dimension (bridge)")
     parser.add_argument("--max-steps", type=int, default=200_000)
     parser.add_argument("--cw-max-steps", type=int, default=2000)
     parser.add_argument("--tol-weight", type=float, default=0.03, help="|weight - p| tolerance, mixture")
     parser.add_argument("--tol-spread", type=float, default=0.1, help="|spread / sigma - 1| tolerance")
     parser.add_argument("--cw-tol-weight", type=float, default=0.06, help="|weight - W+| tolerance, Curie-Weiss")
     parser.add_argument("--cw-tol-minority", type=float, default=0.25, help="|minority / target - 1| tolerance")
-    parser.add_argument("--bridge-steps", type=lambda s: [int(v) for v in s.split(",")], default=[6, 10, 20, 50])
+    parser.add_argument("--bridge-steps", type=lambda s: [int(v) for v in s.split(",")], default=[4, 6, 10, 20, 50, 100])
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; the lab's arrays are small, and one thread avoids OpenMP waits")
