@@ -644,8 +644,9 @@ def experiment_trajectories(args) -> dict:
         ax.set_ylim(-1.1, 1.1)
         ax.set_title(f"{setup.name}, N={steps}. Mixture d={d:.0e}:\n+ mode {feats.high:.2f} (p={mixture.p}), "
                      f"spread {feats.low:.3f} (sigma={mixture.sigma})", fontsize=9)
-        w = torch.randn(4, generator=gen, dtype=torch.float64) * math.sqrt(1 - 1 / d)
-        coords = us[:, :1] / math.sqrt(d) + gains[:, None] * interp.c * w[None, :]  # one sample, 4 coordinates
+        # one sample, 4 coordinates whose starting noise sits at the quartiles and tails of N(0, 1)
+        w = torch.tensor([-1.5, -0.67, 0.67, 1.5], dtype=torch.float64) * math.sqrt(1 - 1 / d)
+        coords = us[:, :1] / math.sqrt(d) + gains[:, None] * interp.c * w[None, :]
         axes[1, col].plot(t, (coords / scale(mixture.m**2 + mixture.sigma**2)[:, None]).numpy(), lw=1.2)
         axes[1, col].set_ylim(-3, 3)
         # Curie-Weiss, full simulation
@@ -658,7 +659,11 @@ def experiment_trajectories(args) -> dict:
         axes[2, col].set_title(f"Curie-Weiss d={cw.d}: + state {feats_cw.high:.2f} (W+ {cw.weight_plus:.2f}),\n"
                                f"minority {feats_cw.low:.3f} ({cw.minority_fraction:.3f}), mean |x_i| {feats_cw.abs_mean:.3f}",
                                fontsize=9)
-        spins = torch.stack([x[0, :6] for x in traj]).double()
+        # 3 spins of sample 0, and the 3 whose starting noise points most against its final state:
+        # a correct sampler turns these into the minority spins
+        against = (traj[0][0] * torch.sign(traj[-1][0].sum())).argsort()[:3]
+        idx = torch.cat([torch.arange(3), against])
+        spins = torch.stack([x[0, idx] for x in traj]).double()
         cw_taus = setup.taus(cw.d, steps).tolist()
         spin_scale = torch.tensor([math.hypot(interp_cw.c * interp_cw.alpha(v), v) for v in cw_taus])
         axes[3, col].plot(t, (spins / spin_scale[:, None]).numpy(), lw=1.2)
@@ -666,7 +671,7 @@ def experiment_trajectories(args) -> dict:
         axes[3, col].set_xlabel("t (sampler clock; tau = tau(t))")
         summary[setup.name] = {"mixture": asdict(feats), "curie_weiss": asdict(feats_cw)}
     for row, label in enumerate(["mixture: committed mode\nE[s | X]", "mixture: 4 coordinates x_i of a sample\n/ exact std at tau",
-                                 "Curie-Weiss: committed state\n2 P(+ | X) - 1", "Curie-Weiss: 6 spins x_i of a sample\n/ exact std at tau"]):
+                                 "Curie-Weiss: committed state\n2 P(+ | X) - 1", "Curie-Weiss: 6 spins of a sample\n(3 most against its state) / exact std"]):
         axes[row, 0].set_ylabel(label)
     fig.tight_layout()
     path = Path(args.figures) / "highdim_trajectories.png"
