@@ -119,7 +119,7 @@ def test_zero_snr_models_predict_v():
 
 
 def test_brightness_command(tmp_path, models_dir):
-    res = trained("brightness", tmp_path, models_dir)
+    res = trained("brightness", tmp_path, models_dir, "--offset-noise")
     assert [r["setup"] for r in res["setups"]] == ["flawed", "trailing", "v", "zero-snr", "all", "offset"]
     for r in res["setups"]:
         assert r["wasserstein1"] >= 0 and 0 <= r["dark_share"] <= 1 and 0 <= r["bright_share"] <= 1
@@ -127,12 +127,13 @@ def test_brightness_command(tmp_path, models_dir):
     assert (flawed["model"], flawed["spacing"]) == ("sd-eps", "leading")
     assert (fixed["model"], fixed["spacing"]) == ("zsnr-v", "trailing")
     assert set(res["train_seconds"]) == {"sd-eps", "sd-v", "zsnr-v", "sd-eps-offset"}
+    assert set(res["trained_now"]) <= set(res["train_seconds"])
     assert finite(res)
     for png in ("brightness_hist.png", "brightness_range.png"):
         assert (tmp_path / png).stat().st_size > 0
     # A second run finds every model in the cache and trains nothing.
-    again = trained("brightness", tmp_path / "again", models_dir)
-    assert all(s == 0 for s in again["train_seconds"].values())
+    again = trained("brightness", tmp_path / "again", models_dir, "--offset-noise")
+    assert again["trained_now"] == [] and again["train_seconds"] == res["train_seconds"]
     assert again["setups"] == res["setups"]  # same seeds, same models: the same numbers
 
 

@@ -49,8 +49,8 @@ DARK, BRIGHT = -0.7, 0.7  # per-image mean brightness thresholds (images live in
 # Run sizes. Every trained-model experiment reads its sizes from here, so one flag scales them all.
 SCALES = {
     "cpu": dict(dataset="builtin", num_images=10_000, preset=REPRO_PRESET, resolution=16, batch_size=64,
-                lr=1e-3, warmup=100, ema_decay=0.99, max_steps=700, device="cpu", bf16=False,
-                num_samples=500, sample_batch=250, sample_steps=25),
+                lr=2e-3, warmup=50, ema_decay=0.95, max_steps=600, device="cpu", bf16=False,
+                num_samples=500, sample_batch=250, sample_steps=50),
     "test": dict(dataset="builtin", num_images=64, preset="tiny", resolution=16, batch_size=8,
                  lr=1e-3, warmup=2, ema_decay=0.9, max_steps=8, device="cpu", bf16=False,
                  num_samples=10, sample_batch=10, sample_steps=3),
@@ -202,7 +202,8 @@ class TrainedModel:
     num_classes: int
     image_size: int
     folder: str
-    train_seconds: float  # 0 when loaded from the cache
+    train_seconds: float  # how long its training took (recorded in the cache when it was trained)
+    trained_now: bool     # False when it came from the cache
 
     @property
     def prediction(self) -> str:
@@ -217,21 +218,23 @@ def trained_model(name: str, scale: dict, models_dir, seed: int = 0) -> TrainedM
     spec = MODELS[name]
     cfg = train_config(spec, scale, Path(models_dir), seed)
     ckpt = Path(cfg.out) / CHECKPOINT
-    seconds = 0.0
-    if not ckpt.exists() or load_checkpoint(ckpt)["step"] < cfg.max_steps:
+    record = Path(cfg.out, "repro_spec.json")
+    trained_now = not ckpt.exists() or load_checkpoint(ckpt)["step"] < cfg.max_steps
+    if trained_now:
         cfg.resume = ckpt.exists()  # a run cut short continues where it stopped
         print(f"training {name} ({spec.label}) for {cfg.max_steps} steps -> {cfg.out}")
         start = time.perf_counter()
         with _offset_noise_in_trainer(spec.offset_noise):
             train(cfg)
-        seconds = time.perf_counter() - start
-        Path(cfg.out, "repro_spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=1) + "\n")
+        record.write_text(json.dumps({**dataclasses.asdict(spec), "train_seconds": time.perf_counter() - start,
+                                      "threads": torch.get_num_threads()}, indent=1) + "\n")
+    seconds = json.loads(record.read_text())["train_seconds"] if record.exists() else math.nan
     saved = load_checkpoint(ckpt)
     model = UNet(**saved["model_config"])
     model.load_state_dict(saved["ema"])
     model = model.to(scale["device"]).eval()
     return TrainedModel(spec, model, Schedule.make(spec.schedule, 1000, zero_snr=spec.zero_snr),
-                        model.config["num_classes"], model.config["image_size"], cfg.out, seconds)
+                        model.config["num_classes"], model.config["image_size"], cfg.out, seconds, trained_now)
 
 
 @functools.lru_cache(maxsize=2)

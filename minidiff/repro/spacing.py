@@ -68,7 +68,7 @@ def main(argv=None):
     tm = trained_model(MODEL, scale, Path(a.models), a.seed)
 
     rows, grids = [], {}
-    n = scale["num_samples"]
+    n = max(tm.num_classes, scale["num_samples"] // 2)  # twelve setups: half the brightness study's samples
     for spacing in SPACINGS:
         for steps in STEP_COUNTS:
             x = draw(tm, n, scale, steps=steps, spacing=spacing, seed=a.seed + 1, desc=f"{spacing} {steps}")
