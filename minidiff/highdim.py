@@ -123,16 +123,25 @@ class DilatedTime:
         tau < r next to the noise end, where VP decides the mode.
     ve: tau = 2 (1 - r) t on [0, 1/2], then (1 - r) + r (2t - 1): half of the steps inside the
         window 1 - tau < r next to the data end, where VE sets the shape inside a mode.
+    These are the authors' formulas, for the linear path. The VP window is set by the signal
+    beta(tau) = tau, the same for both paths; the VE window by the noise c alpha(tau). So for
+    path="trig" the VE schedule is carried over through alpha: alpha_trig(tau(t)) = 1 - tau_lin(t),
+    i.e. tau = sqrt(1 - (1 - tau_lin)^2). (Taken literally on the trig path, whose
+    alpha ~ sqrt(2 (1 - tau)) is not Lipschitz at tau = 1, the linear formula needs thousands of
+    steps; see docs/highdim.md.)
     Use an even number of steps so t = 1/2 is a grid point.
     """
 
     kind: str
     d: float
     kappa: float = 3.0
+    path: str = "linear"
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be 'vp' or 've', got {self.kind!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
         if not 0.0 < self.r < 1.0:
             raise ValueError(
                 f"the window r = kappa / sqrt(d) = {self.r:.3g} must lie in (0, 1); "
@@ -145,15 +154,18 @@ class DilatedTime:
 
     @property
     def knot(self) -> float:
-        """tau at the kink t = 1/2."""
+        """tau at the kink t = 1/2 on the linear path."""
         return self.r if self.kind == "vp" else 1.0 - self.r
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         k = self.knot
-        return torch.where(t <= 0.5, 2.0 * k * t, k + (1.0 - k) * (2.0 * t - 1.0))
+        tau = torch.where(t <= 0.5, 2.0 * k * t, k + (1.0 - k) * (2.0 * t - 1.0))
+        if self.kind == "ve" and self.path == "trig":
+            return (1.0 - (1.0 - tau) ** 2).clamp(min=0.0).sqrt()
+        return tau
 
 
-def make_time_change(schedule, kind: str, d: float, kappa: float = 3.0) -> Callable:
+def make_time_change(schedule, kind: str, d: float, kappa: float = 3.0, path: str = "linear") -> Callable:
     """"uniform", "dilated" (VP-dilated for vp, VE-dilated for ve), "vp_dilated", "ve_dilated",
     or any callable t -> tau (tensor in, tensor out) with tau(0) = 0 and tau(1) = 1."""
     if callable(schedule):
@@ -161,9 +173,9 @@ def make_time_change(schedule, kind: str, d: float, kappa: float = 3.0) -> Calla
     if schedule == "uniform":
         return uniform_time
     if schedule == "dilated":
-        return DilatedTime(kind, d, kappa)
+        return DilatedTime(kind, d, kappa, path)
     if schedule in ("vp_dilated", "ve_dilated"):
-        return DilatedTime(schedule[:2], d, kappa)
+        return DilatedTime(schedule[:2], d, kappa, path)
     raise ValueError(f"unknown schedule {schedule!r}: use 'uniform', 'dilated', 'vp_dilated', 've_dilated' or a callable")
 
 
@@ -362,7 +374,7 @@ class Setup:
         return f"{self.kind}_{sched}"
 
     def taus(self, d: float, num_steps: int) -> torch.Tensor:
-        return tau_grid(make_time_change(self.schedule, self.kind, d, self.kappa), num_steps)
+        return tau_grid(make_time_change(self.schedule, self.kind, d, self.kappa, self.path), num_steps)
 
 
 def run_mixture(mixture: GaussianMixture, setup: Setup, num_steps: int, n: int = 4000, seed: int = 0) -> Features:
@@ -590,6 +602,11 @@ def mixture_ddim(mixture: GaussianMixture, schedule, steps: int, spacing: str, n
 # ------------------------------------------------------------------------------------------------
 
 SETUPS = [Setup(k, s) for k in KINDS for s in SCHEDULES]
+
+
+def _setups(args) -> list[Setup]:
+    """The four setups with the command line's path and kappa."""
+    return [Setup(s.kind, s.schedule, args.path, args.kappa) for s in SETUPS]
 COLORS = {"vp_uniform": "tab:blue", "vp_dilated": "tab:cyan", "ve_uniform": "tab:red", "ve_dilated": "tab:orange"}
 
 
@@ -624,7 +641,7 @@ def experiment_trajectories(args) -> dict:
     fig, axes = plt.subplots(4, 4, figsize=(16, 13), sharex=True)
     summary = {}
     t = torch.linspace(0, 1, steps + 1)
-    for col, setup in enumerate(SETUPS):
+    for col, setup in enumerate(_setups(args)):
         interp = make_interpolant(setup.kind, d, setup.path)
         taus = setup.taus(d, steps)
         # the exact marginal std of one coordinate at tau: sqrt(c^2 alpha^2 + beta^2 E[a_i^2]); dividing
@@ -695,7 +712,7 @@ def experiment_features(args) -> dict:
     styles = ["-", "--", ":", "-."]
     for di, d in enumerate(dims):
         mixture = GaussianMixture(d=d)
-        for setup in SETUPS:
+        for setup in _setups(args):
             feats = [mixture_features_exact(mixture, setup, n) for n in grid]
             out["curves"][f"{setup.name}_d{d}"] = [asdict(f) for f in feats]
             col = 0 if setup.kind == "vp" else 1
@@ -725,14 +742,14 @@ def experiment_table(args) -> dict:
 
     result = {"tolerance": {"mixture": {"weight_abs": args.tol_weight, "spread_rel": args.tol_spread},
                             "curie_weiss": {"weight_abs": args.cw_tol_weight, "minority_rel": args.cw_tol_minority}},
-              "kappa": args.kappa, "samples": {"mixture": "exact in law (mixture_features_exact)", "curie_weiss": args.cw_samples},
+              "kappa": args.kappa, "path": args.path, "samples": {"mixture": "exact in law (mixture_features_exact)", "curie_weiss": args.cw_samples},
               "mixture": [], "curie_weiss": []}
     start = time.time()
     mix_dims, cw_dims = _dims(args.dims), _dims(args.cw_dims)
-    jobs = [("mixture", d, s) for d in mix_dims for s in SETUPS] + [("curie_weiss", d, s) for d in cw_dims for s in SETUPS]
+    setups = _setups(args)
+    jobs = [("mixture", d, s) for d in mix_dims for s in setups] + [("curie_weiss", d, s) for d in cw_dims for s in setups]
     rows = {}
     for model_name, d, setup in tqdm(jobs, desc="table", disable=not args.progress):
-        setup = Setup(setup.kind, setup.schedule, kappa=args.kappa)
         if model_name == "mixture":
             mixture = GaussianMixture(d=d)
             n_star, feats = smallest_steps(lambda n: mixture_features_exact(mixture, setup, n),
@@ -872,6 +889,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="runs/highdim", help="where the JSON results go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kappa", type=float, default=3.0, help="window width r = kappa / sqrt(d)")
+    parser.add_argument("--path", choices=PATHS, default="linear", help="alpha/beta: linear (1 - tau, tau) or trig")
     parser.add_argument("--d", type=float, default=1e4, help="dimension (trajectories)")
     parser.add_argument("--cw-d", type=int, default=1000, help="Curie-Weiss dimension (trajectories)")
     parser.add_argument("--steps", type=int, default=16, help="Euler steps (trajectories)")

@@ -161,6 +161,11 @@ def test_dilated_time_changes():
     t = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
     torch.testing.assert_close(vp(t), torch.tensor([0.0, 0.015, 0.03, 0.515, 1.0], dtype=torch.float64))
     torch.testing.assert_close(ve(t), torch.tensor([0.0, 0.485, 0.97, 0.985, 1.0], dtype=torch.float64))
+    # on the trig path the VE schedule is carried over through the noise: alpha_trig(tau(t)) = 1 - tau_lin(t)
+    ve_trig, trig = DilatedTime("ve", d, kappa, "trig"), Interpolant(path="trig")
+    alphas = torch.tensor([trig.alpha(v) for v in ve_trig(t).tolist()], dtype=torch.float64)
+    torch.testing.assert_close(alphas, 1 - ve(t))
+    torch.testing.assert_close(DilatedTime("vp", d, kappa, "trig")(t), vp(t))  # beta = tau on both paths
     with pytest.raises(ValueError, match="even number of steps"):
         tau_grid(vp, 7)
     with pytest.raises(ValueError, match="must lie in"):
