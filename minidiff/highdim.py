@@ -895,7 +895,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=16, help="Euler steps (trajectories)")
     parser.add_argument("--dims", default=None, help="comma-separated dimensions (features, table)")
     parser.add_argument("--cw-dims", default="100,300,1000", help="Curie-Weiss dimensions (table); '' for none")
-    parser.add_argument("--samples", type=int, default=4000, help="samples per run, mixture")
+    parser.add_argument("--samples", type=int, default=4000, help="samples per run, mixture (trajectories)")
     parser.add_argument("--cw-samples", type=int, default=500, help="samples per run, Curie-Weiss")
     parser.add_argument("--samples-ddim", type=int, default=20_000, help="samples per run, bridge")
     parser.add_argument("--bridge-d", type=float, default=1e6, help="dimension (bridge)")
