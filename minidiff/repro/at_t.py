@@ -43,7 +43,8 @@ def predictions_at_T(tm, num_noises: int, labels: list[int], device, seed: int =
     return torch.stack(out), x_T.flatten(1).mean(1)
 
 
-def summarise(pred: torch.Tensor, noise_means: torch.Tensor, class_means: torch.Tensor, class_stds: torch.Tensor) -> dict:
+def summarise(pred: torch.Tensor, noise_means: torch.Tensor, class_means: torch.Tensor, class_stds: torch.Tensor,
+              data_brightness_std: float) -> dict:
     """Spread of the predictions across noises, and their distance to the class means (RMS over pixels)."""
     spread = pred.std(dim=1).flatten(1).pow(2).mean(1).sqrt()            # per label
     centre_err = (pred.mean(dim=1) - class_means).flatten(1).pow(2).mean(1).sqrt()
@@ -53,8 +54,10 @@ def summarise(pred: torch.Tensor, noise_means: torch.Tensor, class_means: torch.
     return {
         "spread_rms": float(spread.mean()), "spread_rms_per_label": spread.tolist(),
         "error_of_mean_rms": float(centre_err.mean()), "error_of_each_rms": float(each_err.mean()),
-        "data_pixel_std_rms": float(class_stds.mean()),
+        "data_pixel_std_rms": float(class_stds.mean()), "data_brightness_std": data_brightness_std,
         "brightness_noise_corr": float(torch.nan_to_num(corr).mean()),
+        # how much the predicted brightness moves with the noise, against the data's brightness spread
+        "brightness_std_across_noises": float(brightness.std(dim=1).mean()),
     }
 
 
@@ -77,11 +80,13 @@ def main(argv=None):
         tm = trained_model(name, scale, Path(a.models), a.seed)
         pred, noise_means = predictions_at_T(tm, a.num_noises, labels, scale["device"], a.seed + 7)
         preds[name] = pred
-        result["models"][name] = {"label": tm.spec.label, **summarise(pred, noise_means, class_means, class_stds)}
+        result["models"][name] = {"label": tm.spec.label, **summarise(pred, noise_means, class_means, class_stds,
+                                                                      float(images.flatten(1).mean(1).std()))}
         r = result["models"][name]
         print(f"{name:8s} ({tm.spec.label}): spread across noises {r['spread_rms']:.3f}, distance of their mean "
               f"to the class mean {r['error_of_mean_rms']:.3f} (data pixel std {r['data_pixel_std_rms']:.3f}), "
-              f"corr(noise mean, predicted brightness) {r['brightness_noise_corr']:+.2f}")
+              f"std of predicted brightness across noises {r['brightness_std_across_noises']:.3f} (data's brightness std "
+              f"{r['data_brightness_std']:.3f}; corr with the noise mean {r['brightness_noise_corr']:+.2f})")
     result["seconds"] = elapsed()
     write_json(out, "at_T", result)
     plot(class_means, preds, result, out / "at_T.png")
@@ -97,7 +102,7 @@ def plot(class_means, preds, result, path: Path, rows: int = 4) -> None:
         ax.imshow(mosaic(block.flatten(0, 1), nrow=pred.shape[0]).numpy(), interpolation="nearest")
         r = result["models"][name]
         ax.set_title(f"{r['label']}: x0 predicted at t = T-1\nspread across noises {r['spread_rms']:.3f}, "
-                     f"corr(noise mean, brightness) {r['brightness_noise_corr']:+.2f}", fontsize=9)
+                     f"brightness std across noises {r['brightness_std_across_noises']:.3f}", fontsize=9)
         ax.set_yticks([(i + 0.5) * (pred.shape[-1] + 1) for i in range(rows + 1)],
                       ["data class mean"] + [f"noise {i + 1}" for i in range(rows)], fontsize=7)
         ax.set_xticks([(j + 0.5) * (pred.shape[-1] + 1) for j in range(pred.shape[0])],

@@ -135,6 +135,7 @@ def plot_metrics(result: dict, path: Path) -> None:
     axes[2].set_title("exact denoiser, Gaussian images:\nstd of texture, samples / data", fontsize=9)
     for ax in axes:
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(STEP_COUNTS, [str(s) for s in STEP_COUNTS])
         ax.set_xlabel("DDIM steps")
         ax.grid(alpha=0.3)
