@@ -25,28 +25,38 @@ SPACINGS = ("leading", "linspace", "trailing")
 SAMPLERS = ("ddim", "ddpm")
 
 
-def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "trailing", steps_offset: int = 0) -> torch.Tensor:
-    """The S timesteps a sampler visits, descending, 0-indexed (Lin et al. Table 2 minus one).
+def _round_half_even(num: int, den: int) -> int:
+    """round(num / den) computed exactly, ties to even (numpy's rule), with integers only."""
+    q, r = divmod(num, den)
+    return q + (2 * r > den or (2 * r == den and q % 2 == 1))
 
-    leading  (DDIM, PNDM):     arange(0, T, floor(T/S)), first S, + steps_offset
-    linspace (iDDPM):          round(linspace(0, T-1, S))
-    trailing (DPM-Solver):     round(arange(T, 0, -T/S)) - 1
-    Only trailing starts at the last training step T-1 for every S. Stable Diffusion's
-    tooling uses leading with steps_offset=1. Rounding is half to even, as numpy's.
+
+def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "trailing", steps_offset: int = 0) -> torch.Tensor:
+    """The S timesteps a sampler visits, descending, 0-indexed: Lin et al. Table 2 minus one.
+
+    In the paper's 1-indexed rules, with k = 0..S-1:
+      leading  (DDIM, PNDM):    arange(1, T+1, floor(T/S)), first S   ->  1 + k floor(T/S)
+      linspace (iDDPM):         round(linspace(1, T, S))               ->  round(1 + k (T-1)/(S-1))
+      trailing (DPM-Solver):    round(flip(arange(T, 0, -T/S)))        ->  round(T (S-k) / S)
+    then minus one; leading adds `steps_offset` (Stable Diffusion's tooling uses 1). The
+    fractions are rounded exactly, ties to even: float implementations of the same rules
+    (numpy's arange and linspace) can land one step apart at exact .5 ties, e.g. S = 3
+    linspace rounds 500.5 to 500 (timestep 499) here. Only trailing starts at the last step T-1 for every S.
     """
     T, S = num_train_timesteps, num_steps
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if not (isinstance(S, int) and 1 <= S <= T):
         raise ValueError(f"num_steps must be an integer from 1 to num_train_timesteps={T}, got {S!r}")
-    if spacing == "leading":
-        steps = torch.arange(S, dtype=torch.int64) * (T // S) + steps_offset
-    elif spacing == "linspace":
-        steps = torch.round(torch.linspace(0, T - 1, S, dtype=torch.float64)).to(torch.int64)
-    else:
-        steps = torch.round(T - torch.arange(S, dtype=torch.float64) * (T / S)).to(torch.int64) - 1
     if steps_offset and spacing != "leading":
         raise ValueError("steps_offset only applies to 'leading' spacing")
+    if spacing == "leading":
+        one_indexed = [1 + k * (T // S) for k in range(S)]
+    elif spacing == "linspace":
+        one_indexed = [_round_half_even(S - 1 + k * (T - 1), S - 1) for k in range(S)] if S > 1 else [1]
+    else:
+        one_indexed = [_round_half_even(T * (S - k), S) for k in range(S)]
+    steps = torch.tensor(one_indexed, dtype=torch.int64) - 1 + steps_offset
     if steps.min() < 0 or steps.max() > T - 1:
         raise ValueError(
             f"{spacing} spacing with {S} steps and steps_offset={steps_offset} leaves [0, {T - 1}]: "

@@ -28,6 +28,27 @@ def test_leading_with_steps_offset_matches_stable_diffusion_tooling():
     assert make_timesteps(1000, 10, "leading", steps_offset=1).tolist() == list(range(901, 0, -100))
 
 
+def test_exact_half_ties_round_to_even():
+    """linspace(1, 1000, 3) = 1, 500.5, 1000 -> 1, 500, 1000; trailing at S=16 hits 62.5 -> 62."""
+    assert make_timesteps(1000, 3, "linspace").tolist() == [999, 499, 0]
+    assert make_timesteps(1000, 16, "trailing").tolist()[-2:] == [124, 61]  # 125 -> 124, 62.5 -> 62 -> 61
+    # S = 48: 1000 - 3 * 1000/48 = 937.5 exactly -> 938 (even) -> 937
+    assert make_timesteps(1000, 48, "trailing").tolist()[3] == 937
+
+
+def test_values_follow_the_paper_rules_for_every_step_count():
+    """Independent check with Python's Fractions (exact) and round() (ties to even)."""
+    from fractions import Fraction
+
+    T = 1000
+    for S in range(1, T + 1, 7):
+        lead = [1 + k * (T // S) for k in range(S)]
+        lin = [round(1 + Fraction(k * (T - 1), S - 1)) for k in range(S)] if S > 1 else [1]
+        trail = [round(Fraction(T * (S - k), S)) for k in range(S)]
+        for spacing, rule in [("leading", lead), ("linspace", lin), ("trailing", trail)]:
+            assert make_timesteps(T, S, spacing).tolist() == sorted((t - 1 for t in rule), reverse=True), (spacing, S)
+
+
 def test_every_step_count_from_1_to_T():
     T = 1000
     for S in range(1, T + 1):
@@ -103,8 +124,9 @@ def test_sampler_visits_listed_timesteps_and_ends_clean():
     assert torch.equal(res.samples, torch.zeros(2, 1, 4, 4))  # last step goes to alpha_bar = 1: x = x0
 
 
-def test_custom_timesteps_step_to_the_next_listed_one():
-    """Steps go to the next listed timestep, not t - T // S: an irregular list is followed exactly."""
+def test_custom_timesteps_are_visited_in_order():
+    """An irregular list is followed exactly (that each step lands on the *next listed* timestep,
+    not t - T // S, is checked by the Monte-Carlo moment tests in test_analytic.py)."""
     s = Schedule.make("linear")
     ts = torch.tensor([999, 750, 400, 390, 12])
     model = _Recorder()
@@ -150,3 +172,18 @@ def test_same_seed_same_samples_and_guidance_batching():
     c = sample(model_null, (2, 1, 4, 4), s, y=y, uncond_y=torch.tensor([-1, -1]),
                generator=torch.Generator().manual_seed(1), **kw)
     assert torch.allclose(a, c, atol=1e-6)
+
+
+def test_each_ddim_step_lands_on_the_next_listed_timestep():
+    """An oracle that knows x0: deterministic DDIM then follows x_t = sqrt(ab_t) x0 + sqrt(1-ab_t) x_T
+    exactly, so after step i the state must sit at alpha_bar of the (i+1)-th *listed* timestep.
+    S = 7 does not divide T: stepping to t - T // S would land elsewhere."""
+    s = Schedule.make("linear", zero_snr=True)
+    x0 = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    res = sample(lambda x, t, y=None: x0, (2, 1, 4, 4), s, prediction="x0", steps=7, spacing="trailing",
+                 dtype=torch.float64, generator=torch.Generator().manual_seed(0), return_trajectory=True, progress=False)
+    x_T = res.xs[0]
+    ts = res.timesteps.tolist()
+    assert ts[1] == 856  # listed; 999 - 1000 // 7 = 857 is not
+    for i, t in enumerate(ts[1:], start=1):
+        assert torch.allclose(res.xs[i], q_sample(x0, s.alphas_cumprod[t].item(), x_T), atol=1e-12), t
