@@ -463,7 +463,8 @@ def load_checkpoint(path: Path) -> dict:
 def fixed_scheduler(base: dict, *, zero_snr: bool, prediction: str):
     """A diffusers DDIMScheduler with the base's betas that records the fixes (zero SNR, the
     prediction type, trailing spacing), so a stock pipeline samples the fine-tuned model the
-    way it was trained."""
+    way it was trained. Caveat: the stock DDIMScheduler steps to t - T // S, not to the next
+    listed timestep, so it matches minidiff's sampler only when S divides T (docs/latent.md)."""
     names = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
     kept = {k: base[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule") if k in base}
     return diffusers.DDIMScheduler(
