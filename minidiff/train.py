@@ -337,6 +337,7 @@ def plot_loss(metrics: Path, out: Path) -> None:
     ax.plot(steps, loss.tolist(), lw=0.6, alpha=0.5, label=f"loss (mean of {rows[0].get('window', 1)} steps)")
     ax.plot(steps[window - 1:], smooth.tolist(), lw=1.5, label=f"running mean ({window} points)")
     ax.set_yscale("log")
+    ax.set_title(metrics.parent.name, fontsize=9)
     ax.set_xlabel("step")
     ax.set_ylabel("diffusion loss")
     ax.grid(alpha=0.3, which="both")
