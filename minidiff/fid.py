@@ -119,7 +119,13 @@ def inception_extractor(device="cpu") -> Extractor:
     except ImportError as err:
         raise ImportError("FID needs the pytorch-fid package: pip install 'minidiff[fid]' "
                           "(or pip install pytorch-fid)") from err
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+    try:
+        net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+    except OSError as err:  # urllib's URLError is an OSError
+        raise RuntimeError(
+            "could not fetch the FID Inception weights (pt_inception-2015-12-05-6726825d.pth), which "
+            "pytorch-fid downloads from GitHub on first use. On an offline machine copy that file "
+            f"into {torch.hub.get_dir()}/checkpoints/ and run again.") from err
     return lambda x: net(x)[0].flatten(1)
 
 
@@ -178,7 +184,10 @@ def main(argv=None) -> None:
     samples = samples[:args.num]
     resolution = samples.shape[1]
     cache = args.stats or f"data/fid_stats_{args.dataset}_{resolution}.npz"
-    extractor = inception_extractor(args.device)
+    try:
+        extractor = inception_extractor(args.device)
+    except (ImportError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}") from None
     real = cached_statistics(cache, lambda: dataset_images(args.dataset, args.data_root, resolution),
                              extractor, batch_size=args.batch_size, device=args.device)
     score = fid(samples, real, extractor, batch_size=args.batch_size, device=args.device)
