@@ -89,7 +89,7 @@ def plot_grids(grids, ws, phis, num_classes: int, path: Path) -> None:
             if j == 0:
                 ax.set_ylabel(f"phi = {phi:g}", fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    save_figure(fig, path, dpi=95)
 
 
 def plot_metrics(result: dict, path: Path) -> None:
