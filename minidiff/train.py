@@ -50,7 +50,7 @@ RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50),
-    "builtin": dict(preset="small", batch_size=16, lr=2e-3, warmup=100, ema_decay=0.98,
+    "builtin": dict(preset="small", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
