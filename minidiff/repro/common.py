@@ -105,7 +105,7 @@ def experiment_parser(name: str, description: str, *, trained: bool = True) -> a
         p.add_argument("--num-samples", type=int, help="override the scale's samples per setup")
         p.add_argument("--seed", type=int, default=0, help="seeds training data, model and sampling noise")
         p.add_argument("--threads", type=int,
-                       help="CPU threads for torch (default: torch's; 1 is fastest on a CPU shared with other jobs)")
+                       help="CPU threads for torch (None: torch's choice; 1 is fastest on a CPU shared with other jobs)")
     return p
 
 
