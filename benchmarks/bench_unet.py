@@ -210,6 +210,8 @@ def header():
 
 def bench_device(device: str, args) -> None:
     settings = [Setting(device, args.batch)]
+    if device == "cpu" and args.cpu_variants:
+        settings = [Setting(device, args.batch, bf16, comp) for bf16 in (False, True) for comp in (False, True)]
     if device == "cuda":
         settings = [Setting(device, args.cuda_batch, bf16, comp)
                     for bf16 in (False, True) for comp in (False, True)]
@@ -335,6 +337,8 @@ def main(argv=None) -> None:
                    help="auto: CPU, then CUDA when present")
     p.add_argument("--batch", type=int, default=8, help="CPU batch size")
     p.add_argument("--cuda-batch", type=int, default=128, help="CUDA batch size")
+    p.add_argument("--cpu-variants", action="store_true",
+                   help="on CPU too, run every combination of bf16 autocast and torch.compile")
     p.add_argument("--iters", type=int, default=3, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile happens here)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
