@@ -278,7 +278,10 @@ def set_rng_states(states: dict, noise_gen: torch.Generator) -> None:
 def save_checkpoint(path: Path, **state) -> None:
     """torch.save to a temporary file, then rename: the old checkpoint survives a crash mid-write."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
     os.replace(tmp, path)
 
 
@@ -412,7 +415,14 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
-        set_rng_states(saved["rng"], noise_gen)
+        ranks = saved.get("rng_ranks") or [saved["rng"]]
+        if len(ranks) == world:
+            set_rng_states(ranks[rank], noise_gen)
+        else:  # a different process count: valid, fresh per-rank streams, but not bit for bit
+            noise_gen.manual_seed(cfg.seed + 1 + 1000 * rank + saved["step"])
+            if master:
+                print(f"note: checkpoint written by {len(ranks)} process(es), resumed with {world}: "
+                      "the run continues correctly but not bit for bit")
         step = saved["step"]
         del saved
 
@@ -429,9 +439,15 @@ def train(cfg: TrainConfig) -> dict:
         truncate_metrics(metrics, step)
 
     def checkpoint() -> None:
+        # Every rank draws its own timesteps, noise and dropout: keep each rank's streams so that
+        # a resumed DDP run continues bit for bit. (All ranks reach this line together.)
+        ranks = [rng_states(noise_gen)]
+        if world > 1:
+            ranks = [None] * world
+            dist.all_gather_object(ranks, {k: v.cpu() for k, v in rng_states(noise_gen).items()})
         if master:
             save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(),
-                            optimizer=optimizer.state_dict(), step=step, rng=rng_states(noise_gen),
+                            optimizer=optimizer.state_dict(), step=step, rng=ranks[0], rng_ranks=ranks,
                             config=plain_config(cfg), model_config=_plain(model.config),
                             data_order="data.Batches: a function of (config.seed, step)")
 

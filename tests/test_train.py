@@ -187,8 +187,10 @@ def test_two_process_ddp_step_keeps_ranks_identical(tmp_path):
     torch.manual_seed(0)
     start = T.build_model(tiny(tmp_path).resolved(), num_classes=10).state_dict()
     assert any(not torch.equal(start[k], r0[k]) for k in r0)
-    # Only rank 0 writes: one checkpoint, at step 2.
-    assert T.load_checkpoint(tmp_path / T.CHECKPOINT)["step"] == 2
+    # Only rank 0 writes: one checkpoint, at step 2, holding each rank's own random streams.
+    ckpt = T.load_checkpoint(tmp_path / T.CHECKPOINT)
+    assert ckpt["step"] == 2 and len(ckpt["rng_ranks"]) == 2
+    assert not torch.equal(ckpt["rng_ranks"][0]["noise"], ckpt["rng_ranks"][1]["noise"])
 
 
 def test_bf16_and_channels_last_train(tmp_path):
