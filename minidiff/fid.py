@@ -25,6 +25,7 @@ eigenvalues as S_1 S_2: no complex square root, so no imaginary parts to throw a
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -133,20 +134,26 @@ def inception_extractor(device="cpu") -> Extractor:
 
 
 def cached_statistics(cache: str | Path, load: Callable[[], np.ndarray], extractor: Extractor,
-                      **kwargs) -> tuple[np.ndarray, np.ndarray]:
+                      source: str = "", **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) from `cache` (.npz) if it exists; otherwise computed from load() and saved.
 
     Real-data statistics take minutes to compute and never change, so they are computed once.
+    `source` names the data they describe; a cache written for other data is refused rather
+    than silently compared against.
     """
     cache = Path(cache)
     if cache.exists():
         with np.load(cache) as f:
+            stored = str(f["source"]) if "source" in f else ""
+            if stored != source:
+                raise ValueError(f"{cache} holds statistics of {stored or 'unnamed data'!r}, not {source!r}; "
+                                 "delete it or pass another --stats file")
             return f["mu"], f["sigma"]
     images = load()
     mu, sigma = statistics(features(images, extractor, **kwargs))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, num=len(images))
+    np.savez(tmp, mu=mu, sigma=sigma, num=len(images), source=np.array(source))
     tmp.replace(cache)
     return mu, sigma
 
@@ -183,13 +190,17 @@ def main(argv=None) -> None:
                          f"draw more, or pass --num {len(samples)} (FID at small N reads high).")
     samples = samples[:args.num]
     resolution = samples.shape[1]
-    cache = args.stats or f"data/fid_stats_{args.dataset}_{resolution}.npz"
+    root = str(Path(args.data_root).resolve()) if args.data_root else ""
+    source = f"{args.dataset}:{root}:{resolution}"
+    # one cache per dataset, folder and resolution
+    tag = "" if args.dataset == "cifar10" else "_" + hashlib.sha1(source.encode()).hexdigest()[:8]
+    cache = args.stats or f"data/fid_stats_{args.dataset}_{resolution}{tag}.npz"
     try:
         extractor = inception_extractor(args.device)
     except (ImportError, RuntimeError) as err:
         raise SystemExit(f"error: {err}") from None
     real = cached_statistics(cache, lambda: dataset_images(args.dataset, args.data_root, resolution),
-                             extractor, batch_size=args.batch_size, device=args.device)
+                             extractor, source=source, batch_size=args.batch_size, device=args.device)
     score = fid(samples, real, extractor, batch_size=args.batch_size, device=args.device)
     print(f"FID {score:.3f}  ({len(samples)} samples vs {args.dataset} training-set statistics in {cache})")
 

@@ -113,6 +113,10 @@ def test_real_statistics_are_cached_and_reused(tmp_path):
     mu2, s2 = fid.cached_statistics(cache, load, extractor, batch_size=16, progress=False)
     assert extractor.calls == calls and loads == [1]  # neither images nor network touched again
     assert np.array_equal(mu1, mu2) and np.array_equal(s1, s2) and s1.dtype == np.float64
+    # a cache written for other data is refused, not silently reused
+    fid.cached_statistics(tmp_path / "a.npz", load, extractor, source="folder:/one:16", batch_size=16, progress=False)
+    with pytest.raises(ValueError, match="folder:/one:16"):
+        fid.cached_statistics(tmp_path / "a.npz", load, extractor, source="folder:/two:16", batch_size=16, progress=False)
 
 
 # ------------------------------------------------------------------------- sampling CLI
