@@ -60,7 +60,7 @@ RECIPES = {
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "ema_decay",
-            "grad_clip", "resolution")
+            "grad_clip", "resolution", "offset_noise")
 
 
 @dataclass
@@ -82,6 +82,7 @@ class TrainConfig:
     lr: float | None = None
     warmup: int | None = None
     grad_clip: float = 1.0
+    offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
     minutes: float | None = None      # wall-clock budget; 0 or None means no limit
     class_cond: bool | None = None
@@ -154,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--lr", type=float, help="Adam learning rate")
     opt.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
+    opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
+                     help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay per step")
     opt.add_argument("--max-steps", type=int, help="training steps (recipe: 800k for cifar10)")
     opt.add_argument("--minutes", type=float, help="wall-clock budget: stop cleanly after this many minutes (0: none)")
@@ -247,7 +250,8 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
         group["lr"] = learning_rate(cfg, step)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.bf16):
         loss = diffusion_loss(forward, x, schedule, cfg.prediction,
-                              y=y if cfg.class_cond else None, generator=noise_gen)
+                              y=y if cfg.class_cond else None, generator=noise_gen,
+                              offset_noise_strength=cfg.offset_noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

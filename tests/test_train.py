@@ -204,3 +204,11 @@ def test_compiled_model_trains_like_eager(tmp_path):
     compiled = T.train(tiny(tmp_path / "compiled", max_steps=3, dropout=0.0, compile=True))
     for k, v in eager["model"].state_dict().items():
         torch.testing.assert_close(compiled["model"].state_dict()[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_offset_noise_flag_reaches_the_loss(tmp_path):
+    """--offset-noise changes the noise the loss draws (same seed, same batch, another loss)."""
+    plain = T.train(tiny(tmp_path / "plain", max_steps=1))
+    offset = T.train(tiny(tmp_path / "offset", max_steps=1, offset_noise=1.0))
+    assert plain["loss"] != offset["loss"]
+    assert T.parse_args(["--offset-noise", "0.1"]).offset_noise == 0.1

@@ -22,7 +22,6 @@ distribution of samples with the data's, and `brightness_stats` adds the share o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -168,35 +167,15 @@ def train_config(spec: ModelSpec, scale: dict, models_dir: Path, seed: int = 0):
         warmup=scale["warmup"], ema_decay=scale["ema_decay"], max_steps=scale["max_steps"], minutes=0,
         class_cond=True, label_dropout=0.1, seed=seed, device=scale["device"], bf16=scale["bf16"],
         sample_every=0, ckpt_every=max(1000, scale["max_steps"] // 10), num_samples=20, sample_steps=10,
-        log_every=10,
+        log_every=10, offset_noise=spec.offset_noise,
     )
     # The key holds the network's full config too: a preset retuned under the same name is a new model.
-    key = {**dataclasses.asdict(cfg), "offset_noise": spec.offset_noise, "network": PRESETS[cfg.preset]}
+    key = {**dataclasses.asdict(cfg), "network": PRESETS[cfg.preset]}
     key.pop("device")
     key.pop("out")
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     cfg.out = str(models_dir / f"{spec.name}-{scale['preset']}-{scale['resolution']}px-{digest}")
     return cfg
-
-
-@contextlib.contextmanager
-def _offset_noise_in_trainer(strength: float):
-    """Train with offset noise through minidiff.train, whose config has no flag for it yet.
-
-    The trainer calls `diffusion_loss` by name; for the offset-noise model that name points, for
-    the length of the run, at the same loss with `offset_noise_strength` set.
-    """
-    from .. import train as trainer
-
-    if not strength:
-        yield
-        return
-    original = trainer.diffusion_loss
-    trainer.diffusion_loss = functools.partial(original, offset_noise_strength=strength)
-    try:
-        yield
-    finally:
-        trainer.diffusion_loss = original
 
 
 @dataclass
@@ -231,8 +210,7 @@ def trained_model(name: str, scale: dict, models_dir, seed: int = 0) -> TrainedM
         cfg.resume = ckpt.exists()  # a run cut short continues where it stopped
         print(f"training {name} ({spec.label}) for {cfg.max_steps} steps -> {cfg.out}")
         start = time.perf_counter()
-        with _offset_noise_in_trainer(spec.offset_noise):
-            train(cfg)
+        train(cfg)
         record.write_text(json.dumps({**dataclasses.asdict(spec), "train_seconds": time.perf_counter() - start,
                                       "threads": torch.get_num_threads()}, indent=1) + "\n")
     seconds = json.loads(record.read_text())["train_seconds"] if record.exists() else math.nan
