@@ -91,6 +91,7 @@ class TrainConfig:
     dropout: float | None = None      # default: the preset's
     seed: int = 0
     device: str | None = None         # default: cuda if available, else cpu
+    threads: int | None = None        # CPU threads for torch (default: torch's choice)
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
@@ -163,6 +164,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--seed", type=int, default=d.seed, help="seeds the model, data order, noise")
     run = p.add_argument_group("running")
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    run.add_argument("--threads", type=int, help="CPU threads for torch; 1 is fastest on a CPU busy with other jobs")
     run.add_argument("--bf16", action=flag, default=d.bf16, help="bfloat16 autocast")
     run.add_argument("--channels-last", action=flag, default=d.channels_last, help="channels_last memory format")
     run.add_argument("--compile", action=flag, default=d.compile, help="torch.compile the model")
@@ -391,6 +393,8 @@ def train(cfg: TrainConfig) -> dict:
     elif ckpt_path.exists():
         raise TrainingError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
                             "another --out (or delete the folder) to start afresh.")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     rank, world, device = setup_distributed(cfg.device)
     master = rank == 0

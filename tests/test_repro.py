@@ -15,13 +15,7 @@ from minidiff.repro import __main__ as repro
 from minidiff.repro.common import MODELS, brightness_stats, finite, image_brightness, wasserstein1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU run fastest on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from minidiff.schedules import Schedule
 from minidiff.unet import PRESETS, UNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU run fastest (and the same) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(out, **overrides) -> T.TrainConfig:
@@ -212,3 +206,9 @@ def test_offset_noise_flag_reaches_the_loss(tmp_path):
     offset = T.train(tiny(tmp_path / "offset", max_steps=1, offset_noise=1.0))
     assert plain["loss"] != offset["loss"]
     assert T.parse_args(["--offset-noise", "0.1"]).offset_noise == 0.1
+
+
+def test_threads_flag_sets_torch_threads(tmp_path):
+    torch.set_num_threads(2)
+    T.train(tiny(tmp_path, max_steps=1, threads=1))
+    assert torch.get_num_threads() == 1
