@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import data as datasets
-from .common import (draw, experiment_parser, image_brightness, mosaic, pyplot, save_figure, scale_of, timer,
+from .common import (draw, experiment_parser, grid_figure, image_brightness, pyplot, save_figure, scale_of, timer,
                      trained_model, training_data, wasserstein1, write_json)
 
 GUIDANCE = (1.0, 2.0, 4.0, 7.5)
@@ -76,20 +76,9 @@ def main(argv=None):
 
 
 def plot_grids(grids, ws, phis, num_classes: int, path: Path) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(len(phis), len(ws), figsize=(3.6 * len(ws), 1.0 * len(phis) + 0.4), squeeze=False)
-    for i, phi in enumerate(phis):
-        for j, w in enumerate(ws):
-            ax = axes[i, j]
-            ax.imshow(mosaic(grids[(w, phi)], nrow=num_classes).numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"w = {w:g}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(f"phi = {phi:g}", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=95)
+    """Rows: phi; columns: guidance scale w."""
+    grid_figure([[grids[(w, phi)] for w in ws] for phi in phis], [f"phi = {phi:g}" for phi in phis],
+                [f"w = {w:g}" for w in ws], num_classes, path, cell_size=(3.6, 1.0), dpi=95)
 
 
 def plot_metrics(result: dict, path: Path) -> None:

@@ -341,6 +341,27 @@ def by_brightness(images: torch.Tensor, k: int) -> torch.Tensor:
     return images[order[pick]]
 
 
+def grid_figure(cells: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str], nrow: int,
+                path: Path, cell_size: tuple[float, float], dpi: int = 100) -> None:
+    """A table of sample mosaics: cells[i][j] is a batch of images shown with `mosaic(.., nrow)`,
+    rows labelled on the left, columns on top."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(row_labels), len(col_labels), squeeze=False,
+                             figsize=(cell_size[0] * len(col_labels), cell_size[1] * len(row_labels) + 0.4))
+    for i, row in enumerate(cells):
+        for j, images in enumerate(row):
+            ax = axes[i, j]
+            ax.imshow(mosaic(images, nrow=nrow).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col_labels[j], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=dpi)
+
+
 def save_figure(fig, path: Path, dpi: int = 100) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")

@@ -26,7 +26,7 @@ import torch
 
 from ..samplers import SPACINGS, make_timesteps
 from ..schedules import Schedule
-from .common import (brightness_stats, draw, experiment_parser, image_brightness, mosaic, pyplot, save_figure,
+from .common import (brightness_stats, draw, experiment_parser, grid_figure, image_brightness, pyplot, save_figure,
                      scale_of, timer, trained_model, training_data, write_json)
 from .exact import brightness_gaussian, exact_moments
 
@@ -100,20 +100,9 @@ def main(argv=None):
 
 def plot_grids(grids: dict, num_classes: int, path: Path) -> None:
     """Rows: step counts; columns: spacings; each cell the same noises (two per class)."""
-    plt = pyplot()
-    fig, axes = plt.subplots(len(STEP_COUNTS), len(SPACINGS), figsize=(4.2 * len(SPACINGS), 1.25 * len(STEP_COUNTS)))
-    for i, steps in enumerate(STEP_COUNTS):
-        for j, spacing in enumerate(SPACINGS):
-            ax = axes[i, j]
-            ax.imshow(mosaic(grids[(spacing, steps)], nrow=num_classes).numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(spacing, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(f"{steps} steps", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    grid_figure([[grids[(spacing, steps)] for spacing in SPACINGS] for steps in STEP_COUNTS],
+                [f"{steps} steps" for steps in STEP_COUNTS], list(SPACINGS), num_classes, path,
+                cell_size=(4.2, 1.25), dpi=110)
 
 
 def plot_metrics(result: dict, path: Path) -> None:
