@@ -25,6 +25,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 # Each preset is the full keyword config of UNet; `UNet.from_preset(name, **overrides)` builds one.
@@ -127,13 +128,12 @@ class AttnBlock(nn.Module):
         self.proj = zero_module(nn.Conv2d(ch, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, hgt, wid = x.shape
-        qkv = self.qkv(self.norm(x))
-        # [B, 3C, H, W] -> 3 x [B, heads, H*W, C/heads]
-        qkv = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, hgt * wid).permute(1, 0, 2, 4, 3)
-        h = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # softmax(q k^T / sqrt(d)) v
-        h = h.permute(0, 1, 3, 2).reshape(b, c, hgt, wid)
-        return x + self.proj(h)
+        # the 3C channels of the 1x1 conv are (q, k, v) x heads x channels per head; positions flatten to a sequence
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (qkv heads c) h w -> qkv b heads (h w) c",
+                            qkv=3, heads=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v
+        out = rearrange(out, "b heads (h w) c -> b (heads c) h w", h=x.shape[2])
+        return x + self.proj(out)
 
 
 class Downsample(nn.Module):
