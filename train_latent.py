@@ -7,14 +7,15 @@ Several GPUs: `torchrun --nproc_per_node 4 train_latent.py ...` (same flags). Th
 --output-dir is a diffusers folder (UNet with EMA weights, a DDIMScheduler config with
 rescale_betas_zero_snr, v_prediction and trailing spacing) that loads in a stock
 StableDiffusionPipeline and in `python -m minidiff.sample_latent --model OUTPUT_DIR`.
-The loop itself is minidiff.latent.train; this file is only its command line.
+The loop itself is minidiff.latent_train.train; this file is only its command line.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from minidiff.latent import LatentTrainConfig, train  # needs: pip install -e ".[latent]"
+from minidiff import runtime
+from minidiff.latent_train import LatentTrainConfig, train  # needs: pip install -e ".[latent]"
 
 
 def parse_args(argv=None) -> LatentTrainConfig:
@@ -59,7 +60,11 @@ def parse_args(argv=None) -> LatentTrainConfig:
     return LatentTrainConfig(**vars(p.parse_args(argv)))
 
 
+def main(argv=None) -> None:
+    result = runtime.run_command(train, parse_args(argv))
+    if result.unet is not None:
+        print(f"step {result.step}: fine-tuned model written to {result.output_dir}")
+
+
 if __name__ == "__main__":
-    cfg = parse_args()
-    result = train(cfg)
-    print(f"step {result.step}: fine-tuned model written to {result.output_dir}")
+    main()

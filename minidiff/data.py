@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .runtime import StepOrder, UsageError, mix_seed
+
 DATASETS = ("builtin", "cifar10", "folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -38,7 +40,8 @@ BUILTIN_COLOURS = torch.tensor([
 
 @dataclass
 class ImageSet:
-    """A whole dataset in memory: uint8 images [N, 3, H, W], int64 labels [N], class names."""
+    """A whole dataset in memory: uint8 images [N, C, H, W] (C = 3, or 1 for grayscale), int64
+    labels [N], class names."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -52,6 +55,11 @@ class ImageSet:
     @property
     def resolution(self) -> int:
         return self.images.shape[-1]
+
+    @property
+    def channels(self) -> int:
+        """3 for colour, 1 for a grayscale set (a model trained on it draws grayscale images)."""
+        return self.images.shape[1]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -214,7 +222,9 @@ def image_folder(root: str | Path, *, resolution: int = 32, progress: bool = Tru
     """Every image under `root` (searched recursively), resized and centre-cropped to a square.
 
     Classes are the names of the top-level subfolders when every image sits in one; otherwise the
-    set has a single class. Images are loaded once into memory.
+    set has a single class. Images are loaded once into memory. A file that does not decode (not
+    an image, or truncated) is skipped and named: a large folder gathered from the web nearly
+    always holds a few, and the run should use the rest. A folder where none decodes is refused.
     """
     from PIL import Image
 
@@ -226,23 +236,35 @@ def image_folder(root: str | Path, *, resolution: int = 32, progress: bool = Tru
     if not paths:
         raise FileNotFoundError(f"no images found under {root.resolve()} (searched recursively for "
                                 f"{', '.join(IMAGE_SUFFIXES)}); put images there or pass another --data-root.")
+    items = paths
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(paths, desc=f"loading {root}", unit="img")
+    loaded, bad = {}, []
+    for path in items:
+        try:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")  # decodes the whole file: a truncated one fails here
+        except (OSError, SyntaxError, ValueError) as err:
+            bad.append((path, err))
+            continue
+        pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(1, rgb.height, rgb.width, 3)
+        loaded[path] = resize_center_crop(pixels.permute(0, 3, 1, 2), resolution)[0]
+    if bad:
+        shown = "; ".join(f"{p.relative_to(root)} ({type(e).__name__})" for p, e in bad[:5])
+        if not loaded:
+            raise FileNotFoundError(f"none of the {len(paths)} files under {root.resolve()} could be read as an "
+                                    f"image ({shown}{'; ...' if len(bad) > 5 else ''}).")
+        print(f"warning: skipped {len(bad)} of {len(paths)} files under {root} that are not readable images: "
+              f"{shown}{'; ...' if len(bad) > 5 else ''}")
+    paths = list(loaded)
     tops = [p.relative_to(root).parts for p in paths]
     if all(len(parts) > 1 for parts in tops):
         classes = tuple(sorted({parts[0] for parts in tops}))
         labels = torch.tensor([classes.index(parts[0]) for parts in tops], dtype=torch.int64)
     else:
         classes, labels = ("images",), torch.zeros(len(paths), dtype=torch.int64)
-    images = torch.empty(len(paths), 3, resolution, resolution, dtype=torch.uint8)
-    items = enumerate(paths)
-    if progress:
-        from tqdm.auto import tqdm
-        items = tqdm(items, total=len(paths), desc=f"loading {root}", unit="img")
-    for i, path in items:
-        with Image.open(path) as im:
-            pixels = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
-            h, w = im.height, im.width
-        images[i] = resize_center_crop(pixels.view(1, h, w, 3).permute(0, 3, 1, 2), resolution)[0]
-    return ImageSet(images, labels, classes, root.name or "folder")
+    return ImageSet(torch.stack(list(loaded.values())), labels, classes, root.name or "folder")
 
 
 def load_dataset(name: str, *, data_root: str | Path | None = None, resolution: int = 32,
@@ -254,9 +276,9 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, resolution: 
         return cifar10(data_root or "data", download=download, resolution=resolution)
     if name == "folder":
         if data_root is None:
-            raise ValueError("--dataset folder needs --data-root DIR (a folder of images).")
+            raise UsageError("--dataset folder needs --data-root DIR (a folder of images).")
         return image_folder(data_root, resolution=resolution)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
 
 
 # ------------------------------------------------------------------------------------ batches
@@ -284,28 +306,15 @@ class Batches:
             free, _ = torch.cuda.mem_get_info(self.device)
             if data.images.numel() < max_device_bytes * free:
                 self.images, self.labels = data.images.to(self.device), data.labels.to(self.device)
-        self.global_batch = batch_size * world_size
-        if self.global_batch > len(data):
-            raise ValueError(f"batch size {batch_size} x {world_size} process(es) exceeds the "
-                             f"dataset size {len(data)}.")
-        self._epoch, self._order = -1, None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch, 0x5EED))
-            self._epoch, self._order = epoch, torch.randperm(len(self.labels), generator=g)
-        return self._order
+        self.order = StepOrder(len(data), batch_size, seed=seed, rank=rank, world_size=world_size)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images float [-1, 1] [B, 3, H, W], labels [B]) on the device, for training step `step`."""
-        per_epoch = len(self.labels) // self.global_batch
-        epoch, within = divmod(step, per_epoch)  # drop the ragged tail of each epoch
-        start = within * self.global_batch + self.rank * self.batch_size
-        index = self._permutation(epoch)[start:start + self.batch_size].to(self.images.device)
+        """(images float [-1, 1] [B, C, H, W], labels [B]) on the device, for training step `step`."""
+        index = self.order.indices(step).to(self.images.device)
         x = to_float(self.images[index].to(self.device, non_blocking=True))
         y = self.labels[index].to(self.device)
         if self.flip:
-            g = torch.Generator().manual_seed(_mix(self.seed, step, self.rank))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, step, self.rank))
             flip = (torch.rand(self.batch_size, generator=g) < 0.5).to(self.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x, y
@@ -315,12 +324,3 @@ class Batches:
         while True:
             yield self.batch(step)
             step += 1
-
-
-def _mix(*values: int) -> int:
-    """A 63-bit seed from several integers (so nearby seeds give unrelated streams)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF

@@ -2,8 +2,17 @@
 
 After every optimiser step each EMA weight moves a fraction (1 - decay) of the way to the live
 weight: ema <- decay * ema + (1 - decay) * theta. Samples are drawn from the EMA model, which
-averages out the last few thousand steps' noise. A decay d averages over about 1 / (1 - d) steps
-(its half-life is ln 2 / (1 - d) steps): 0.9999 suits DDPM's 800k steps, not a 10-minute run.
+averages out the last few thousand steps' noise. A decay d averages over about 1 / (1 - d) steps.
+
+Warm-up. With a fixed decay d the initial network keeps a weight d^n after n updates: 0.999^2000
+= 14%, and a short run's average is then dominated by an untrained network (whose near-zero output
+an eps sampler amplifies into noise). So the decay of update n (0-indexed) is
+
+    decay_n = min(d, (1 + n) / (10 + n))
+
+which averages the first updates almost equally and reaches d after about 9 / (1 - d) updates.
+The initial network's weight after n updates is then at most prod_k (1 + k) / (10 + k) =
+9! n! / (n + 9)!: 5e-6 at n = 100, whatever d. Long runs (DDPM's 800k steps) are unchanged.
 """
 
 from __future__ import annotations
@@ -14,26 +23,37 @@ import torch
 from torch import nn
 
 
-class EMA:
-    """A frozen copy of `model` whose weights track the live ones with `decay`."""
+def ema_decay(decay: float, updates: int, warmup: bool = True) -> float:
+    """The decay applied at update number `updates` (0-indexed): min(d, (1 + n) / (10 + n))."""
+    return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
 
-    def __init__(self, model: nn.Module, decay: float):
+
+class EMA:
+    """A frozen copy of `model` whose weights track the live ones with `decay` (warmed up)."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """ema <- ema + (1 - decay) (theta - ema), for every parameter; buffers are copied."""
+        """ema <- ema + (1 - decay_n) (theta - ema), for every parameter; buffers are copied."""
+        d = ema_decay(self.decay, self.updates, self.warmup)
         ema_params = list(self.model.parameters())
         params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
         for ema_buf, buf in zip(self.model.buffers(), model.buffers()):
             ema_buf.copy_(buf)
+        self.updates += 1
 
     def state_dict(self) -> dict:
+        """The averaged weights (what samplers load); the update count is saved beside them."""
         return self.model.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, updates: int | None = None) -> None:
+        """Load averaged weights; `updates` (None: a checkpoint from before the warm-up existed,
+        taken as fully warmed up) sets where the decay warm-up continues."""
         self.model.load_state_dict(state)
+        self.updates = updates if updates is not None else 10**9

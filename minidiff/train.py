@@ -23,25 +23,22 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from . import data as datasets
+from . import runtime
 from .ema import EMA
-from .objectives import PREDICTIONS, check_prediction, diffusion_loss
+from .objectives import PREDICTIONS, WEIGHTINGS, check_prediction, diffusion_loss
+from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .samplers import SPACINGS, sample
 from .schedules import Schedule
 from .unet import PRESETS, UNet
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
-CHECKPOINT = "checkpoint.pt"
 
 # Defaults that depend on the dataset. CIFAR-10 is DDPM's recipe. The built-in set's recipe is
 # chosen by measurement so that the README's main job (no flags) gives recognisable samples in a
@@ -59,8 +56,8 @@ RECIPES = {
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "schedule", "zero_snr", "prediction",
-            "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "ema_decay",
-            "grad_clip", "resolution", "offset_noise")
+            "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "ema_decay",
+            "grad_clip", "resolution", "offset_noise", "weighting", "dropout")
 
 
 @dataclass
@@ -81,7 +78,9 @@ class TrainConfig:
     batch_size: int | None = None     # global batch, split across DDP processes
     lr: float | None = None
     warmup: int | None = None
+    lr_decay: str = "constant"        # after the warm-up: constant (DDPM) or cosine to 0 at the run's end
     grad_clip: float = 1.0
+    weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss) or min-SNR
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
     minutes: float | None = None      # wall-clock budget; 0 or None means no limit
@@ -104,14 +103,12 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled from the recipe of `self.dataset`."""
-        if self.dataset not in RECIPES:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(RECIPES)}")
+        require(self.dataset in RECIPES, f"unknown dataset {self.dataset!r}; choose one of {', '.join(RECIPES)}")
         recipe = RECIPES[self.dataset]
         filled = {k: (recipe[k] if getattr(self, k) is None and k in recipe else getattr(self, k))
                   for k in (f.name for f in dataclasses.fields(self))}
         cfg = TrainConfig(**filled)
-        if cfg.preset not in PRESETS:
-            raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+        require(cfg.preset in PRESETS, f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
         if cfg.resolution is None:
             cfg.resolution = PRESETS[cfg.preset]["image_size"]
         if cfg.device is None:
@@ -155,7 +152,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--batch-size", type=int, help="global batch size")
     opt.add_argument("--lr", type=float, help="Adam learning rate")
     opt.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
+    opt.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay,
+                     help="after the warm-up: constant, or cosine to 0 at the end (of --max-steps or --minutes)")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
+    opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting, help="loss weight per timestep")
     opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
                      help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay per step")
@@ -188,48 +188,61 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        train(parse_args(argv))
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    except (TrainingError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    runtime.run_command(train, parse_args(argv))
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on (a NaN loss, a checkpoint that does not match the flags)."""
+def check_config(cfg: TrainConfig) -> None:
+    """Every setting in range, before any work starts: a UsageError names the flag and the fix."""
+    def positive(name, value):
+        require(value is not None and value > 0 and math.isfinite(value),
+                f"--{name.replace('_', '-')} must be a positive number, got {value}")
+
+    for name in ("batch_size", "max_steps", "num_images", "log_every", "sample_steps", "resolution"):
+        require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    positive("lr", cfg.lr)
+    positive("grad_clip", cfg.grad_clip)
+    require(cfg.lr < 1, f"--lr {cfg.lr} is far too large for Adam (1e-4 to 1e-2 is usual)")
+    require(cfg.warmup >= 0, f"--warmup must be 0 or more steps, got {cfg.warmup}")
+    require(0 <= cfg.ema_decay < 1, f"--ema-decay must lie in [0, 1), got {cfg.ema_decay}")
+    require(0 <= cfg.label_dropout < 1, f"--label-dropout must lie in [0, 1), got {cfg.label_dropout}")
+    require(cfg.dropout is None or 0 <= cfg.dropout < 1, f"--dropout must lie in [0, 1), got {cfg.dropout}")
+    require(cfg.offset_noise >= 0, f"--offset-noise must be 0 or more, got {cfg.offset_noise}")
+    require(cfg.minutes is None or (cfg.minutes >= 0 and math.isfinite(cfg.minutes)),
+            f"--minutes must be 0 (no limit) or a positive number, got {cfg.minutes}")
+    require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000 (the training steps), got {cfg.sample_steps}")
+    require(cfg.num_samples >= 1, f"--num-samples must be at least 1, got {cfg.num_samples}")
+    for name in ("sample_every", "ckpt_every"):
+        require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be 0 (never) or more, got {getattr(cfg, name)}")
+    require(cfg.threads is None or cfg.threads >= 1, f"--threads must be at least 1, got {cfg.threads}")
+    factor = 2 ** (len(PRESETS[cfg.preset]["channel_mults"]) - 1)
+    require(cfg.resolution % factor == 0,
+            f"--resolution {cfg.resolution} must be a multiple of {factor} for the {cfg.preset} preset "
+            f"(it halves the image {factor.bit_length() - 1} times)")
+    require(cfg.dataset != "folder" or cfg.data_root, "--dataset folder needs --data-root DIR (a folder of images)")
+    require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
+            f"--device {cfg.device}: no CUDA GPU is visible here; use --device cpu")
+    check_prediction(cfg.prediction, make_schedule(cfg))  # eps with zero SNR is refused, with the reason
+    runtime.check_output_folder(cfg.out, "--out")
+
+
+def make_schedule(cfg: TrainConfig) -> Schedule:
+    return Schedule.make(cfg.schedule, 1000, zero_snr=cfg.zero_snr)
 
 
 # ------------------------------------------------------------------------------------ setup
 
 
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group:
-    nccl on CUDA with one GPU per local rank, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, torch.device(device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
-
-
-def build_model(cfg: TrainConfig, num_classes: int) -> UNet:
-    overrides = dict(image_size=cfg.resolution, num_classes=num_classes if cfg.class_cond else None)
+def build_model(cfg: TrainConfig, num_classes: int, channels: int = 3) -> UNet:
+    overrides = dict(image_size=cfg.resolution, num_classes=num_classes if cfg.class_cond else None,
+                     in_channels=channels, out_channels=channels)
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
     return UNet.from_preset(cfg.preset, **overrides)
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up to cfg.lr over cfg.warmup steps, then constant (DDPM, App. B)."""
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+def learning_rate(cfg: TrainConfig, step: int, progress: float = 0.0) -> float:
+    """Linear warm-up to cfg.lr over cfg.warmup steps (DDPM, App. B), then cfg.lr_decay."""
+    return runtime.learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, decay=cfg.lr_decay, progress=progress)
 
 
 def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator) -> torch.Tensor:
@@ -240,7 +253,7 @@ def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator
 
 def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: TrainConfig,
                   x: torch.Tensor, y: torch.Tensor, step: int, noise_gen: torch.Generator,
-                  null_class: int) -> torch.Tensor:
+                  null_class: int, progress: float = 0.0) -> torch.Tensor:
     """One step of DDPM's Algorithm 1 with Adam: loss, backward, clip, update, EMA.
 
     `forward` is what computes the loss (the model, or its compiled / DDP wrapper); `model` is
@@ -249,11 +262,11 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
     if cfg.class_cond:
         y = drop_labels(y, cfg.label_dropout, null_class, noise_gen)
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(cfg, step)
+        group["lr"] = learning_rate(cfg, step, progress)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.bf16):
         loss = diffusion_loss(forward, x, schedule, cfg.prediction,
                               y=y if cfg.class_cond else None, generator=noise_gen,
-                              offset_noise_strength=cfg.offset_noise)
+                              weighting=cfg.weighting, offset_noise_strength=cfg.offset_noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -265,38 +278,9 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
 # ------------------------------------------------------------------------------- checkpoints
 
 
-def rng_states(noise_gen: torch.Generator) -> dict:
-    """Every random stream the loop draws from, as tensors: the global CPU and CUDA generators
-    (dropout) and the generator for timesteps, noise and label dropout."""
-    states = {"torch": torch.get_rng_state(), "noise": noise_gen.get_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    return states
-
-
-def set_rng_states(states: dict, noise_gen: torch.Generator) -> None:
-    torch.set_rng_state(states["torch"])
-    noise_gen.set_state(states["noise"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(states["cuda"]))
-
-
-def save_checkpoint(path: Path, **state) -> None:
-    """torch.save to a temporary file, then rename: the old checkpoint survives a crash mid-write."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint without running any pickled code (weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path.resolve()}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A pixel-space training checkpoint, loaded without running pickled code (weights_only)."""
+    return runtime.load_checkpoint(path, kind="pixel")
 
 
 def plain_config(cfg: TrainConfig) -> dict:
@@ -304,61 +288,20 @@ def plain_config(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def merge_resumed_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
-    """The saved run's config, with the flags that may change on resume (length, logging, device,
-    speed switches) taken from `cfg`. The flags that define the run (IDENTITY) come from the
-    checkpoint; where the command line says otherwise, a note says which value is used."""
-    for k in IDENTITY:
-        if saved.get(k) != getattr(cfg, k):
-            print(f"note: resuming with {k}={saved.get(k)!r} from the checkpoint (not {getattr(cfg, k)!r})")
-    return TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in saved if k not in IDENTITY}})
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics logged after `step` (a run killed after its last checkpoint logged them)."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        path.write_text("".join(line + "\n" for line in rows if json.loads(line)["step"] <= step))
+def resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
+    """The config a resumed run goes on with: the command line's, which must agree with the
+    checkpoint on every setting that decides what is trained (IDENTITY); runtime.check_resume
+    names any that differ. Length, logging, device and speed switches may change."""
+    runtime.check_resume(saved, plain_config(cfg), IDENTITY)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------- outputs
 
 
-def write_metrics(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def plot_loss(metrics: Path, out: Path) -> None:
-    """Loss against step from metrics.jsonl (log scale), with a running mean, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    if not rows:
-        return
-    steps = [r["step"] for r in rows]
-    loss = torch.tensor([r["loss"] for r in rows])
-    window = max(1, len(rows) // 20)
-    smooth = torch.nn.functional.avg_pool1d(loss[None, None], window, 1, padding=0)[0, 0]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, loss.tolist(), lw=0.6, alpha=0.5, label=f"loss (mean of {rows[0].get('window', 1)} steps)")
-    ax.plot(steps[window - 1:], smooth.tolist(), lw=1.5, label=f"running mean ({window} points)")
-    ax.set_yscale("log")
-    ax.set_title(metrics.parent.name, fontsize=9)
-    ax.set_xlabel("step")
-    ax.set_ylabel("diffusion loss")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-
-
 @torch.no_grad()
 def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, path: Path,
-                device: torch.device) -> torch.Tensor:
+                device: torch.device, channels: int = 3) -> torch.Tensor:
     """Draw cfg.num_samples images from `model` (the EMA model) with a fixed seed and save a grid.
 
     With class conditioning, row r of the grid holds class r (mod the number of classes).
@@ -368,7 +311,7 @@ def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, p
     n = cfg.num_samples
     nrow = math.ceil(math.sqrt(n))
     y = (torch.arange(n, device=device) // nrow) % num_classes if cfg.class_cond else None
-    shape = (n, 3, cfg.resolution, cfg.resolution)
+    shape = (n, channels, cfg.resolution, cfg.resolution)
     gen = torch.Generator(device).manual_seed(cfg.seed + 12345)
     with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
         x = sample(model, shape, schedule, prediction=cfg.prediction, steps=cfg.sample_steps,
@@ -384,24 +327,28 @@ def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, p
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training. Returns a summary: step, last loss, images/s, run folder."""
     cfg = cfg.resolved()
+    check_config(cfg)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     saved = None
     if cfg.resume:
         saved = load_checkpoint(ckpt_path)
-        cfg = merge_resumed_config(cfg, saved["config"])
+        cfg = resume_config(cfg, saved["config"])
+        if saved["step"] >= cfg.max_steps:
+            print(f"{out} is finished: it reached step {saved['step']} of --max-steps {cfg.max_steps}. "
+                  "Nothing to do; pass a larger --max-steps to train on.")
+            return dict(step=saved["step"], loss=math.nan, images_per_s=math.nan, out=str(out),
+                        finished=True)
     elif ckpt_path.exists():
-        raise TrainingError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
-                            "another --out (or delete the folder) to start afresh.")
+        raise UsageError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
+                         "another --out (or delete the folder) to start afresh.")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    rank, world, device = setup_distributed(cfg.device)
+    rank, world, device = runtime.setup_distributed(cfg.device)
     master = rank == 0
-    if cfg.batch_size % world:
-        raise ValueError(f"--batch-size {cfg.batch_size} must divide by the {world} processes")
-    schedule = Schedule.make(cfg.schedule, 1000, zero_snr=cfg.zero_snr)
-    check_prediction(cfg.prediction, schedule)  # eps with zero SNR is refused here, with the reason
+    require(cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} must divide by the {world} processes")
+    schedule = make_schedule(cfg)
 
     # Seeds: the model is built from `seed` on every rank (identical weights); dropout and the
     # diffusion noise differ per rank.
@@ -410,22 +357,23 @@ def train(cfg: TrainConfig) -> dict:
                                  download=cfg.download, seed=cfg.seed, num=cfg.num_images)
     batches = datasets.Batches(data, cfg.batch_size // world, seed=cfg.seed, device=device,
                                rank=rank, world_size=world)
-    model = build_model(cfg, data.num_classes).to(device)
+    model = build_model(cfg, data.num_classes, data.channels).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     torch.manual_seed(cfg.seed + 1000 * rank)
     noise_gen = torch.Generator(device).manual_seed(cfg.seed + 1 + 1000 * rank)
+    streams = {"noise": noise_gen}
 
     step = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
+        ema.load_state_dict(saved["ema"], saved.get("ema_updates"))
         optimizer.load_state_dict(saved["optimizer"])
-        ranks = saved.get("rng_ranks") or [saved["rng"]]
+        ranks = saved["rng_ranks"]
         if len(ranks) == world:
-            set_rng_states(ranks[rank], noise_gen)
+            runtime.set_rng_states(ranks[rank], streams)
         else:  # a different process count: valid, fresh per-rank streams, but not bit for bit
             noise_gen.manual_seed(cfg.seed + 1 + 1000 * rank + saved["step"])
             if master:
@@ -442,35 +390,37 @@ def train(cfg: TrainConfig) -> dict:
     if master:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(plain_config(cfg), indent=2) + "\n")
-    metrics = out / "metrics.jsonl"
+    metrics = runtime.MetricsLog(out / "metrics.jsonl")
     if master:
-        truncate_metrics(metrics, step)
+        metrics.truncate(step)
 
     def checkpoint() -> None:
         # Every rank draws its own timesteps, noise and dropout: keep each rank's streams so that
         # a resumed DDP run continues bit for bit. (All ranks reach this line together.)
-        ranks = [rng_states(noise_gen)]
-        if world > 1:
-            ranks = [None] * world
-            dist.all_gather_object(ranks, {k: v.cpu() for k, v in rng_states(noise_gen).items()})
+        ranks = runtime.gather_objects(runtime.rng_states(streams), world)
         if master:
-            save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(),
-                            optimizer=optimizer.state_dict(), step=step, rng=ranks[0], rng_ranks=ranks,
-                            config=plain_config(cfg), model_config=_plain(model.config),
-                            data_order="data.Batches: a function of (config.seed, step)")
+            runtime.save_checkpoint(ckpt_path, dict(
+                kind="pixel", model=model.state_dict(), ema=ema.state_dict(), ema_updates=ema.updates,
+                optimizer=optimizer.state_dict(), step=step, rng_ranks=ranks, config=plain_config(cfg),
+                model_config=_plain(model.config), channels=data.channels,
+                data_order="data.Batches: a function of (config.seed, step)"))
 
-    def finish_outputs() -> None:
-        if master:
-            if metrics.exists():
-                plot_loss(metrics, out / "loss.png")
-            sample_grid(ema.model, cfg, schedule, data.num_classes, out / "samples" / f"step_{step:07d}.png", device)
+    def grid(step: int) -> None:
+        sample_grid(ema.model, cfg, schedule, data.num_classes, out / "samples" / f"step_{step:07d}.png",
+                    device, data.channels)
 
     from tqdm.auto import tqdm
 
     budget_s = cfg.minutes * 60 if cfg.minutes else math.inf
     start = time.perf_counter()
     losses, window_start, window_images = [], time.perf_counter(), 0
-    last_loss, images_per_s = math.nan, math.nan
+    last_loss, images_per_s, out_of_time = math.nan, math.nan, False
+    first_step = step
+
+    def progress() -> float:
+        """How much of this run is done, for a learning rate that decays to its end."""
+        return max(step / cfg.max_steps, (time.perf_counter() - start) / budget_s)
+
     # With a wall-clock budget the bar counts seconds of it; otherwise steps.
     timed = budget_s < math.inf
     bar = tqdm(total=round(budget_s) if timed else cfg.max_steps, initial=0 if timed else step,
@@ -478,107 +428,58 @@ def train(cfg: TrainConfig) -> dict:
                dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s{postfix}" if timed else None)
     model.train()
-    with StopOnInterrupt() as interrupt:
+    with runtime.StopOnInterrupt() as interrupt:
         while step < cfg.max_steps:
             x, y = batches.batch(step)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             losses.append(training_step(forward, model, optimizer, ema, schedule, cfg, x, y, step,
-                                        noise_gen, null_class=data.num_classes))
+                                        noise_gen, null_class=data.num_classes, progress=progress()))
             step += 1
             window_images += cfg.batch_size
             bar.update(min(bar.total, round(time.perf_counter() - start)) - bar.n if timed else 1)
 
             # Every log_every steps: one sync to read the losses, the NaN check, a metrics line.
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                values = _mean_over_ranks(torch.stack(losses).float(), world).cpu()
-                check_finite(values, step, ckpt_path)
+                values = runtime.mean_over_ranks(torch.stack(losses).float(), world).cpu()
+                runtime.check_finite(values, step, ckpt_path)
                 elapsed = time.perf_counter() - window_start
                 last_loss, images_per_s = values.mean().item(), window_images / elapsed
                 if master:
-                    write_metrics(metrics, dict(step=step, loss=last_loss, lr=learning_rate(cfg, step - 1),
-                                                images_per_s=images_per_s, window=len(values),
-                                                elapsed_s=time.perf_counter() - start))
+                    metrics.write(dict(step=step, loss=last_loss, lr=learning_rate(cfg, step - 1, progress()),
+                                       images_per_s=images_per_s, window=len(values),
+                                       elapsed_s=time.perf_counter() - start))
                 bar.set_postfix(step=step, loss=f"{last_loss:.4f}", img_s=f"{images_per_s:.0f}")
                 losses, window_start, window_images = [], time.perf_counter(), 0
 
             out_of_time = time.perf_counter() - start > budget_s
-            stop = _any_rank(out_of_time or interrupt.requested, world, device)
+            stop = runtime.any_rank(out_of_time or interrupt.requested, world, device)
             if stop or step == cfg.max_steps:
                 break
             paused = time.perf_counter()  # time spent here does not count in images/s
             if cfg.ckpt_every and step % cfg.ckpt_every == 0:
                 checkpoint()
                 if master:
-                    plot_loss(metrics, out / "loss.png")
+                    metrics.plot(out / "loss.png")
             if master and cfg.sample_every and step % cfg.sample_every == 0:
-                sample_grid(ema.model, cfg, schedule, data.num_classes, out / "samples" / f"step_{step:07d}.png", device)
+                grid(step)
             window_start += time.perf_counter() - paused
     bar.close()
     checkpoint()
     if interrupt.requested:
         if master:
             print(f"interrupted: saved step {step} to {ckpt_path}; continue with --resume")
-        _cleanup(world)
+        runtime.cleanup_distributed(world)
         raise KeyboardInterrupt
     if master and out_of_time:
         print(f"stopped after {cfg.minutes} minutes at step {step} (--minutes)")
-    finish_outputs()
     if master:
-        print(f"done: step {step}, loss {last_loss:.4f}, {images_per_s:.0f} images/s; "
-              f"checkpoint {ckpt_path}, samples in {out / 'samples'}")
-    _cleanup(world)
+        metrics.plot(out / "loss.png")
+        grid(step)
+        print(f"done: step {step} ({step - first_step} this run), loss {last_loss:.4f}, "
+              f"{images_per_s:.0f} images/s; checkpoint {ckpt_path}, samples in {out / 'samples'}")
+    runtime.cleanup_distributed(world)
     return dict(step=step, loss=last_loss, images_per_s=images_per_s, out=str(out), model=model, ema=ema)
-
-
-def check_finite(losses: torch.Tensor, step: int, ckpt_path: Path) -> None:
-    """Stop on the first NaN/inf among the losses of steps step-len(losses)+1 .. step."""
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        first = int(bad[0])
-        raise TrainingError(
-            f"loss became {losses[first].item()} at step {step - len(losses) + first + 1}; stopping "
-            f"without saving. The last good checkpoint is {ckpt_path} (try a lower --lr, or drop --bf16).")
-
-
-class StopOnInterrupt:
-    """Turns the first Ctrl-C into a request that the loop honours after the current step (so the
-    checkpoint it then saves is exact); a second Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to quit now)")
-
-    def __enter__(self):
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
-def _mean_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(values)  # a NaN on any rank shows on every rank, at the same step
-        values /= world
-    return values
-
-
-def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
-    """True on every rank if it is true on any (all ranks must stop at the same step)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def _plain(value):
@@ -588,11 +489,6 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _cleanup(world: int) -> None:
-    if world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,  #
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from minidiff import latent  # noqa: E402
+from minidiff import latent, latent_data, latent_train, runtime  # noqa: E402
 from minidiff.objectives import diffusion_loss  # noqa: E402
 from minidiff.samplers import make_timesteps  # noqa: E402
 
@@ -107,7 +107,7 @@ def config(tiny_sd, images, out, **kw):
     base = dict(pretrained=str(tiny_sd), data_dir=str(images), output_dir=str(out), resolution=RES,
                 max_steps=4, batch_size=2, lr=1e-3, ema_decay=0.9, caption_dropout=0.25, workers=0,
                 device="cpu", checkpoint_every=2, progress=False)
-    return latent.LatentTrainConfig(**{**base, **kw})
+    return latent_train.LatentTrainConfig(**{**base, **kw})
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -139,7 +139,7 @@ def test_incomplete_checkpoint_folder_names_what_is_missing(tiny_sd, tmp_path):
 
 def test_resolution_must_be_a_multiple_of_the_vae_factor(tiny_sd, images, tmp_path):
     with pytest.raises(ValueError, match="not a multiple of the VAE's downsampling factor 2"):
-        latent.train(config(tiny_sd, images, tmp_path, resolution=RES + 1))
+        latent_train.train(config(tiny_sd, images, tmp_path, resolution=RES + 1))
     with pytest.raises(ValueError, match="downsampling factor 8.*use e.g. 504 or 512"):
         latent.check_resolution(510, 8)
 
@@ -151,9 +151,9 @@ def test_images_without_captions_are_refused(images, tmp_path):
     shutil.copytree(images, folder)
     (folder / "2.txt").unlink()
     with pytest.raises(ValueError, match=r"1 of 4 images .* no caption \(2.png\)"):
-        latent.CaptionedImages(folder, RES)
+        latent_data.CaptionedImages(folder, RES)
     (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "2.png", "text": "a red square"}) + "\n")
-    assert latent.CaptionedImages(folder, RES).captions == CAPTIONS
+    assert latent_data.CaptionedImages(folder, RES).captions == CAPTIONS
 
 
 # --------------------------------------------------------------------------------- training
@@ -162,19 +162,19 @@ def test_images_without_captions_are_refused(images, tmp_path):
 def test_each_epoch_visits_every_image_once_split_across_ranks():
     """10 images, batch 2 per rank, 2 ranks: 2 global batches per epoch (the ragged 2 images
     are dropped), the ranks' batches are disjoint, and a later start gives the same batches."""
-    ranks = [latent.StepBatches(10, 2, seed=5, rank=r, world_size=2) for r in range(2)]
+    ranks = [runtime.StepOrder(10, 2, seed=5, rank=r, world_size=2) for r in range(2)]
     for epoch in range(3):
-        seen = [i for k in (2 * epoch, 2 * epoch + 1) for b in ranks for i in b.batch(k)]
+        seen = [i for k in (2 * epoch, 2 * epoch + 1) for b in ranks for i in b.indices(k).tolist()]
         assert len(seen) == len(set(seen)) == 8
-    late = latent.StepBatches(10, 2, seed=5, start=3, rank=1, world_size=2)
-    assert next(iter(late)) == latent.StepBatches(10, 2, seed=5, rank=1, world_size=2).batch(3)
+    late = latent_train.MicroBatches(runtime.StepOrder(10, 2, seed=5, rank=1, world_size=2), start=3)
+    assert next(iter(late)) == runtime.StepOrder(10, 2, seed=5, rank=1, world_size=2).indices(3).tolist()
 
 
 
 
 def fixed_batch_loss(components, unet, schedule, images):
     """The v loss of one fixed batch at fixed timesteps and noise."""
-    data = latent.CaptionedImages(images, RES)
+    data = latent_data.CaptionedImages(images, RES)
     pixels = torch.stack([data[i]["pixels"] for i in range(len(data))])
     z = latent.encode_images(components, pixels, "mean")
     c = latent.encode_prompts(components, data.captions)
@@ -188,7 +188,7 @@ def test_training_lowers_the_v_loss_on_a_fixed_batch(tiny_sd, images, tmp_path):
     components = latent.load_components(tiny_sd)
     schedule = latent.base_schedule(components.scheduler_config, zero_snr=True)
     before = fixed_batch_loss(components, components.unet, schedule, images)
-    result = latent.train(config(tiny_sd, images, tmp_path, max_steps=30, ema_decay=0, caption_dropout=0,
+    result = latent_train.train(config(tiny_sd, images, tmp_path, max_steps=30, ema_decay=0, caption_dropout=0,
                                  vae_latent="mean", checkpoint_every=1000))
     after = fixed_batch_loss(components, result.unet, schedule, images)
     print(f'v loss on the fixed batch: {before:.4f} before, {after:.4f} after 30 steps')
@@ -197,25 +197,25 @@ def test_training_lowers_the_v_loss_on_a_fixed_batch(tiny_sd, images, tmp_path):
 
 def test_resume_is_exact(tiny_sd, images, tmp_path):
     """4 steps in one go == 2 steps, stop, resume for 2 more: same weights, EMA and optimizer, bit for bit."""
-    straight = latent.train(config(tiny_sd, images, tmp_path / "a", max_steps=4))
-    latent.train(config(tiny_sd, images, tmp_path / "b", max_steps=2))
-    resumed = latent.train(config(tiny_sd, images, tmp_path / "b", max_steps=4, resume=True))
+    straight = latent_train.train(config(tiny_sd, images, tmp_path / "a", max_steps=4))
+    latent_train.train(config(tiny_sd, images, tmp_path / "b", max_steps=2))
+    resumed = latent_train.train(config(tiny_sd, images, tmp_path / "b", max_steps=4, resume=True))
     assert resumed.losses == straight.losses
     for (name, p), q in zip(straight.unet.state_dict().items(), resumed.unet.state_dict().values()):
         assert torch.equal(p, q), name
-    a, b = (latent.load_checkpoint(d / "checkpoint.pt") for d in (tmp_path / "a", tmp_path / "b"))
+    a, b = (latent_train.load_checkpoint(d / "checkpoint.pt") for d in (tmp_path / "a", tmp_path / "b"))
     assert a["step"] == b["step"] == 4
     for key in a["optimizer"]["state"]:
         assert torch.equal(a["optimizer"]["state"][key]["exp_avg_sq"], b["optimizer"]["state"][key]["exp_avg_sq"])
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
-    with pytest.raises(ValueError, match="differ from the checkpoint's.*lr"):
-        latent.train(config(tiny_sd, images, tmp_path / "b", max_steps=5, lr=1e-4, resume=True))
+    with pytest.raises(ValueError, match="would change what is trained.*lr: 0.0001 now, 0.001 in the checkpoint"):
+        latent_train.train(config(tiny_sd, images, tmp_path / "b", max_steps=5, lr=1e-4, resume=True))
 
 
 def test_cached_latents_give_the_same_losses_as_live_encoding(tiny_sd, images, tmp_path):
     kw = dict(max_steps=3, vae_latent="mean", ema_decay=0)
-    live = latent.train(config(tiny_sd, images, tmp_path / "live", **kw))
-    cached = latent.train(config(tiny_sd, images, tmp_path / "cached", cache_dir=str(tmp_path / "cache"), **kw))
+    live = latent_train.train(config(tiny_sd, images, tmp_path / "live", **kw))
+    cached = latent_train.train(config(tiny_sd, images, tmp_path / "cached", cache_dir=str(tmp_path / "cache"), **kw))
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4 + 1  # one per image, plus the empty caption
     assert cached.losses == pytest.approx(live.losses, rel=1e-5)
 
@@ -256,7 +256,7 @@ def test_exported_folder_loads_in_a_stock_pipeline_and_matches_minidiff(tiny_sd,
                                    "--resolution", str(RES), "--max-steps", "2", "--batch-size", "2",
                                    "--sample-every", "2", "--sample-steps", "2", "--workers", "0",
                                    "--device", "cpu", "--no-progress"])
-    latent.train(cfg)
+    latent_train.train(cfg)
     assert (out / "samples" / "step_0000002.png").is_file()
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
     sched = pipe.scheduler
@@ -298,7 +298,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_sd):
 
 
 def test_bf16_training_with_checkpointing_and_accumulation_runs(tiny_sd, images, tmp_path):
-    result = latent.train(config(tiny_sd, images, tmp_path, max_steps=2, batch_size=1, grad_accum=2,
+    result = latent_train.train(config(tiny_sd, images, tmp_path, max_steps=2, batch_size=1, grad_accum=2,
                                  bf16=True, gradient_checkpointing=True))
     assert result.step == 2 and all(0 < loss < 10 for loss in result.losses)
     assert all(p.dtype == torch.float32 for p in result.unet.parameters())  # master weights stay fp32
@@ -315,7 +315,7 @@ def test_torchrun_two_processes_train_and_resume(tiny_sd, images, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for extra in (["--max-steps", "2"], ["--max-steps", "3", "--resume"]):
         subprocess.run(cmd + extra, check=True, env=env, timeout=300)
-    state = latent.load_checkpoint(out / "checkpoint.pt")
-    assert state["step"] == 3 and len(state["losses"]) == 3 and len(state["rng"]["generators"]) == 2
-    assert not torch.equal(*state["rng"]["generators"])  # each rank draws its own noise
+    state = latent_train.load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 3 and len(state["losses"]) == 3 and len(state["rng_ranks"]) == 2
+    assert not torch.equal(*(r["noise"] for r in state["rng_ranks"]))  # each rank draws its own noise
     assert StableDiffusionPipeline.from_pretrained(out, safety_checker=None).scheduler.config.rescale_betas_zero_snr

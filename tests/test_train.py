@@ -95,7 +95,9 @@ def test_checkpoint_loads_without_pickle_and_rebuilds_the_model(tmp_path):
     result = T.train(tiny(tmp_path, max_steps=2))
     ckpt = torch.load(tmp_path / T.CHECKPOINT, map_location="cpu", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["config"]["preset"] == "tiny"
-    assert set(ckpt["rng"]) >= {"torch", "noise"} and ckpt["rng"]["torch"].dtype == torch.uint8
+    assert ckpt["kind"] == "pixel" and ckpt["ema_updates"] == 2
+    rng = ckpt["rng_ranks"][0]
+    assert set(rng) >= {"torch", "noise"} and rng["torch"].dtype == torch.uint8
     model = UNet(**ckpt["model_config"])
     model.load_state_dict(ckpt["ema"])
     for k, v in result["ema"].state_dict().items():
@@ -104,7 +106,7 @@ def test_checkpoint_loads_without_pickle_and_rebuilds_the_model(tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 0
     assert (tmp_path / "samples" / "step_0000002.png").exists()
     # Starting again in the same folder without --resume is refused rather than overwriting.
-    with pytest.raises(T.TrainingError, match="--resume"):
+    with pytest.raises(T.UsageError, match="--resume"):
         T.train(tiny(tmp_path, max_steps=2))
 
 
