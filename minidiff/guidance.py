@@ -21,7 +21,9 @@ def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, rescale: float =
     """Guided model output (Lin et al. Algorithm 2).
 
     cond, uncond: model outputs with and without the condition, shape [B, ...].
-    scale: the guidance weight w (1 returns cond). rescale: phi in [0, 1], 0 is plain CFG.
+    scale: the guidance weight w (1 returns cond).
+    rescale: the guidance rescale, the paper's phi (eq. 16), in [0, 1]; 0 is plain CFG, 0.7 the
+    paper's choice. `samplers.sample` and every command line call it `guidance_rescale`.
     std is taken per sample over all non-batch dimensions. A sample whose guided output has
     zero spread (a constant image) is left as it is rather than divided by zero.
     """

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-KINDS = ("linear", "cosine", "scaled_linear")
+BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")  # the names make_betas knows
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -62,7 +62,7 @@ def make_betas(kind: str, num_timesteps: int = 1000, *, cosine_clip: float | Non
         return cosine_betas(num_timesteps, clip=cosine_clip)
     if kind == "scaled_linear":
         return scaled_linear_betas(num_timesteps)
-    raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(KINDS)}")
+    raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(BETA_SCHEDULES)}")
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
