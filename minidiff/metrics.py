@@ -1,0 +1,520 @@
+"""Sample quality without a download: a small classifier trained on the real images judges samples.
+
+FID needs Inception weights from the internet and 50,000 samples; a student's ten-minute CPU run
+has neither. This file measures samples against a labelled set (the built-in shapes, or a folder
+with one sub-folder per class) with a classifier trained on that set's own real images, once, in
+seconds, and cached on disk by a fingerprint of the data it describes. Three measures:
+
+- **Frechet distance** between the samples and held-out real images in the classifier's
+  penultimate features (64 numbers an image): Heusel et al.'s FID formula, computed by
+  `fid.frechet_distance` and `fid.statistics`, with this network in place of Inception.
+- **Class accuracy**: for class-conditional samples, the share the classifier assigns to the class
+  they were drawn for (the classifier's own accuracy on held-out real images is reported too).
+- **Brightness W1**: the Wasserstein-1 distance between the distributions of per-image mean
+  brightness (in [-1, 1] units) of the samples and of held-out real images; the quantity Lin et
+  al.'s flawed schedules get wrong (samples pulled towards medium brightness).
+
+A number means little alone, so each is printed beside its calibration on the same data and the
+same number of images: another real draw (the floor: what sampling noise alone gives), and that
+draw blurred, with its brightness squeezed halfway towards the mean, and replaced by uniform noise.
+
+Every image passes through uint8 (as a saved sample does) before it is measured. The real sets
+get random horizontal flips, as the trainer's batches do, so the reference is the distribution a
+model is trained on.
+
+    python -m minidiff.sample CKPT --num 2000 --npz samples.npz --png ""
+    python -m minidiff.metrics samples.npz --dataset builtin
+    python -m minidiff.metrics samples.npz --dataset folder --data-root DIR
+
+In Python (what the trainer calls at the end of a run):
+
+    judge = Judge.for_dataset("builtin", resolution=32)   # trains or loads the classifier
+    print(judge.report(images, labels))                   # the table, with calibration
+    judge.score(images, labels)       # {"frechet": ..., "accuracy": ..., "brightness_w1": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as datasets
+from .fid import frechet_distance, statistics
+
+DATASETS = ("builtin", "folder")
+DEFAULT_CACHE = Path("~/.cache/minidiff/metrics")
+# Seeds of the built-in draws the instrument uses: far from the small seeds runs train with, so
+# none of its images is an image a model was trained on.
+BUILTIN_SEED = 1_000_003
+# Everything that decides the trained classifier; part of the cache key, so a change retrains.
+CLASSIFIER_RECIPE = dict(version=1, widths=(16, 32, 64, 64), steps=150, batch_size=128, lr=3e-3,
+                         colour_weight=1.0, seed=0)
+CALIBRATIONS = ("real", "blurred", "squeezed", "noise")
+MEASURES = ("frechet", "accuracy", "brightness_w1")
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+def nchw(images) -> torch.Tensor:
+    """Images as a tensor [N, C, H, W], C = 1 or 3, of uint8 or float in [-1, 1]; else a clear error.
+
+    Accepted layouts: [N, C, H, W], [N, H, W, C] (the sample CLI's npz) and [N, H, W] (grayscale).
+    """
+    x = torch.as_tensor(np.asarray(images))
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 2:
+        raise ValueError(f"images must be [N >= 2, C, H, W] or [N, H, W, C] with C = 1 or 3, "
+                         f"got shape {tuple(np.shape(images))}")
+    if x.dtype.is_floating_point:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1.01 or hi > 1.01:
+            raise ValueError(f"float images must lie in [-1, 1], these span [{lo:.3g}, {hi:.3g}]; "
+                             "pass uint8 (0..255) or rescale")
+    elif x.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 or float in [-1, 1], got {x.dtype}")
+    return x
+
+
+def as_uint8_images(images, *, channels: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """Any accepted image array (see `nchw`) -> uint8 [N, channels, resolution, resolution], and
+    notes on what was converted.
+
+    Floats are quantised to 256 levels, as saving a sample would. One channel is repeated to three
+    and three are averaged to one to match the classifier; another size is resized (bilinear,
+    antialiased) to the classifier's resolution.
+    """
+    x = nchw(images)
+    if x.dtype.is_floating_point:
+        x = datasets.to_uint8(x)
+    notes = []
+    if x.shape[1] != channels:
+        notes.append(f"{x.shape[1]}-channel images {'averaged to one channel' if channels == 1 else 'repeated to three channels'} "
+                     "to match the classifier")
+        x = x.float().mean(1, keepdim=True).round().to(torch.uint8) if channels == 1 else x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != (resolution, resolution):
+        notes.append(f"images resized from {x.shape[-2]}x{x.shape[-1]} to the classifier's "
+                     f"{resolution}x{resolution}: the figures then also judge the resizing")
+        x = F.interpolate(x.float(), size=(resolution, resolution), mode="bilinear", antialias=True,
+                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return x.contiguous(), notes
+
+
+def random_flips(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each image mirrored left-right with probability 1/2, as the trainer's batches are (DDPM Sec. 4)."""
+    flip = torch.rand(len(images), generator=torch.Generator().manual_seed(seed)) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+# ------------------------------------------------------------------------------ degradations
+
+
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of uint8 images with standard deviation `sigma` pixels (reflected edges)."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-taps**2 / (2 * sigma**2))
+    kernel /= kernel.sum()
+    c = images.shape[1]
+    x = F.pad(images.float(), (radius,) * 4, mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # along rows
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # along columns
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def squeeze_brightness(images: torch.Tensor, amount: float, centre: float | None = None) -> torch.Tensor:
+    """Shift each image so its mean brightness moves `amount` of the way towards `centre` (default:
+    the set's mean), contrast kept: the effect Lin et al. see in samples of flawed schedules."""
+    x = images.float()
+    means = x.mean((1, 2, 3), keepdim=True)
+    centre = float(means.mean()) if centre is None else centre
+    return (x - amount * (means - centre)).round().clamp(0, 255).to(torch.uint8)
+
+
+def uniform_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
+    """Independent uniform uint8 pixels, the shape of `like`: the worst a model can do."""
+    return torch.randint(0, 256, like.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+# ------------------------------------------------------------------------------------ measures
+
+
+def brightness(images: torch.Tensor) -> np.ndarray:
+    """Mean brightness of each uint8 image, in the library's [-1, 1] units (float64 [N])."""
+    return (images.double().mean((1, 2, 3)) / 127.5 - 1).numpy()
+
+
+def wasserstein1(a, b) -> float:
+    """W1 between the empirical distributions of two 1-D samples: the integral of |F_a - F_b|,
+    the gap between their cumulative distribution functions, exactly (no binning)."""
+    a, b = np.sort(np.asarray(a, np.float64)), np.sort(np.asarray(b, np.float64))
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(a, grid[:-1], side="right") / len(a)
+    cdf_b = np.searchsorted(b, grid[:-1], side="right") / len(b)
+    return float(np.sum(np.abs(cdf_a - cdf_b) * np.diff(grid)))
+
+
+# ---------------------------------------------------------------------------------- classifier
+
+
+class Classifier(nn.Module):
+    """A small CNN: 3x3 convolutions with batch norm, halving the size between them, then global
+    average pooling to the penultimate features (`features`, widths[-1] numbers) and a linear head
+    for the class. A second linear head reads each channel's mean (brightness and tint) from the
+    same features: trained on that too, the features keep what a classifier alone would throw
+    away, and the Frechet distance sees a wrong brightness or colour cast."""
+
+    def __init__(self, channels: int, num_classes: int, widths=CLASSIFIER_RECIPE["widths"]):
+        super().__init__()
+        layers, c_in = [], channels
+        for i, width in enumerate(widths):
+            if i:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            c_in = width
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(c_in, num_classes)
+        self.colour = nn.Linear(c_in, channels)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, widths[-1]] of float images [B, C, H, W] in [-1, 1]."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+                     recipe: dict = CLASSIFIER_RECIPE, progress: bool = True) -> Classifier:
+    """Fit the classifier to uint8 images: cross-entropy on the class plus squared error on each
+    channel's mean (weighted by recipe["colour_weight"]); Adam, a fixed number of steps with the
+    learning rate decayed linearly to 0, random flips. Seeded; leaves the global RNG as it was."""
+    from tqdm.auto import tqdm
+
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe["seed"])
+        net = Classifier(images.shape[1], num_classes, recipe["widths"])
+        opt = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / recipe["steps"])
+        g = torch.Generator().manual_seed(recipe["seed"])
+        net.train()
+        for _ in tqdm(range(recipe["steps"]), desc="training the metrics classifier", unit="step",
+                      disable=not progress):
+            index = torch.randint(0, len(images), (recipe["batch_size"],), generator=g)
+            x = random_flips(datasets.to_float(images[index]), int(torch.randint(2**62, (1,), generator=g)))
+            f = net.features(x)
+            loss = F.cross_entropy(net.head(f), labels[index]) + \
+                recipe["colour_weight"] * F.mse_loss(net.colour(f), x.mean((2, 3)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def classify(net: Classifier, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(features float64 [N, D], predicted classes [N]) of uint8 images, in batches."""
+    feats, preds = [], []
+    for start in range(0, len(images), batch_size):
+        f = net.features(datasets.to_float(images[start:start + batch_size]))
+        feats.append(f.double())
+        preds.append(net.head(f).argmax(1))
+    return torch.cat(feats).numpy(), torch.cat(preds).numpy()
+
+
+# ---------------------------------------------------------------------------------- real data
+
+
+@dataclass
+class RealData:
+    """The real images the instrument uses, uint8 [N, C, H, W] with labels: `train` fits the
+    classifier; `held` (held out from training) is the reference samples are compared with;
+    `other` (a third, disjoint draw) is what the calibration rows degrade."""
+
+    name: str
+    classes: tuple[str, ...]
+    train: tuple[torch.Tensor, torch.Tensor]
+    held: tuple[torch.Tensor, torch.Tensor]
+    other: tuple[torch.Tensor, torch.Tensor]
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self):
+        h = hashlib.sha256(repr((self.name, self.classes, CLASSIFIER_RECIPE)).encode())
+        for images, labels in (self.train, self.held, self.other):
+            h.update(repr(tuple(images.shape)).encode())
+            h.update(images.contiguous().numpy().tobytes())
+            h.update(labels.numpy().astype(np.int64).tobytes())
+        self.fingerprint = h.hexdigest()
+
+    @property
+    def channels(self) -> int:
+        return self.train[0].shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self.train[0].shape[-1]
+
+
+def builtin_data(*, num: int = 10_000, num_reference: int = 5_000, resolution: int = 32) -> RealData:
+    """Three independent draws of the built-in shapes (seeds BUILTIN_SEED, +1, +2)."""
+    train = datasets.builtin_shapes(num, seed=BUILTIN_SEED, resolution=resolution)
+    held = datasets.builtin_shapes(num_reference, seed=BUILTIN_SEED + 1, resolution=resolution)
+    other = datasets.builtin_shapes(num_reference, seed=BUILTIN_SEED + 2, resolution=resolution)
+    return RealData(f"builtin-{num}", train.classes, (train.images, train.labels),
+                    (random_flips(held.images, 1), held.labels), (random_flips(other.images, 2), other.labels))
+
+
+def check_class_folder(root: str | Path) -> Path:
+    """The folder, if it is laid out as one sub-folder per class (at least two); else a clear error."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"--data-root {root} is not a folder; pass a folder with one sub-folder of images per class")
+    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in datasets.IMAGE_SUFFIXES]
+    subdirs = [p for p in root.iterdir() if p.is_dir()]
+    if loose or len(subdirs) < 2:
+        raise ValueError(f"{root} must hold one sub-folder of images per class (at least two classes, no loose "
+                         f"images); it has {len(subdirs)} sub-folder(s) and {len(loose)} loose image(s)")
+    return root
+
+
+def folder_data(root: str | Path, *, resolution: int = 32, num_reference: int = 5_000) -> RealData:
+    """A class-labelled image folder split at random (fixed seed) into held-out and other sets of
+    min(num_reference, N/5) images each, and the rest for training."""
+    root = check_class_folder(root)
+    data = datasets.load_dataset("folder", data_root=root, resolution=resolution)
+    if data.num_classes < 2:
+        raise ValueError(f"{root} must hold one sub-folder of images per class; found {data.num_classes} class")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    k = min(num_reference, len(data) // 5)
+    if k < 10:
+        raise ValueError(f"{root} holds {len(data)} images; the metrics need at least 50 (to hold 20% out)")
+    held, other, train = order[:k], order[k:2 * k], order[2 * k:]
+    return RealData(f"folder-{root.resolve()}", data.classes, (data.images[train], data.labels[train]),
+                    (random_flips(data.images[held], 1), data.labels[held]),
+                    (random_flips(data.images[other], 2), data.labels[other]))
+
+
+# --------------------------------------------------------------------------------------- cache
+
+
+def cache_path(real: RealData, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+    """One file per fingerprint: data that differs in any image gets another file."""
+    kind = real.name.split("-")[0]
+    return (Path(cache_dir).expanduser() /
+            f"{kind}-{real.resolution}px-{real.channels}ch-{real.fingerprint[:16]}.pt")
+
+
+def load_cached(path: Path, fingerprint: str) -> dict | None:
+    """The cached classifier at `path` if there is one; refused if it was trained on other data."""
+    if not path.exists():
+        return None
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    if stored.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path} holds a classifier of other data (fingerprint {str(stored.get('fingerprint'))[:16]}, "
+                         f"not {fingerprint[:16]}); delete it or use another --cache-dir")
+    return stored
+
+
+# --------------------------------------------------------------------------------------- judge
+
+
+class Judge:
+    """A trained classifier and the real reference of one dataset: scores samples and calibrates.
+
+    Build with `Judge.for_dataset(...)`; then `score(images, labels)` for the measures of some
+    images, `calibration(num)` for the same measures of real and degraded real images, and
+    `report(images, labels)` for both as a printable table. `accuracy` is the classifier's own
+    accuracy on the held-out real images; `trained` says whether this construction trained it
+    (False: loaded from the cache).
+    """
+
+    def __init__(self, real: RealData, *, cache_dir: str | Path | None = DEFAULT_CACHE, progress: bool = True):
+        self.real = real
+        self.cache_file = cache_path(real, cache_dir) if cache_dir is not None else None
+        stored = load_cached(self.cache_file, real.fingerprint) if self.cache_file else None
+        self.trained = stored is None
+        if stored is None:
+            net = train_classifier(*real.train, len(real.classes), progress=progress)
+            feats, preds = classify(net, real.held[0])
+            stored = dict(fingerprint=real.fingerprint, state=net.state_dict(),
+                          accuracy=float((preds == real.held[1].numpy()).mean()), classes=list(real.classes))
+            if self.cache_file:
+                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache_file.with_name(self.cache_file.name + ".tmp")
+                torch.save(stored, tmp)
+                tmp.replace(self.cache_file)
+        self.net = Classifier(real.channels, len(real.classes))
+        self.net.load_state_dict(stored["state"])
+        self.net.eval()
+        self.accuracy = stored["accuracy"]
+        ref_features, _ = classify(self.net, real.held[0])
+        self.reference = statistics(ref_features)
+        self.reference_brightness = brightness(real.held[0])
+        self._calibration: dict[int, dict] = {}
+
+    @classmethod
+    def for_dataset(cls, dataset: str = "builtin", *, data_root: str | Path | None = None, resolution: int = 32,
+                    num: int = 10_000, num_reference: int = 5_000, cache_dir: str | Path | None = DEFAULT_CACHE,
+                    progress: bool = True) -> "Judge":
+        """The judge of "builtin" (`num` training images drawn at `resolution`) or of "folder"
+        (`data_root`, one sub-folder per class, resized to `resolution`). The classifier is loaded
+        from `cache_dir` when one was trained on exactly these images, else trained and saved
+        there (cache_dir=None: never cached)."""
+        if dataset == "builtin":
+            real = builtin_data(num=num, num_reference=num_reference, resolution=resolution)
+        elif dataset == "folder":
+            if data_root is None:
+                raise ValueError("--dataset folder needs --data-root DIR (one sub-folder of images per class)")
+            real = folder_data(data_root, resolution=resolution, num_reference=num_reference)
+        else:
+            raise ValueError(f"the metrics need a labelled dataset: one of {', '.join(DATASETS)}, not {dataset!r} "
+                             "(for CIFAR-10 use python -m minidiff.fid)")
+        return cls(real, cache_dir=cache_dir, progress=progress)
+
+    @property
+    def resolution(self) -> int:
+        return self.real.resolution
+
+    @property
+    def channels(self) -> int:
+        return self.real.channels
+
+    def _measure(self, images: torch.Tensor, labels) -> dict:
+        feats, preds = classify(self.net, images)
+        if labels is not None and not np.all(labels >= 0):
+            labels = None  # the sample CLI writes -1 for an unconditional model
+        return dict(frechet=frechet_distance(*statistics(feats), *self.reference),
+                    accuracy=None if labels is None else float((preds == labels).mean()),
+                    brightness_w1=wasserstein1(brightness(images), self.reference_brightness),
+                    num=len(images))
+
+    def score(self, images, labels=None) -> dict:
+        """The measures of `images` (see as_uint8_images for the formats) with optional class
+        `labels` [N] (-1 or None: unconditional): {"frechet", "accuracy" (None without labels),
+        "brightness_w1", "num", "notes" (conversions made)}."""
+        images, notes = as_uint8_images(images, channels=self.channels, resolution=self.resolution)
+        if labels is not None:
+            labels = np.asarray(labels).reshape(-1).astype(np.int64)
+            if len(labels) != len(images):
+                raise ValueError(f"{len(labels)} labels for {len(images)} images")
+            if labels.max() >= len(self.real.classes):
+                raise ValueError(f"label {labels.max()} out of range: the dataset has {len(self.real.classes)} classes")
+        return {**self._measure(images, labels), "notes": notes}
+
+    def calibration(self, num: int | None = None) -> dict[str, dict]:
+        """The measures of `num` real images (default: all of the `other` draw), and of those
+        images blurred (sigma = resolution/32 pixels), with brightness squeezed halfway towards
+        the mean, and replaced by uniform noise: {"real": {...}, "blurred": ..., "squeezed": ...,
+        "noise": ...}. Use the samples' count, so the small-sample bias of the Frechet distance is
+        the same in both."""
+        images, labels = self.real.other
+        num = min(num or len(images), len(images))
+        if num not in self._calibration:
+            x, y = images[:num], labels[:num].numpy()
+            degraded = dict(real=x, blurred=blur(x, self.resolution / 32), squeezed=squeeze_brightness(x, 0.5),
+                            noise=uniform_noise(x, seed=3))
+            self._calibration[num] = {k: self._measure(v, y) for k, v in degraded.items()}
+        return self._calibration[num]
+
+    def report(self, images, labels=None) -> str:
+        """score() and calibration() for the same number of images as a table, with a header
+        naming the data and the classifier's own held-out accuracy."""
+        s = self.score(images, labels)
+        return format_table(s, self.calibration(s["num"]), self.describe())
+
+    def describe(self) -> str:
+        n_train, n_held = len(self.real.train[0]), len(self.real.held[0])
+        return (f"classifier of {self.real.name} ({len(self.real.classes)} classes, {self.resolution}x{self.resolution}, "
+                f"{self.channels} ch; trained on {n_train} real images, {100 * self.accuracy:.1f}% right on "
+                f"{n_held} held out; {'trained now' if self.trained else 'from cache'}"
+                f"{f': {self.cache_file}' if self.cache_file else ''})")
+
+
+def format_table(score: dict, calibration: dict[str, dict], header: str = "") -> str:
+    """One row per measure: the samples' value, then the calibration rows' values."""
+    names = dict(frechet="Frechet distance (features)", accuracy="class accuracy",
+                 brightness_w1="brightness W1")
+
+    def fmt(key, value):
+        if value is None:
+            return "n/a"
+        return f"{100 * value:.1f}%" if key == "accuracy" else f"{value:.4g}"
+
+    cols = ["samples", *(f"{c}" for c in CALIBRATIONS)]
+    rows = [[names[k], fmt(k, score[k]), *(fmt(k, calibration[c][k]) for c in CALIBRATIONS)] for k in MEASURES]
+    widths = [max(len(r[i]) for r in [["measure", *cols], *rows]) for i in range(len(cols) + 1)]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    out = [header] if header else []
+    out += [f"{score['num']} images each; calibration: real = another real draw, blurred, brightness squeezed "
+            "halfway to the mean, uniform noise", line(["measure", *cols]), *map(line, rows)]
+    out += [f"note: {n}" for n in score.get("notes", [])]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """`images` (and `labels` if present) from an .npz written by minidiff.sample."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; write samples with python -m minidiff.sample CKPT --npz {path}")
+    try:
+        with np.load(path) as f:
+            if "images" not in f:
+                raise ValueError(f"{path} holds no `images` array (it has {', '.join(f.files) or 'nothing'}); "
+                                 "write it with python -m minidiff.sample CKPT --npz FILE")
+            return f["images"], (f["labels"] if "labels" in f else None)
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable .npz ({err})") from None
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m minidiff.metrics", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("samples", help=".npz from minidiff.sample (`images` uint8 [N, H, W, C], optional `labels`)")
+    p.add_argument("--dataset", choices=DATASETS, default="builtin", help="the labelled set the samples imitate")
+    p.add_argument("--data-root", help="for --dataset folder: a folder with one sub-folder of images per class")
+    p.add_argument("--resolution", type=int, help="the classifier's image side (default: the samples')")
+    p.add_argument("--num-images", type=int, default=10_000, help="built-in images the classifier trains on")
+    p.add_argument("--num-reference", type=int, default=5_000,
+                   help="held-out real images the samples are compared with (and as many for calibration)")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where trained classifiers are kept")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+    try:
+        images, labels = load_npz(args.samples)
+        try:  # the images' shape and type are checked now, before any training
+            resolution = args.resolution or nchw(images).shape[-1]
+        except ValueError as err:
+            raise ValueError(f"{args.samples}: {err}") from None
+        if args.dataset == "folder":
+            if not args.data_root:
+                raise ValueError("--dataset folder needs --data-root DIR (one sub-folder of images per class)")
+            check_class_folder(args.data_root)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        judge = Judge.for_dataset(args.dataset, data_root=args.data_root, resolution=resolution,
+                                  num=args.num_images, num_reference=args.num_reference,
+                                  cache_dir=args.cache_dir)
+        print(judge.report(images, labels))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

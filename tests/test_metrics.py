@@ -1,0 +1,162 @@
+"""The sample-quality instrument (minidiff.metrics): a set scores 0 against itself, damage ranks in
+order, the classifier recognises real images, the cache is reused for the same data and refused for
+other data, and the CLI's bad-input path is one line and exit status 2."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from minidiff import data, metrics as M, sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+RES, NUM, NUM_REF = 16, 2000, 1000  # a small built-in set: the classifier trains in seconds
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("metrics-cache")
+
+
+@pytest.fixture(scope="module")
+def judge(cache_dir):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield M.Judge.for_dataset("builtin", resolution=RES, num=NUM, num_reference=NUM_REF,
+                                  cache_dir=cache_dir, progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------- the measures
+
+
+def test_a_set_against_itself_scores_zero(judge):
+    held, labels = judge.real.held
+    s = judge.score(held, labels)
+    assert abs(s["frechet"]) < 1e-6 and s["brightness_w1"] == 0.0
+    assert s["accuracy"] == pytest.approx(judge.accuracy)  # the same images the cache's accuracy came from
+    assert s["notes"] == []
+
+
+def test_wasserstein1_matches_an_independent_implementation():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=300), rng.uniform(-1, 2, size=170)
+    assert M.wasserstein1(a, a + 0.25) == pytest.approx(0.25, abs=1e-12)  # a shift moves every quantile by 0.25
+    stats = pytest.importorskip("scipy.stats")
+    assert M.wasserstein1(a, b) == pytest.approx(stats.wasserstein_distance(a, b), rel=1e-12)
+
+
+def test_degraded_sets_rank_in_the_order_of_their_damage(judge):
+    x, y = judge.real.other
+    real = judge.score(x, y)
+    blurred = [judge.score(M.blur(x, sigma), y) for sigma in (0.5, 1.0, 2.0)]
+    squeezed = [judge.score(M.squeeze_brightness(x, a), y) for a in (0.25, 0.5, 1.0)]
+    noise = judge.score(M.uniform_noise(x, seed=0), y)
+
+    fd = lambda scores: [s["frechet"] for s in scores]
+    assert fd([real, *blurred, noise]) == sorted(fd([real, *blurred, noise]))
+    assert fd([real, *squeezed, noise]) == sorted(fd([real, *squeezed, noise]))
+    assert real["frechet"] < 0.5 * min(blurred[0]["frechet"], squeezed[0]["frechet"])
+
+    w1 = lambda scores: [s["brightness_w1"] for s in scores]
+    assert w1([real, *squeezed]) == sorted(w1([real, *squeezed])) and noise["brightness_w1"] > squeezed[1]["brightness_w1"]
+    # Squeezing every image's mean halfway to the centre halves the spread of brightness: W1 is
+    # then about half of what squeezing all the way (a constant brightness) costs.
+    assert squeezed[1]["brightness_w1"] == pytest.approx(0.5 * squeezed[2]["brightness_w1"], rel=0.15)
+    # A blur keeps each image's mean, so it leaves the brightness W1 where real images put it.
+    assert all(abs(b["brightness_w1"] - real["brightness_w1"]) < 0.005 for b in blurred)
+
+
+def test_classifier_recognises_held_out_real_images(judge):
+    assert judge.accuracy >= 0.95
+    calibration = judge.calibration()
+    assert calibration["real"]["accuracy"] >= 0.95 and calibration["noise"]["accuracy"] < 0.3  # chance is 0.1
+    assert set(calibration) == set(M.CALIBRATIONS)
+
+
+def test_image_formats_give_the_same_score(judge):
+    x, y = judge.real.other
+    nchw = judge.score(x[:300], y[:300])
+    nhwc = judge.score(x[:300].permute(0, 2, 3, 1).numpy(), y[:300].numpy())
+    floats = judge.score(data.to_float(x[:300]), y[:300])
+    for other in (nhwc, floats):
+        assert other["frechet"] == nchw["frechet"] and other["accuracy"] == nchw["accuracy"]
+    unconditional = judge.score(x[:300], np.full(300, -1))  # what the sample CLI writes without classes
+    assert unconditional["accuracy"] is None and unconditional["frechet"] == nchw["frechet"]
+    bigger = judge.score(data.builtin_shapes(300, seed=5, resolution=2 * RES).images)
+    assert any("resized from 32x32" in n for n in bigger["notes"])
+    gray = judge.score(x[:300].float().mean(1, keepdim=True).round().to(torch.uint8))
+    assert any("repeated to three channels" in n for n in gray["notes"])
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        judge.score(x.float())  # 0..255 floats are not the library's convention
+    with pytest.raises(ValueError, match="out of range"):
+        judge.score(x[:10], np.full(10, 10))
+
+
+# ---------------------------------------------------------------------------------- cache
+
+
+def test_cache_is_reused_for_the_same_data_and_refused_for_other_data(judge, cache_dir):
+    path = judge.cache_file
+    assert path.parent == cache_dir and path.exists()
+    stamp = os.stat(path).st_mtime_ns
+    again = M.Judge.for_dataset("builtin", resolution=RES, num=NUM, num_reference=NUM_REF,
+                                cache_dir=cache_dir, progress=False)
+    assert not again.trained and again.cache_file == path and os.stat(path).st_mtime_ns == stamp
+    for k, v in judge.net.state_dict().items():
+        assert torch.equal(v, again.net.state_dict()[k])
+    # Other data (one image fewer to train on) has another fingerprint, so another file; a file
+    # holding this data's classifier put in its place is refused rather than used.
+    other = M.builtin_data(num=NUM - 1, num_reference=NUM_REF, resolution=RES)
+    assert other.fingerprint != judge.real.fingerprint
+    assert M.cache_path(other, cache_dir) != path
+    shutil.copy(path, M.cache_path(other, cache_dir))
+    with pytest.raises(ValueError, match="other data"):
+        M.Judge(other, cache_dir=cache_dir, progress=False)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_prints_the_table_for_a_sample_npz(judge, cache_dir, tmp_path, capsys):
+    x, y = judge.real.other
+    sample.save_npz(x[:400], y[:400], tmp_path / "s.npz")  # exactly what python -m minidiff.sample writes
+    M.main([str(tmp_path / "s.npz"), "--num-images", str(NUM), "--num-reference", str(NUM_REF),
+            "--cache-dir", str(cache_dir)])
+    out = capsys.readouterr().out
+    expected = judge.score(x[:400], y[:400])
+    assert "from cache" in out
+    frechet_row = next(line for line in out.splitlines() if line.startswith("Frechet"))
+    assert frechet_row.split()[3] == f"{expected['frechet']:.4g}"  # the samples' column
+    accuracy_row = next(line for line in out.splitlines() if line.startswith("class accuracy"))
+    assert accuracy_row.split()[2] == f"{100 * expected['accuracy']:.1f}%"
+
+
+def _bad_inputs(tmp_path):
+    np.savez(tmp_path / "no_images.npz", labels=np.zeros(4))
+    np.savez(tmp_path / "bad_shape.npz", images=np.zeros((4, 5, 5, 5), np.uint8))
+    good = tmp_path / "good.npz"
+    sample.save_npz(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), None, good)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "a.png").write_bytes(b"")
+    return {"missing": [str(tmp_path / "nothing.npz")],
+            "no images": [str(tmp_path / "no_images.npz")],
+            "wrong shape": [str(tmp_path / "bad_shape.npz")],
+            "folder without classes": [str(good), "--dataset", "folder", "--data-root", str(loose)],
+            "folder without --data-root": [str(good), "--dataset", "folder"]}
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    for name, argv in _bad_inputs(tmp_path).items():
+        with pytest.raises(SystemExit) as exit_:
+            M.main(argv + ["--cache-dir", str(tmp_path / "cache")])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2, name
+        assert err.startswith("error:") and len(err.splitlines()) == 1, (name, err)
+    assert not (tmp_path / "cache").exists()  # refused before any training
