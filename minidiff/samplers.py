@@ -1,5 +1,8 @@
 """Sampling: which timesteps to visit, one DDIM or DDPM step, and the loop that runs them.
 
+The loop also runs the higher-order samplers of `minidiff.solvers` ("dpmpp_2m", "dpmpp_3m",
+"heun"), written in the same x0 form (docs/08_fast_samplers.md).
+
 Both updates are written in x0 form (Lin et al. Sec. 6): the model output is first turned
 into (x0, eps) with `objectives.to_x0_eps`, and the step never divides by sqrt(alpha_bar_t).
 So they stay finite at alpha_bar = 0, where a zero-terminal-SNR schedule starts.
@@ -20,9 +23,10 @@ from tqdm.auto import tqdm
 from .guidance import cfg
 from .objectives import check_prediction, randn, to_x0_eps
 from .schedules import Schedule
+from .solvers import SOLVER_ORDERS, dpmpp_2m_step, dpmpp_3m_step, first_order_step, heun_step
 
 SPACINGS = ("leading", "linspace", "trailing")
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "heun")
 
 
 def _round_half_even(num: int, den: int) -> int:
@@ -65,6 +69,12 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "tra
     return steps.sort(descending=True).values
 
 
+def ddim_coefficients(ab_t: float, ab_prev: float, eta: float = 0.0) -> tuple[float, float]:
+    """DDIM's noise scale sigma and the coefficient sqrt(1 - a_prev - sigma^2) of eps (Song et al. eq. 12)."""
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t)) * math.sqrt(max(0.0, 1 - ab_t / ab_prev))
+    return sigma, math.sqrt(max(0.0, 1 - ab_prev - sigma**2))
+
+
 def ddim_step(x_t, x0, eps, ab_t: float, ab_prev: float, eta: float = 0.0, noise=None):
     """One DDIM update from alpha_bar_t to alpha_bar_prev (Song et al. eq. 12; Lin eqs. 21-22).
 
@@ -74,8 +84,8 @@ def ddim_step(x_t, x0, eps, ab_t: float, ab_prev: float, eta: float = 0.0, noise
     eta = 0 is deterministic (the probability-flow direction); eta = 1 has the variance
     of the DDPM posterior. At a_prev = 1 the result is x0 exactly.
     """
-    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t)) * math.sqrt(max(0.0, 1 - ab_t / ab_prev))
-    x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(0.0, 1 - ab_prev - sigma**2)) * eps
+    sigma, c_eps = ddim_coefficients(ab_t, ab_prev, eta)
+    x_prev = math.sqrt(ab_prev) * x0 + c_eps * eps
     if sigma > 0:
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs `noise`")
@@ -169,7 +179,8 @@ def sample(
     return_trajectory: bool = False,
     progress: bool = True,
 ):
-    """Draw samples from `model` by running DDIM or DDPM steps over a list of timesteps.
+    """Draw samples from `model` by running DDIM, DDPM, DPM-Solver++ (2M, 3M) or Heun steps over
+    a list of timesteps.
 
     model(x, t, y=None) is any callable returning the `prediction` parameterisation (eps, x0
     or v) with t an int64 tensor [B] of training timesteps. `timesteps` overrides
@@ -179,6 +190,8 @@ def sample(
     check_prediction(prediction, schedule)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if eta and sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"eta is DDIM's noise; sampler {sampler!r} takes none (use eta=0, or sampler='ddim')")
     if timesteps is None:
         timesteps = make_timesteps(schedule.num_timesteps, steps, spacing, steps_offset)
     timesteps = _check_timesteps(timesteps, schedule.num_timesteps)
@@ -189,17 +202,40 @@ def sample(
     stochastic = sampler == "ddpm" or eta > 0
     xs, x0s = ([x.cpu()], []) if return_trajectory else (None, None)
 
-    for i, t in enumerate(tqdm(timesteps.tolist(), desc=f"{sampler} sampling", disable=not progress, leave=False)):
-        ab_t = ab[t]
-        ab_prev = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
+    def denoise(x, t):
+        """(x0, eps) predicted at (x, t), guided."""
         t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=device)
         out = guided_output(model, x, t_batch, y=y, uncond_y=uncond_y, guidance=guidance, guidance_rescale=guidance_rescale)
-        x0, eps = to_x0_eps(prediction, out.to(dtype), x, ab_t)
+        return to_x0_eps(prediction, out.to(dtype), x, ab[t])
+
+    history = []  # the multistep solvers' past (x0, alpha_bar), newest first
+    ts = timesteps.tolist()
+    for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
+        ab_t = ab[t]
+        ab_prev = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
+        x0, eps = denoise(x, t)
         noise = randn(x.shape, generator=generator, device=device, dtype=dtype) if stochastic and ab_prev < 1 else None
         if sampler == "ddim":
-            x = ddim_step(x, x0, eps, ab_t, ab_prev, eta, noise)
+            x_next = ddim_step(x, x0, eps, ab_t, ab_prev, eta, noise)
+        elif sampler == "ddpm":
+            x_next = ddpm_step(x, x0, ab_t, ab_prev, noise)
+        elif sampler == "heun":
+            # the step to a clean sample has no end point to evaluate the model at: Euler there, as in EDM
+            x_next = first_order_step(x, x0, ab_t, ab_prev)
+            if ab_prev < 1:
+                x0_end, _ = denoise(x_next, ts[i + 1])
+                x_next = heun_step(x, x0, x0_end, ab_t, ab_prev)
         else:
-            x = ddpm_step(x, x0, ab_t, ab_prev, noise)
+            # as many past predictions as exist, up to the solver's order; first order to a clean sample
+            order = 1 if ab_prev == 1.0 else min(SOLVER_ORDERS[sampler], len(history) + 1)
+            if order == 1:
+                x_next = first_order_step(x, x0, ab_t, ab_prev)
+            elif order == 2:
+                x_next = dpmpp_2m_step(x, x0, history[0][0], ab_t, ab_prev, history[0][1])
+            else:
+                x_next = dpmpp_3m_step(x, x0, history[0][0], history[1][0], ab_t, ab_prev, history[0][1], history[1][1])
+            history = [(x0, ab_t)] + history[:1]
+        x = x_next
         if return_trajectory:
             xs.append(x.cpu())
             x0s.append(x0.cpu())
@@ -207,3 +243,11 @@ def sample(
     if return_trajectory:
         return SampleResult(samples=x, xs=xs, x0s=x0s, timesteps=timesteps)
     return x
+
+
+def network_evaluations(sampler: str, steps: int) -> int:
+    """Model calls (guided calls count once) for `steps` listed timesteps: Heun calls it twice a
+    step except on the step to a clean sample; every other sampler once a step."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    return 2 * steps - 1 if sampler == "heun" else steps
