@@ -115,7 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minidiff.sample", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint.pt written by train_cifar.py")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="DDIM (eta=0: deterministic) or DDPM")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="DDIM (eta=0: deterministic), DDPM, DPM-Solver++ 2M/3M (one network call a step) or "
+                        "Heun (two a step); docs/08_fast_samplers.md")
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
     p.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's, trailing)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
@@ -130,7 +132,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--png", help="grid PNG path (default: samples.png next to the checkpoint; '' for none)")
     p.add_argument("--npz", help="also save all images as uint8 to this .npz")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.eta and args.sampler not in ("ddim", "ddpm"):
+        p.error(f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")
+    return args
 
 
 def main(argv=None) -> None:

@@ -1,12 +1,13 @@
 """Prompts in, PNGs out: sample a Stable Diffusion checkpoint with minidiff's own sampler.
 
     python -m minidiff.sample_latent --model out/latent --prompt "a solid black background" \
-        --steps 50 --guidance 7.5 --phi 0.7 --seed 0 --out samples/
+        --steps 50 --guidance 7.5 --guidance-rescale 0.7 --seed 0 --out samples/
 
 Schedule, prediction type and spacing default to what the folder's scheduler config records, so
 a model fine-tuned by train_latent.py is sampled with all four of Lin et al.'s fixes (zero SNR,
 v, trailing, rescaled guidance), and a stock checkpoint with its own settings; --spacing and
---phi 0 show the flawed choices one flag apart.
+--guidance-rescale 0 show the flawed choices one flag apart. --sampler dpmpp_2m takes fewer steps
+(docs/08_fast_samplers.md).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     p.add_argument("--negative-prompt", default="", help="the unconditional input of guidance (default: empty)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="ddim, ddpm, dpmpp_2m / dpmpp_3m (DPM-Solver++) or heun (two network calls a step)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="default: the scheduler config's")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance weight w")
-    p.add_argument("--phi", type=float, default=0.7, help="guidance rescale (Lin et al. Algorithm 2); 0: off")
+    p.add_argument("--guidance-rescale", type=float, default=0.7,
+                   help="phi of Lin et al. Algorithm 2: rescale the guided output's std (0: off)")
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
@@ -39,7 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="run the UNet under bf16 autocast")
     p.add_argument("--out", default="samples", help="folder for the PNGs")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.eta and args.sampler not in ("ddim", "ddpm"):
+        p.error(f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")
+    return args
 
 
 def slug(text: str, length: int = 40) -> str:
@@ -58,7 +64,7 @@ def main(argv=None) -> list[Path]:
     prompts = [p for p in args.prompt for _ in range(args.num_images)]
     images = latent.generate(components, prompts, negative_prompt=args.negative_prompt, height=args.height,
                              width=args.width, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
-                             eta=args.eta, guidance=args.guidance, guidance_rescale=args.phi, seed=args.seed,
+                             eta=args.eta, guidance=args.guidance, guidance_rescale=args.guidance_rescale, seed=args.seed,
                              bf16=args.bf16, progress=args.progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

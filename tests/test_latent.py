@@ -241,6 +241,7 @@ def test_sample_latent_command_writes_pngs(tiny_sd, tmp_path):
 
     paths = sample_latent.main(["--model", str(tiny_sd), "--prompt", "a cat", "--prompt", "a dog",
                                 "--steps", "2", "--height", str(RES), "--width", str(RES), "--sampler", "ddpm",
+                                "--guidance-rescale", "0.7",
                                 "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
     assert len(paths) == 2 and Image.open(paths[0]).size == (RES, RES)
 
