@@ -1,4 +1,5 @@
-"""The high-dimensional schedule lab (Aranguri, Biroli, Mezard, Vanden-Eijnden 2025).
+"""The high-dimensional schedule lab (Aranguri, Biroli, Mezard, Vanden-Eijnden 2025): `minidiff.interpolants`,
+`minidiff.exact_models` and the shared parts of the `highdim-*` experiments (`minidiff.repro.highdim_common`).
 
 Exact denoisers against brute-force posterior means, the scalar reduction against the full
 simulation, the exact samplers against the models' statistics, and the paper's two findings:
@@ -12,30 +13,40 @@ import math
 import pytest
 import torch
 
-from minidiff.highdim import (
+from minidiff.exact_models import (
+    CurieWeiss,
+    GaussianMixture,
+    PosteriorMeanModel,
+    ReducedMixture,
+    curie_weiss_magnetisation,
+    euler_mixture_reduced,
+    reduce_noise,
+)
+from minidiff.interpolants import (
     DilatedTime,
     Interpolant,
-    Setup,
-    curie_weiss_features,
+    dilated_time,
     dilated_timesteps,
     euler,
-    euler_mixture_reduced,
     interpolant_scale,
     interpolant_time,
     make_interpolant,
-    mixture_features_exact,
-    mixture_features_of,
-    reduce_noise,
-    run_curie_weiss,
-    run_mixture,
-    smallest_steps,
     speciation_alpha_bar,
     speciation_timestep,
-    step_candidates,
     tau_grid,
     uniform_time,
 )
-from minidiff.mixtures import CurieWeiss, GaussianMixture, PosteriorMeanModel, ReducedMixture, curie_weiss_magnetisation
+from minidiff.repro.highdim_common import (
+    Setup,
+    curie_weiss_features,
+    mixture_ddim,
+    mixture_features_exact,
+    mixture_features_of,
+    run_curie_weiss,
+    run_mixture,
+    smallest_steps,
+    step_candidates,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -323,7 +334,6 @@ def test_ddim_on_reduced_coordinates_equals_full_ddim():
 def test_ddim_dilated_spacing_recovers_the_mode_weight():
     """DDIM with the exact x0 model, zero-SNR linear schedule, d = 1e6, 10 steps: trailing and
     linspace step over the speciation window (nearly all samples in the + mode), dilated does not."""
-    from minidiff.highdim import mixture_ddim
     from minidiff.schedules import Schedule
 
     mixture = GaussianMixture(d=10**6)
@@ -339,7 +349,6 @@ def test_nonzero_terminal_snr_loses_the_mode_weight():
     """Lin et al.'s flaw, in the mixture: the linear schedule's last alpha_bar (4e-5) already carries
     sqrt(ab) |mu| = 6.3 noise units of mode signal at d = 1e6; starting from pure noise, the sign of
     the noise picks the mode and the weight falls to about 1/2 whatever the number of steps."""
-    from minidiff.highdim import mixture_ddim
     from minidiff.schedules import Schedule
 
     mixture = GaussianMixture(d=10**6)
@@ -347,3 +356,24 @@ def test_nonzero_terminal_snr_loses_the_mode_weight():
     assert flawed.high == pytest.approx(0.5, abs=0.06)
     with pytest.raises(ValueError, match="zero terminal SNR"):
         mixture_ddim(mixture, Schedule.make(kind="linear", num_timesteps=1000), 10, "dilated", n=10)
+
+
+def test_discrete_dilated_timesteps_follow_the_continuous_dilated_time():
+    """One schedule, two uses: `DilatedTime` is `dilated_time` with knot r (VP) or 1 - r (VE), and on a
+    fine training grid the timesteps of `dilated_timesteps` sit within one grid gap of
+    dilated_time(k / N, knot tau_w, start tau(T - 1))."""
+    d = 10_000
+    t = torch.linspace(0, 1, 9, dtype=torch.float64)
+    torch.testing.assert_close(DilatedTime("vp", d)(t), dilated_time(t, 0.03), rtol=0, atol=0)
+    torch.testing.assert_close(DilatedTime("ve", d)(t), dilated_time(t, 0.97), rtol=0, atol=0)
+    from minidiff.schedules import Schedule
+
+    ab = Schedule.make(kind="linear", num_timesteps=20_000, zero_snr=True).alphas_cumprod
+    taus = interpolant_time(ab)
+    lam, steps = 1e4, 10
+    chosen = taus[dilated_timesteps(ab, steps, lam, kappa=3.0)]
+    tau_w = 3.0 * interpolant_time(torch.tensor([speciation_alpha_bar(lam)])).item()
+    targets = dilated_time(torch.arange(steps, dtype=torch.float64) / steps, tau_w, start=taus[-1].item())
+    gap = taus.diff().abs().max().item()
+    assert (chosen - targets).abs().max().item() <= gap
+    assert chosen[0] == taus[-1] and (chosen[:steps // 2] <= tau_w + gap).all()

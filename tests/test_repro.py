@@ -1,12 +1,16 @@
 """The reproduction commands (`python -m minidiff.repro NAME`), each run in a tiny configuration.
 
-table1 / table2 must print the paper's numbers; the trained-model experiments run with the `test`
+The runner lists every experiment of both papers and refuses an unknown one; every experiment
+writes under runs/repro/NAME unless told otherwise. table1 / table2 must print the paper's numbers;
+the high-dimensional experiments must print the rows of docs/highdim.md's table; the trained-model experiments run with the `test`
 scale (the tiny UNet, 8 training steps, 10 samples), sharing one model cache, and must write a
 JSON with every field present and every number finite. The brightness maths is checked against
 exact answers.
 """
 
+import importlib
 import json
+import re
 
 import pytest
 import torch
@@ -153,9 +157,100 @@ def test_spacing_command(tmp_path, models_dir):
 
 
 def test_cfg_rescale_command(tmp_path, models_dir):
-    res = trained("cfg-rescale", tmp_path, models_dir, "--guidance", 1, 3, "--phi", 0, 0.7)
-    rows = {(r["guidance"], r["phi"]): r for r in res["rows"]}
+    res = trained("cfg-rescale", tmp_path, models_dir, "--guidance", 1, 3, "--guidance-rescale", 0, 0.7)
+    rows = {(r["guidance"], r["guidance_rescale"]): r for r in res["rows"]}
     assert set(rows) == {(1.0, 0.0), (1.0, 0.7), (3.0, 0.0), (3.0, 0.7)}
-    assert rows[(1.0, 0.0)] == {**rows[(1.0, 0.7)], "phi": 0.0}  # without guidance phi changes nothing
+    # without guidance the rescale changes nothing
+    assert rows[(1.0, 0.0)] == {**rows[(1.0, 0.7)], "guidance_rescale": 0.0}
     assert all(0 <= r["saturated_share"] <= 1 for r in rows.values())
     assert finite(res)
+
+
+# --------------------------------------------------------------------------------------- the runner
+
+
+def test_help_lists_every_experiment_of_both_papers(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        repro.main(["--help"])
+    assert exit_.value.code == 0
+    listed = dict(re.findall(r"^  (\S+)\s+(.+)$", capsys.readouterr().out, flags=re.M))
+    assert list(listed) == list(repro.EXPERIMENTS)
+    # Lin et al.'s experiments and Aranguri et al.'s four (their names are fixed by DESIGN.md)
+    assert {"table1", "table2", "brightness", "cfg-rescale", "highdim-trajectories", "highdim-features",
+            "highdim-table", "highdim-bridge"} <= set(listed)
+    assert all(len(line) > 20 and line != "(module not found)" for line in listed.values())
+
+
+def test_unknown_experiment_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        repro.main(["table3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "'table3'" in err and "highdim-table" in err
+
+
+@pytest.mark.parametrize("name", [n for n in repro.EXPERIMENTS if n != "fast-samplers"])
+def test_every_experiment_writes_under_runs_repro_name(name, capsys, monkeypatch):
+    """The default --out of every experiment is runs/repro/NAME, and --figures-dir (off by default)
+    is the only way into docs/."""
+    monkeypatch.setenv("COLUMNS", "400")  # one option per line in argparse's help
+    with pytest.raises(SystemExit):
+        repro.main([name, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: runs/repro/{name})" in text
+    assert re.search(r"--figures-dir FIGURES_DIR [^-]*\(default: None\)", text)
+    assert "default: docs" not in text
+
+
+def test_importing_the_experiments_leaves_the_unet_presets_alone():
+    from minidiff import unet
+    from minidiff.repro import common
+
+    before = dict(unet.PRESETS)
+    importlib.reload(common)
+    assert unet.PRESETS == before and "repro-mini" not in unet.PRESETS
+    assert common.network_config("repro-mini")["norm_groups"] == 16
+
+
+def test_figures_dir_gets_a_copy_of_the_figures(tmp_path):
+    run("table1", tmp_path / "out", "--figures-dir", tmp_path / "figures")
+    assert (tmp_path / "figures" / "schedules_snr.png").read_bytes() == (tmp_path / "out" / "schedules_snr.png").read_bytes()
+
+
+# ----------------------------------------------------------------- Aranguri et al.'s experiments
+
+
+def test_highdim_table_reproduces_the_docs_rows(tmp_path):
+    """docs/highdim.md, headline table: the mixture rows d = 1e2 and 1e4, the Curie-Weiss row d = 1e2."""
+    res = run("highdim-table", tmp_path, "--dims", "1e2,1e4", "--cw-dims", "100", "--max-steps", 2000,
+              "--cw-max-steps", 200, "--no-progress")
+    names = ("vp_uniform", "vp_dilated", "ve_uniform", "ve_dilated")
+    assert [[row[n] for n in names] for row in res["mixture"]] == [[24, 20, 96, 58], [228, 28, 768, 48]]
+    assert [[row[n] for n in names] for row in res["curie_weiss"]] == [[12, 12, 34, 20]]
+    assert (tmp_path / "highdim_table.png").stat().st_size > 0
+
+
+def test_highdim_trajectories_vp_picks_the_majority_ve_collapses_the_spread(tmp_path):
+    """d = 1e4, 16 uniform steps: VP puts every sample in the + mode (p = 0.8), VE ends on the mode centres."""
+    res = run("highdim-trajectories", tmp_path, "--cw-d", 100, "--samples", 1000)
+    setups = res["setups"]
+    assert setups["vp_uniform"]["mixture"]["high"] > 0.99
+    assert setups["vp_dilated"]["mixture"]["high"] == pytest.approx(0.8, abs=0.05)
+    assert setups["ve_uniform"]["mixture"]["low"] < 0.1 < 0.3 < setups["ve_dilated"]["mixture"]["low"]
+    assert finite(res) and (tmp_path / "highdim_trajectories.png").stat().st_size > 0
+
+
+def test_highdim_features_curves(tmp_path):
+    res = run("highdim-features", tmp_path, "--dims", "1e2", "--max-steps", 64)
+    assert res["steps"][:4] == [2, 4, 6, 8] and res["steps"][-1] <= 64
+    vp_uniform = res["curves"]["vp_uniform_d100"]
+    assert vp_uniform[0]["high"] > 0.99 and vp_uniform[-1]["high"] == pytest.approx(0.8, abs=0.03)
+    assert (tmp_path / "highdim_features.png").stat().st_size > 0
+
+
+def test_highdim_bridge_dilated_ddim_recovers_the_mode_weight(tmp_path):
+    res = run("highdim-bridge", tmp_path, "--bridge-steps", "10", "--samples-ddim", 4000)
+    zero_snr, plain = res["schedules"]["linear_zero_snr"]["runs"], res["schedules"]["linear"]["runs"]
+    assert zero_snr["trailing_10"]["high"] > 0.99
+    assert zero_snr["dilated_10"]["high"] == pytest.approx(0.8, abs=0.05)
+    assert "zero terminal SNR" in plain["dilated_10"]["error"]  # refused, with the reason
+    assert (tmp_path / "highdim_bridge.png").stat().st_size > 0

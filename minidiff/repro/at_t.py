@@ -20,7 +20,8 @@ import torch
 
 from .. import data as datasets
 from ..objectives import to_x0_eps
-from .common import experiment_parser, mosaic, pyplot, save_figure, scale_of, timer, trained_model, training_data, write_json
+from .common import (experiment_parser, mosaic, publish_figures, pyplot, save_figure, scale_of, timer, trained_model,
+                     training_data, write_json)
 
 MODELS_COMPARED = ("zsnr-v", "sd-eps")
 
@@ -91,6 +92,7 @@ def main(argv=None):
     write_json(out, "at_T", result)
     plot(class_means, preds, result, out / "at_T.png")
     print(f"wrote {out}/at_T.json and at_T.png")
+    publish_figures(out, a.figures_dir, ["at_T.png"])
 
 
 def plot(class_means, preds, result, path: Path, rows: int = 4) -> None:

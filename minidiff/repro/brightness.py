@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .common import (DARK, BRIGHT, MODELS, brightness_stats, by_brightness, data_brightness_stats, draw,
-                     experiment_parser, image_brightness, mosaic, pyplot, save_figure, scale_of, timer,
+                     experiment_parser, image_brightness, mosaic, publish_figures, pyplot, save_figure, scale_of, timer,
                      trained_model, training_data, write_json)
 
 # (key, label, model, spacing): each setup adds one fix to the flawed one, then all together.
@@ -45,11 +45,11 @@ SETUPS = (
 
 
 def run(scale: dict, out: Path, models_dir: Path, *, steps: int | None = None, guidance: float = 1.0,
-        rescale: float = 0.7, offset_noise: bool = False, seed: int = 0) -> dict:
+        guidance_rescale: float = 0.7, offset_noise: bool = False, seed: int = 0) -> dict:
     """Train (or load) the models, sample every setup, and write brightness.json and the figures.
 
     With guidance > 1 every setup is guided with weight `guidance`; only "all fixes" also gets
-    the CFG rescale `rescale` (Algorithm 2), as the fourth fix.
+    the guidance rescale `guidance_rescale` (Algorithm 2), as the fourth fix.
     """
     elapsed = timer()
     steps = steps or scale["sample_steps"]
@@ -65,12 +65,12 @@ def run(scale: dict, out: Path, models_dir: Path, *, steps: int | None = None, g
 
     rows, samples = [], {}
     for key, label, name, spacing in setups:
-        phi = rescale if (key == "all" and guidance != 1.0) else 0.0
+        rescale = guidance_rescale if (key == "all" and guidance != 1.0) else 0.0
         x = draw(models[name], scale["num_samples"], scale, steps=steps, spacing=spacing, guidance=guidance,
-                 rescale=phi, seed=seed + 1, desc=key)
+                 guidance_rescale=rescale, seed=seed + 1, desc=key)
         samples[key] = x
         rows.append({"setup": key, "label": label, "model": name, "model_label": MODELS[name].label,
-                     "spacing": spacing, "steps": steps, "guidance": guidance, "guidance_rescale": phi,
+                     "spacing": spacing, "steps": steps, "guidance": guidance, "guidance_rescale": rescale,
                      **brightness_stats(x, data_b)})
         print(f"{label:48s} W1 {rows[-1]['wasserstein1']:.3f}  dark {rows[-1]['dark_share']:.1%}  "
               f"bright {rows[-1]['bright_share']:.1%}")
@@ -135,15 +135,17 @@ def main(argv=None):
     p = experiment_parser("brightness", __doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, help="DDIM steps (default: the scale's)")
     p.add_argument("--guidance", type=float, default=1.0, help="CFG weight for every setup (1: no guidance)")
-    p.add_argument("--rescale", type=float, default=0.7, help="CFG rescale phi for 'all fixes' when guided")
+    p.add_argument("--guidance-rescale", type=float, default=0.7,
+                   help="guidance rescale (Algorithm 2) of 'all fixes' when guided")
     p.add_argument("--offset-noise", action=argparse.BooleanOptionalAction, default=False,
                    help="add the offset-noise comparison (one model more to train)")
     a = p.parse_args(argv)
     res = run(scale_of(a), Path(a.out), Path(a.models), steps=a.steps, guidance=a.guidance,
-              rescale=a.rescale, offset_noise=a.offset_noise, seed=a.seed)
+              guidance_rescale=a.guidance_rescale, offset_noise=a.offset_noise, seed=a.seed)
     fresh = sum(res["train_seconds"][m] for m in res["trained_now"])
     print(f"wrote {a.out}/brightness.json, brightness_hist.png, brightness_range.png in {res['seconds']:.0f} s "
           f"(of which training now {fresh:.0f} s; all models' training took {sum(res['train_seconds'].values()):.0f} s)")
+    publish_figures(Path(a.out), a.figures_dir, ["brightness_hist.png", "brightness_range.png"])
 
 
 if __name__ == "__main__":

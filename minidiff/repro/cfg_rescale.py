@@ -1,10 +1,11 @@
 """Classifier-free guidance and its rescale (Lin et al. Sec. 3.4, Algorithm 2, Fig. 5).
 
 The zero-SNR v model of the brightness experiment (class-conditional, trained with 10% of labels
-dropped to the null class) is sampled over guidance weights w and rescale factors phi in
-{0, 0.5, 0.7, 1}, from the same noises. Large w pushes the guided output's spread far beyond the
-conditional output's; on a zero-SNR model that shows as over-exposed, saturated images. The rescale
-(`guidance.cfg(..., rescale=phi)`) brings the spread back to the conditional output's. Measures:
+dropped to the null class) is sampled over guidance weights w and guidance rescales (the paper's
+phi) in {0, 0.5, 0.7, 1}, from the same noises. Large w pushes the guided output's spread far
+beyond the conditional output's; on a zero-SNR model that shows as over-exposed, saturated images.
+The guidance rescale (`samplers.sample(..., guidance_rescale=...)`) brings the spread back to the
+conditional output's. Measures:
 
     saturated share   pixels outside [-1, 1] before clamping (what would be clipped when saved)
     std ratio         mean per-image pixel std of the samples / the same for the data
@@ -20,11 +21,11 @@ from pathlib import Path
 import torch
 
 from .. import data as datasets
-from .common import (draw, experiment_parser, grid_figure, image_brightness, pyplot, save_figure, scale_of, timer,
+from .common import (draw, experiment_parser, grid_figure, image_brightness, publish_figures, pyplot, save_figure, scale_of, timer,
                      trained_model, training_data, wasserstein1, write_json)
 
 GUIDANCE = (1.0, 2.0, 4.0, 7.5)
-PHIS = (0.0, 0.5, 0.7, 1.0)
+GUIDANCE_RESCALES = (0.0, 0.5, 0.7, 1.0)
 MODEL = "zsnr-v"
 
 
@@ -42,7 +43,8 @@ def overexposure(samples: torch.Tensor, data_std: float, data_b: torch.Tensor) -
 def main(argv=None):
     p = experiment_parser("cfg-rescale", __doc__.split("\n\n")[0])
     p.add_argument("--guidance", type=float, nargs="+", default=list(GUIDANCE), help="guidance weights w")
-    p.add_argument("--phi", type=float, nargs="+", default=list(PHIS), help="rescale factors phi")
+    p.add_argument("--guidance-rescale", type=float, nargs="+", default=list(GUIDANCE_RESCALES),
+                   help="guidance rescales (Algorithm 2), each in [0, 1]")
     a = p.parse_args(argv)
     scale, out, elapsed = scale_of(a), Path(a.out), timer()
     data = training_data(scale, a.seed)
@@ -55,41 +57,43 @@ def main(argv=None):
 
     rows, grids, cache = [], {}, {}
     for w in a.guidance:
-        for phi in a.phi:
-            key = (w, 0.0) if w == 1.0 else (w, phi)  # without guidance phi changes nothing
+        for rescale in a.guidance_rescale:
+            key = (w, 0.0) if w == 1.0 else (w, rescale)  # without guidance the rescale changes nothing
             if key not in cache:
                 cache[key] = draw(tm, n, scale, steps=scale["sample_steps"], spacing="trailing", guidance=w,
-                                  rescale=key[1], seed=a.seed + 1, desc=f"w={w:g} phi={key[1]:g}")
+                                  guidance_rescale=key[1], seed=a.seed + 1, desc=f"w={w:g} rescale={key[1]:g}")
             x = cache[key]
-            grids[(w, phi)] = x[:tm.num_classes * 2]
-            rows.append({"guidance": w, "phi": phi, **overexposure(x, data_std, data_b)})
+            grids[(w, rescale)] = x[:tm.num_classes * 2]
+            rows.append({"guidance": w, "guidance_rescale": rescale, **overexposure(x, data_std, data_b)})
             r = rows[-1]
-            print(f"w {w:4g} phi {phi:3g}: saturated {r['saturated_share']:.2%}, std ratio {r['std_ratio']:.2f}, "
+            print(f"w {w:4g} guidance rescale {rescale:3g}: saturated {r['saturated_share']:.2%}, std ratio {r['std_ratio']:.2f}, "
                   f"brightness W1 {r['brightness_w1']:.3f}")
     result = {"experiment": "cfg-rescale", "scale": scale, "model": MODEL, "model_label": tm.spec.label,
               "num_samples": n, "steps": scale["sample_steps"], "spacing": "trailing",
               "data_per_image_std": data_std, "rows": rows, "seconds": elapsed()}
     write_json(out, "cfg_rescale", result)
-    plot_grids(grids, a.guidance, a.phi, tm.num_classes, out / "cfg_grid.png")
+    plot_grids(grids, a.guidance, a.guidance_rescale, tm.num_classes, out / "cfg_grid.png")
     plot_metrics(result, out / "cfg_metrics.png")
     print(f"wrote {out}/cfg_rescale.json, cfg_grid.png, cfg_metrics.png in {elapsed():.0f} s")
+    publish_figures(out, a.figures_dir, ["cfg_grid.png", "cfg_metrics.png"])
 
 
-def plot_grids(grids, ws, phis, num_classes: int, path: Path) -> None:
-    """Rows: phi; columns: guidance scale w."""
-    grid_figure([[grids[(w, phi)] for w in ws] for phi in phis], [f"phi = {phi:g}" for phi in phis],
+def plot_grids(grids, ws, rescales, num_classes: int, path: Path) -> None:
+    """Rows: guidance rescale; columns: guidance weight w."""
+    grid_figure([[grids[(w, r)] for w in ws] for r in rescales], [f"rescale {r:g}" for r in rescales],
                 [f"w = {w:g}" for w in ws], num_classes, path, cell_size=(3.6, 1.0), dpi=95)
 
 
 def plot_metrics(result: dict, path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    phis = sorted({r["phi"] for r in result["rows"]})
-    for phi in phis:
-        pts = [(r["guidance"], r["saturated_share"], r["std_ratio"]) for r in result["rows"] if r["phi"] == phi]
+    rescales = sorted({r["guidance_rescale"] for r in result["rows"]})
+    for rescale in rescales:
+        pts = [(r["guidance"], r["saturated_share"], r["std_ratio"]) for r in result["rows"]
+               if r["guidance_rescale"] == rescale]
         w, sat, std = zip(*pts)
-        axes[0].plot(w, [100 * s for s in sat], marker="o", label=f"phi = {phi:g}")
-        axes[1].plot(w, std, marker="o", label=f"phi = {phi:g}")
+        axes[0].plot(w, [100 * s for s in sat], marker="o", label=f"guidance rescale {rescale:g}")
+        axes[1].plot(w, std, marker="o", label=f"guidance rescale {rescale:g}")
     axes[0].set_ylabel("% of pixels outside [-1, 1]")
     axes[1].set_ylabel("per-image std, samples / data")
     axes[1].axhline(1.0, color="k", lw=0.8)

@@ -22,11 +22,13 @@ distribution of samples with the data's, and `brightness_stats` adds the share o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .. import data as datasets
+from ..cli import add_common_flags, fail, resolve_device
 from ..samplers import sample
 from ..schedules import Schedule
 from ..unet import PRESETS
@@ -41,27 +44,30 @@ from ..unet import PRESETS
 # The CPU scale's network (0.27M parameters, 0.03 GFLOP per 16x16 image): 16 base channels, levels
 # 1-2-2 with one ResBlock each, attention only in the middle block, so that a model trains in
 # minutes on two cores. Written out in full (not derived from the `small` preset, which may be
-# retuned) so that the documented results stay reproducible; registered as a UNet preset so that
-# minidiff.train can build it by name.
-REPRO_PRESET = "repro-mini"
-PRESETS.setdefault(REPRO_PRESET, dict(
-    in_channels=3, out_channels=3, image_size=16, base_channels=16, channel_mults=(1, 2, 2),
-    num_res_blocks=1, attn_resolutions=(), dropout=0.0, num_heads=1, num_classes=None, norm_groups=16,
-))
+# retuned) so that the documented results stay reproducible. It is this module's own config:
+# `unet.PRESETS` is not changed (see `network_config` and `_lent_to_trainer`).
+NETWORKS = {
+    "repro-mini": dict(
+        in_channels=3, out_channels=3, image_size=16, base_channels=16, channel_mults=(1, 2, 2),
+        num_res_blocks=1, attn_resolutions=(), dropout=0.0, num_heads=1, num_classes=None, norm_groups=16,
+    ),
+}
 
 DARK, BRIGHT = -0.7, 0.7  # per-image mean brightness thresholds (images live in [-1, 1])
 
 # Run sizes. Every trained-model experiment reads its sizes from here, so one flag scales them all.
+# The device is --device's (cuda if available, else cpu); cifar10 refuses to start without a GPU
+# unless --device cpu asks for it.
 SCALES = {
-    "cpu": dict(dataset="builtin", num_images=10_000, preset=REPRO_PRESET, resolution=16, batch_size=64,
-                lr=2e-3, warmup=50, ema_decay=0.95, max_steps=600, device="cpu", bf16=False,
+    "cpu": dict(dataset="builtin", num_images=10_000, preset="repro-mini", resolution=16, batch_size=64,
+                lr=2e-3, warmup=50, ema_decay=0.95, max_steps=600, bf16=False,
                 num_samples=500, sample_batch=250, sample_steps=50),
     "test": dict(dataset="builtin", num_images=64, preset="tiny", resolution=16, batch_size=8,
-                 lr=1e-3, warmup=2, ema_decay=0.9, max_steps=8, device="cpu", bf16=False,
+                 lr=1e-3, warmup=2, ema_decay=0.9, max_steps=8, bf16=False,
                  num_samples=10, sample_batch=10, sample_steps=3),
     "cifar10": dict(dataset="cifar10", num_images=50_000, preset="ddpm-cifar10", resolution=32,
                     batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999, max_steps=100_000,
-                    device="cuda", bf16=True, num_samples=10_000, sample_batch=1000, sample_steps=50),
+                    bf16=True, num_samples=10_000, sample_batch=1000, sample_steps=50),
 }
 
 
@@ -96,39 +102,49 @@ MODELS = {
 
 
 def experiment_parser(name: str, description: str, *, trained: bool = True) -> argparse.ArgumentParser:
-    """The flags every experiment has: --out, and for trained ones --scale, --models, --device, --seed."""
+    """The flags every experiment has: --out and --figures-dir; trained ones add --scale, --models,
+    --seed and --device (`minidiff.cli`), and the size overrides."""
     p = argparse.ArgumentParser(prog=f"python -m minidiff.repro {name}", description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=f"runs/repro/{name}", help="folder for the figures and the JSON")
+    p.add_argument("--figures-dir", help="also copy the figures here (docs/figures updates the course's figures)")
     if trained:
         p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
                        help="run size: cpu (default, minutes), test (seconds), cifar10 (a GPU, hours)")
         p.add_argument("--models", default="runs/repro/models",
                        help="cache of trained models, shared by the experiments")
-        p.add_argument("--device", help="override the scale's device (cpu, cuda)")
+        add_common_flags(p)
         p.add_argument("--train-steps", type=int, help="override the scale's training steps per model")
         p.add_argument("--num-samples", type=int, help="override the scale's samples per setup")
-        p.add_argument("--seed", type=int, default=0, help="seeds training data, model and sampling noise")
         p.add_argument("--threads", type=int,
                        help="CPU threads for torch (None: torch's choice; 1 is fastest on a CPU shared with other jobs)")
     return p
 
 
 def scale_of(args) -> dict:
-    """The scale's sizes with the command line's overrides applied."""
+    """The scale's sizes with the command line's overrides and device applied."""
     if args.threads:
         torch.set_num_threads(args.threads)
     s = dict(SCALES[args.scale])
-    if args.device:
-        s["device"] = args.device
+    s["device"] = str(resolve_device(args.device))
+    if args.scale == "cifar10" and args.device is None and s["device"] == "cpu":
+        fail("scale 'cifar10' trains for hours on a GPU, and CUDA is not available; "
+             "pass --device cpu to run it anyway (days), or use --scale cpu")
     if args.train_steps:
         s["max_steps"] = args.train_steps
     if args.num_samples:
         s["num_samples"] = args.num_samples
-    if s["device"].startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: scale {args.scale!r} runs on {s['device']}, but CUDA is not available; "
-                         "pass --device cpu (slow) or use --scale cpu")
     return s
+
+
+def publish_figures(out: Path, figures_dir: str | None, names: list[str]) -> None:
+    """Copy the run's figures `names` from `out` into `figures_dir` (--figures-dir), if given."""
+    if not figures_dir:
+        return
+    Path(figures_dir).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copyfile(Path(out) / name, Path(figures_dir) / name)
+        print(f"copied {name} to {figures_dir}")
 
 
 def write_json(out: Path, name: str, result: dict) -> Path:
@@ -170,12 +186,31 @@ def train_config(spec: ModelSpec, scale: dict, models_dir: Path, seed: int = 0):
         log_every=10, offset_noise=spec.offset_noise,
     )
     # The key holds the network's full config too: a preset retuned under the same name is a new model.
-    key = {**dataclasses.asdict(cfg), "network": PRESETS[cfg.preset]}
+    key = {**dataclasses.asdict(cfg), "network": network_config(cfg.preset)}
     key.pop("device")
     key.pop("out")
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     cfg.out = str(models_dir / f"{spec.name}-{scale['preset']}-{scale['resolution']}px-{digest}")
     return cfg
+
+
+def network_config(preset: str) -> dict:
+    """The UNet config a scale's `preset` names: one of this module's NETWORKS, or a `unet.PRESETS` entry."""
+    return NETWORKS[preset] if preset in NETWORKS else PRESETS[preset]
+
+
+@contextlib.contextmanager
+def _lent_to_trainer(preset: str):
+    """`minidiff.train` builds its network by preset name: for the length of one training call, and
+    only then, a network of this module is listed among the presets under its name."""
+    if preset not in NETWORKS or preset in PRESETS:
+        yield
+        return
+    PRESETS[preset] = NETWORKS[preset]
+    try:
+        yield
+    finally:
+        del PRESETS[preset]
 
 
 @dataclass
@@ -210,7 +245,8 @@ def trained_model(name: str, scale: dict, models_dir, seed: int = 0) -> TrainedM
         cfg.resume = ckpt.exists()  # a run cut short continues where it stopped
         print(f"training {name} ({spec.label}) for {cfg.max_steps} steps -> {cfg.out}")
         start = time.perf_counter()
-        train(cfg)
+        with _lent_to_trainer(cfg.preset):
+            train(cfg)
         record.write_text(json.dumps({**dataclasses.asdict(spec), "train_seconds": time.perf_counter() - start,
                                       "threads": torch.get_num_threads()}, indent=1) + "\n")
     seconds = json.loads(record.read_text())["train_seconds"] if record.exists() else math.nan
@@ -242,7 +278,7 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def draw(tm: TrainedModel, n: int, scale: dict, *, steps: int, spacing: str, guidance: float = 1.0,
-         rescale: float = 0.0, labels: torch.Tensor | None = None, seed: int = 0, desc: str = "") -> torch.Tensor:
+         guidance_rescale: float = 0.0, labels: torch.Tensor | None = None, seed: int = 0, desc: str = "") -> torch.Tensor:
     """n samples of `tm` (float [n, 3, H, W], on the CPU, not clamped), drawn with DDIM (eta = 0).
 
     The same seed gives the same starting noise x_T to every model and spacing, so differences
@@ -262,7 +298,7 @@ def draw(tm: TrainedModel, n: int, scale: dict, *, steps: int, spacing: str, gui
         with torch.autocast(device.type, torch.bfloat16, enabled=scale["bf16"]):
             x = sample(tm.model, x_T.shape, tm.schedule, prediction=tm.prediction, steps=steps,
                        spacing=spacing, y=y, uncond_y=torch.full_like(y, tm.num_classes),
-                       guidance=guidance, guidance_rescale=rescale, x_T=x_T.to(device), device=device,
+                       guidance=guidance, guidance_rescale=guidance_rescale, x_T=x_T.to(device), device=device,
                        progress=False)
         out.append(x.float().cpu())
     return torch.cat(out)

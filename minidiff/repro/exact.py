@@ -1,4 +1,4 @@
-"""Samplers against an exact answer: Gaussian "images" whose brightness varies a lot.
+"""Samplers against an exact answer (Lin et al.'s brightness effect without a network): Gaussian images.
 
 Data: x0 ~ N(mu, Sigma) over C x H x W pixels with Sigma = s_pix^2 I + s_b^2 1 1^T: each
 image is a shared brightness offset (std s_b, as real photos range from dark to bright)
@@ -22,18 +22,19 @@ the schedule:
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
+from pathlib import Path
 
 import torch
 
 from ..analytic import GaussianDenoiser, gaussian_sampler_moments
 from ..samplers import make_timesteps, sample
 from ..schedules import Schedule
+from ..cli import add_common_flags
+from .common import experiment_parser, publish_figures, pyplot, save_figure, write_json
 
-SAMPLERS = (("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0))
+# (sampler, eta): deterministic DDIM, DDIM with DDPM's noise level, and DDPM
+SAMPLER_SETTINGS = (("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0))
 
 
 def brightness_gaussian(shape=(3, 32, 32), s_b: float = 0.5, s_pix: float = 0.3, mean: float = 0.0):
@@ -83,17 +84,16 @@ def monte_carlo(schedule, steps, spacing, sampler, eta, shape=(3, 8, 8), s_b=0.5
     }
 
 
-def run(out_dir="runs/exact", shape=(3, 32, 32), s_b=0.5, s_pix=0.3, mean=0.2, step_counts=(5, 10, 25, 50, 100, 250, 1000),
-        mc_samples=4096, plot=True):
+def run(out_dir="runs/repro/exact", shape=(3, 32, 32), s_b=0.5, s_pix=0.3, mean=0.2,
+        step_counts=(5, 10, 25, 50, 100, 250, 1000), mc_samples=4096, plot=True, seed=0):
     """The whole experiment: exact table + a Monte-Carlo check + a figure. Returns the results dict."""
-    os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
     mu, lam_b, lam_pix, d = brightness_gaussian(shape, s_b, s_pix, mean)
     schedules = {"sd_zero_snr": Schedule.make("scaled_linear", zero_snr=True), "sd_original": Schedule.make("scaled_linear")}
     rows = []
     for sname, sched in schedules.items():
         for spacing in ("trailing", "linspace", "leading"):
-            for sampler, eta in SAMPLERS:
+            for sampler, eta in SAMPLER_SETTINGS:
                 for steps in step_counts:
                     ts = make_timesteps(sched.num_timesteps, steps, spacing)
                     r = exact_moments(sched, ts, sampler, eta, lam_b, lam_pix, mean)
@@ -104,27 +104,22 @@ def run(out_dir="runs/exact", shape=(3, 32, 32), s_b=0.5, s_pix=0.3, mean=0.2, s
             ts = make_timesteps(sched.num_timesteps, 50, spacing)
             small = brightness_gaussian((3, 8, 8), s_b, s_pix, mean)
             exact = exact_moments(sched, ts, "ddim", 0.0, small[1], small[2], mean)
-            got = monte_carlo(sched, 50, spacing, "ddim", 0.0, (3, 8, 8), s_b, s_pix, mean, n=mc_samples)
+            got = monte_carlo(sched, 50, spacing, "ddim", 0.0, (3, 8, 8), s_b, s_pix, mean, n=mc_samples, seed=seed)
             mc.append({"schedule": sname, "spacing": spacing, "steps": 50, "exact": exact, "monte_carlo": got})
     result = {
         "data": {"shape": list(shape), "s_b": s_b, "s_pix": s_pix, "mean": mean,
                  "brightness_eigenvalue": lam_b, "texture_eigenvalue": lam_pix,
                  "alpha_bar_T_sd_original": schedules["sd_original"].alphas_cumprod[-1].item()},
-        "rows": rows, "monte_carlo_check": mc, "seconds": time.time() - t0,
+        "rows": rows, "monte_carlo_check": mc, "seed": seed, "seconds": time.time() - t0,
     }
-    with open(os.path.join(out_dir, "exact.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(Path(out_dir), "exact", result)
     if plot:
-        plot_results(result, os.path.join(out_dir, "exact_brightness_std.png"))
+        plot_results(result, Path(out_dir) / "exact_brightness_std.png")
     return result
 
 
-def plot_results(result, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_results(result, path: Path):
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     styles = {"trailing": "-", "linspace": "--", "leading": ":"}
     for ax, key, title in [(axes[0], "brightness_std_ratio", "brightness (image mean)"),
@@ -142,8 +137,7 @@ def plot_results(result, path):
     axes[0].set_ylabel("ratio (1 = exact)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def format_table(result, steps=(10, 50, 1000)) -> str:
@@ -153,7 +147,7 @@ def format_table(result, steps=(10, 50, 1000)) -> str:
     keyed = {(r["schedule"], r["spacing"], r["sampler"], r["eta"], r["steps"]): r for r in result["rows"]}
     for sname in ("sd_zero_snr", "sd_original"):
         for spacing in ("trailing", "linspace", "leading"):
-            for sampler, eta in SAMPLERS:
+            for sampler, eta in SAMPLER_SETTINGS:
                 name = "ddpm" if sampler == "ddpm" else f"ddim eta={eta:g}"
                 cells = []
                 for s in steps:
@@ -164,11 +158,11 @@ def format_table(result, steps=(10, 50, 1000)) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minidiff.repro exact", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/exact")
-    p.add_argument("--mc-samples", type=int, default=4096)
+    p = experiment_parser("exact", __doc__.split("\n\n")[0], trained=False)
+    add_common_flags(p, device=False)
+    p.add_argument("--mc-samples", type=int, default=4096, help="samples of the Monte-Carlo check")
     a = p.parse_args(argv)
-    res = run(a.out, mc_samples=a.mc_samples)
+    res = run(a.out, mc_samples=a.mc_samples, seed=a.seed)
     print("std(samples) / std(data), brightness / texture, 3x32x32 Gaussian images (exact):")
     print(format_table(res))
     print("\nMonte-Carlo check (3x8x8, DDIM 50 steps, real sampler vs exact moments):")
@@ -177,6 +171,7 @@ def main(argv=None):
               f"(exact {m['exact']['brightness_std_ratio']:.3f}), texture {m['monte_carlo']['texture_std_ratio']:.3f} "
               f"(exact {m['exact']['texture_std_ratio']:.3f})")
     print(f"\nwrote {a.out}/exact.json and exact_brightness_std.png in {res['seconds']:.1f} s")
+    publish_figures(Path(a.out), a.figures_dir, ["exact_brightness_std.png"])
 
 
 if __name__ == "__main__":

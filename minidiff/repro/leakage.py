@@ -26,9 +26,10 @@ import torch
 from .. import data as datasets
 from ..objectives import q_sample
 from ..schedules import Schedule
-from .common import experiment_parser, pyplot, save_figure, timer, write_json
+from ..cli import add_common_flags
+from .common import experiment_parser, publish_figures, pyplot, save_figure, timer, write_json
 
-SCHEDULES = (
+NOISED_SCHEDULES = (  # (key, label, Schedule.make keywords)
     ("linear", "linear", dict(kind="linear")),
     ("cosine", "cosine", dict(kind="cosine")),
     ("scaled_linear", "Stable Diffusion", dict(kind="scaled_linear")),
@@ -55,9 +56,9 @@ def plot(images, noise, path: Path) -> None:
     """mean(x_T) against mean(x0) for every image, one panel per schedule: a visible slope is
     brightness the model can read at the last step."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(SCHEDULES), figsize=(3.5 * len(SCHEDULES), 3.3), sharey=True)
+    fig, axes = plt.subplots(1, len(NOISED_SCHEDULES), figsize=(3.5 * len(NOISED_SCHEDULES), 3.3), sharey=True)
     b = images.flatten(1).mean(1)
-    for ax, (key, name, kw) in zip(axes, SCHEDULES):
+    for ax, (key, name, kw) in zip(axes, NOISED_SCHEDULES):
         s = Schedule.make(num_timesteps=1000, **kw)
         x_T = q_sample(images, s.alphas_cumprod[-1].item(), noise)
         r = leakage(images, noise, s)
@@ -76,14 +77,14 @@ def main(argv=None):
     p = experiment_parser("leakage", __doc__.split("\n\n")[0], trained=False)
     p.add_argument("--num-images", type=int, default=2000, help="built-in images to noise")
     p.add_argument("--resolution", type=int, default=32, help="image side (the leak grows with the pixel count)")
-    p.add_argument("--seed", type=int, default=0)
+    add_common_flags(p, device=False)
     a = p.parse_args(argv)
     elapsed = timer()
     out = Path(a.out)
     images = datasets.to_float(datasets.builtin_shapes(a.num_images, seed=a.seed, resolution=a.resolution).images)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(a.seed + 1))
     rows = [{"schedule": key, "name": name, **leakage(images, noise, Schedule.make(num_timesteps=1000, **kw))}
-            for key, name, kw in SCHEDULES]
+            for key, name, kw in NOISED_SCHEDULES]
     plot(images, noise, out / "leakage.png")
     write_json(out, "leakage", {"experiment": "leakage", "num_images": a.num_images, "resolution": a.resolution,
                                 "brightness_var": float(images.flatten(1).mean(1).var()), "rows": rows,
@@ -93,6 +94,7 @@ def main(argv=None):
         print(f"  {r['name']:17s} sqrt(ab_T) {r['sqrt_alpha_bar_T']:.6f}  SNR of the image mean "
               f"{r['mean_snr_predicted']:.3g}  brightness recoverable from mean(x_T): r^2 = {r['r2_mean']:.3f}")
     print(f"wrote {out}/leakage.json and leakage.png")
+    publish_figures(out, a.figures_dir, ["leakage.png"])
 
 
 if __name__ == "__main__":

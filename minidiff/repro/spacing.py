@@ -26,8 +26,8 @@ import torch
 
 from ..samplers import SPACINGS, make_timesteps
 from ..schedules import Schedule
-from .common import (brightness_stats, draw, experiment_parser, grid_figure, image_brightness, pyplot, save_figure,
-                     scale_of, timer, trained_model, training_data, write_json)
+from .common import (brightness_stats, draw, experiment_parser, grid_figure, image_brightness, publish_figures, pyplot,
+                     save_figure, scale_of, timer, trained_model, training_data, write_json)
 from .exact import brightness_gaussian, exact_moments
 
 STEP_COUNTS = (5, 10, 25, 50)
@@ -96,6 +96,7 @@ def main(argv=None):
     result["seconds"] = elapsed()
     write_json(out, "spacing", result)
     print(f"wrote {out}/spacing.json, spacing_grid.png, spacing_metrics.png in {result['seconds']:.0f} s")
+    publish_figures(out, a.figures_dir, ["spacing_grid.png", "spacing_metrics.png"])
 
 
 def plot_grids(grids: dict, num_classes: int, path: Path) -> None:

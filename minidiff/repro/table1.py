@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..schedules import KINDS, alphas_cumprod, make_betas, rescale_zero_terminal_snr, snr
-from .common import experiment_parser, pyplot, save_figure, timer, write_json
+from ..schedules import BETA_SCHEDULES, alphas_cumprod, log_snr, make_betas, rescale_zero_terminal_snr, snr
+from .common import experiment_parser, publish_figures, pyplot, save_figure, timer, write_json
 
 PAPER = {  # Lin et al. Table 1: (SNR(T), sqrt(alpha_bar_T))
     "linear": (4.035993e-05, 0.006353),
@@ -39,7 +39,7 @@ def terminal(alpha_bar: torch.Tensor) -> tuple[float, float]:
 def table(num_timesteps: int = 1000) -> list[dict]:
     """One row per schedule: terminal SNR in float64, with float32 betas, the paper's, and after Algorithm 1."""
     rows = []
-    for kind in KINDS:
+    for kind in BETA_SCHEDULES:
         betas = make_betas(kind, num_timesteps)
         snr64, sab64 = terminal(alphas_cumprod(betas))
         # betas, 1 - betas and their cumulative product in float32, as common tooling stores them:
@@ -78,11 +78,11 @@ def plot_curves(path: Path, num_timesteps: int = 1000, zoom: int = 60) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     t = torch.arange(num_timesteps)
     colors = {"linear": "tab:blue", "cosine": "tab:green", "scaled_linear": "tab:red"}
-    for kind in KINDS:
+    for kind in BETA_SCHEDULES:
         betas = make_betas(kind, num_timesteps)
         for b, ls, suffix in ((betas, "-", ""), (rescale_zero_terminal_snr(betas), "--", ", zero SNR")):
             ab = alphas_cumprod(b)
-            logsnr = torch.log(ab) - torch.log1p(-ab)
+            logsnr = log_snr(ab)
             label = NAMES[kind] + suffix
             axes[0].plot(t, ab.sqrt(), ls, color=colors[kind], label=label)
             axes[1].plot(t, logsnr, ls, color=colors[kind], label=label)
@@ -113,6 +113,7 @@ def main(argv=None):
     print(f"\ncosine with float32 betas: SNR(T) = {cos['snr_T_float32_betas']:.6e}, "
           f"sqrt(alpha_bar_T) = {cos['sqrt_alpha_bar_T_float32_betas']:.6e} (the paper's digits)")
     print(f"wrote {out}/table1.json and schedules_snr.png")
+    publish_figures(out, a.figures_dir, ["schedules_snr.png"])
 
 
 if __name__ == "__main__":

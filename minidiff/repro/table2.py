@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..samplers import SPACINGS, make_timesteps
 from ..schedules import Schedule
-from .common import experiment_parser, pyplot, save_figure, timer, write_json
+from .common import experiment_parser, publish_figures, pyplot, save_figure, timer, write_json
 
 PAPER = {  # Lin et al. Table 2, 1-indexed, ascending
     "leading": [1, 101, 201, 301, 401, 501, 601, 701, 801, 901],
@@ -122,6 +122,7 @@ def main(argv=None):
         print(f"  {r['steps']:3d} steps {r['spacing']:9s} t = {r['first_t']:4d}: "
               f"{r['sqrt_alpha_bar_first_sd']:.4f} / {r['sqrt_alpha_bar_first_sd_zero_snr']:.4f}")
     print(f"wrote {out}/table2.json and spacings.png")
+    publish_figures(out, a.figures_dir, ["spacings.png"])
 
 
 if __name__ == "__main__":

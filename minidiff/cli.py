@@ -1,0 +1,52 @@
+"""The flags every command line shares: --seed and --device, with one default convention.
+
+    --seed    0: every random stream of the run is seeded from it, so a rerun repeats the run
+    --device  "cuda" when a GPU is visible, else "cpu" (`resolve_device(None)`)
+
+    parser = argparse.ArgumentParser(...)
+    add_common_flags(parser)               # or add_common_flags(parser, device=False)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, seed: bool = True, device: bool = True) -> None:
+    """Add --seed (default 0) and --device (default: cuda if available, else cpu) to `parser`.
+
+    Pass seed=False or device=False to a command that has no randomness or runs on the CPU only,
+    so that it offers no flag that does nothing.
+    """
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seed of every random stream of the run")
+    if device:
+        parser.add_argument("--device", default=None,
+                            help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device a --device value names; None means cuda if available, else cpu.
+
+    A CUDA device asked for on a machine without one is refused with one line that says what to do.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {name} asks for CUDA, which is not available here; use --device cpu")
+    return device
+
+
+def fail(message: str) -> None:
+    """Bad input on the command line: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
