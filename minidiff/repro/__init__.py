@@ -1,4 +1,5 @@
-"""Reproductions of the papers' findings, one module per experiment.
+"""Reproductions of both papers' findings, one module per experiment.
 
-Run one with `python -m minidiff.repro NAME`; each writes figures and a JSON of numbers.
+Run one with `python -m minidiff.repro NAME` (`--help` lists them all); each writes figures and a
+JSON of numbers under runs/repro/NAME.
 """

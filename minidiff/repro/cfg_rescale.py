@@ -101,7 +101,7 @@ def plot_metrics(result: dict, path: Path) -> None:
         ax.set_xlabel("guidance weight w")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"CFG rescale on the {result['model_label']} model, {result['num_samples']} samples per setup, "
+    fig.suptitle(f"Guidance rescale on the {result['model_label']} model, {result['num_samples']} samples per setup, "
                  f"{result['steps']} trailing DDIM steps", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
