@@ -17,6 +17,8 @@ paper's, and this file fixes all three:
 The Frechet distance itself takes float64 statistics and computes tr((S_1 S_2)^(1/2)) from the
 eigenvalues of the symmetric matrix S_1^(1/2) S_2 S_1^(1/2), which has the same (real, non-negative)
 eigenvalues as S_1 S_2: no complex square root, so no imaginary parts to throw away.
+`frechet_distance` and `statistics` are also the maths of minidiff.metrics, which applies them to
+the features of a small classifier trained on the data itself (no download, seconds on a CPU).
 
     python -m minidiff.sample CKPT --num 50000 --npz samples.npz --png ""
     python -m minidiff.fid samples.npz --dataset cifar10

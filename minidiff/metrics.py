@@ -57,7 +57,7 @@ DEFAULT_CACHE = Path("~/.cache/minidiff/metrics")
 BUILTIN_SEED = 1_000_003
 # Everything that decides the trained classifier; part of the cache key, so a change retrains.
 CLASSIFIER_RECIPE = dict(version=1, widths=(16, 32, 64, 64), steps=150, batch_size=128, lr=3e-3,
-                         colour_weight=1.0, seed=0)
+                         colour_weight=1.0, shuffle_channels=True, seed=0)
 CALIBRATIONS = ("real", "blurred", "squeezed", "noise")
 MEASURES = ("frechet", "accuracy", "brightness_w1")
 
@@ -214,6 +214,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
                       disable=not progress):
             index = torch.randint(0, len(images), (recipe["batch_size"],), generator=g)
             x = random_flips(datasets.to_float(images[index]), int(torch.randint(2**62, (1,), generator=g)))
+            if recipe["shuffle_channels"] and x.shape[1] == 3:
+                x = shuffle_channels(x, g)
             f = net.features(x)
             loss = F.cross_entropy(net.head(f), labels[index]) + \
                 recipe["colour_weight"] * F.mse_loss(net.colour(f), x.mean((2, 3)))
@@ -222,6 +224,13 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
             opt.step()
             sched.step()
     return net.eval()
+
+
+def shuffle_channels(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image's colour channels in a random order: a red square becomes a green or a blue one,
+    so the class must be read from the shape, not from the colour alone."""
+    order = torch.rand(x.shape[0], 3, generator=generator).argsort(1)
+    return x.gather(1, order[:, :, None, None].expand_as(x))
 
 
 @torch.no_grad()
