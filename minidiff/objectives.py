@@ -52,6 +52,23 @@ def check_prediction(prediction: str, schedule: Schedule) -> None:
         )
 
 
+def check_weighting(weighting: str, schedule: Schedule) -> None:
+    """Refuse min-SNR weighting on a zero-terminal-SNR schedule.
+
+    Min-SNR weighs the x0 error by min(SNR, gamma), which is exactly 0 at SNR = 0: the last
+    timestep, the one Lin et al.'s rescale exists for (it teaches the model to draw an image's
+    brightness from pure noise), would never be trained, and on Stable Diffusion's rescaled
+    schedule 163 more timesteps get a weight below 0.01. Lin et al. train the plain v loss.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if weighting == "min_snr" and schedule.zero_terminal_snr:
+        raise ValueError(
+            "min-SNR weighting gives the zero-SNR timestep a weight of exactly 0 (it weighs the x0 error "
+            "by min(SNR, gamma)), so the step the zero-terminal-SNR rescale adds would never be trained. "
+            "Use weighting 'none' (Lin et al.'s v loss), or turn the zero-SNR rescale off.")
+
+
 def q_sample(x0: torch.Tensor, ab, noise: torch.Tensor) -> torch.Tensor:
     """Sample q(x_t | x0): x_t = sqrt(a) x0 + sqrt(1 - a) eps. `ab` broadcasts against x0."""
     ab = torch.as_tensor(ab, dtype=x0.dtype, device=x0.device)
@@ -151,8 +168,7 @@ def diffusion_loss(
     elements, so the value does not depend on the image size.
     """
     check_prediction(prediction, schedule)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    check_weighting(weighting, schedule)
     b = x0.shape[0]
     if t is None:
         device = generator.device if generator is not None else x0.device

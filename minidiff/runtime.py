@@ -306,9 +306,16 @@ class MetricsLog:
         self.path = Path(path)
 
     def rows(self) -> list[dict]:
+        """The logged lines; a line torn by a kill mid-write is dropped."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
 
     def truncate(self, step: int) -> None:
         """Drop lines logged after `step`: a run killed after its last checkpoint wrote them, and

@@ -32,7 +32,7 @@ import torch
 from . import data as datasets
 from . import runtime
 from .ema import EMA
-from .objectives import PREDICTIONS, WEIGHTINGS, check_prediction, diffusion_loss
+from .objectives import PREDICTIONS, WEIGHTINGS, check_prediction, check_weighting, diffusion_loss
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .samplers import SPACINGS, sample
 from .schedules import Schedule
@@ -214,14 +214,16 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("sample_every", "ckpt_every"):
         require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be 0 (never) or more, got {getattr(cfg, name)}")
     require(cfg.threads is None or cfg.threads >= 1, f"--threads must be at least 1, got {cfg.threads}")
-    factor = 2 ** (len(PRESETS[cfg.preset]["channel_mults"]) - 1)
-    require(cfg.resolution % factor == 0,
-            f"--resolution {cfg.resolution} must be a multiple of {factor} for the {cfg.preset} preset "
-            f"(it halves the image {factor.bit_length() - 1} times)")
+    try:  # the UNet checks the resolution against its levels and attention; no weights are made
+        with torch.device("meta"):
+            build_model(cfg, num_classes=1)
+    except ValueError as err:
+        raise UsageError(f"--resolution {cfg.resolution} does not fit the {cfg.preset} preset: {err}") from None
     require(cfg.dataset != "folder" or cfg.data_root, "--dataset folder needs --data-root DIR (a folder of images)")
     require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
             f"--device {cfg.device}: no CUDA GPU is visible here; use --device cpu")
     check_prediction(cfg.prediction, make_schedule(cfg))  # eps with zero SNR is refused, with the reason
+    check_weighting(cfg.weighting, make_schedule(cfg))    # so is min-SNR: it would never train t = T-1
     runtime.check_output_folder(cfg.out, "--out")
 
 

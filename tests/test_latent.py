@@ -320,3 +320,81 @@ def test_torchrun_two_processes_train_and_resume(tiny_sd, images, tmp_path):
     assert state["step"] == 3 and len(state["losses"]) == 3 and len(state["rng_ranks"]) == 2
     assert not torch.equal(*(r["noise"] for r in state["rng_ranks"]))  # each rank draws its own noise
     assert StableDiffusionPipeline.from_pretrained(out, safety_checker=None).scheduler.config.rescale_betas_zero_snr
+
+
+# ------------------------------------------------------------- what the fine-tune must survive
+
+
+def test_default_fine_tune_exports_a_model_that_has_moved(tiny_sd, images, tmp_path):
+    """With --ema-decay 0.9999 and no warm-up a 200-step run exported weights that had moved 1.35%
+    as far from the base as the live ones. With the defaults (EMA 0.999, warmed up) the exported
+    UNet moves at least half as far as the live one; the run writes metrics.jsonl and loss.png."""
+    defaults = latent_train.LatentTrainConfig(pretrained="", data_dir="")
+    out = tmp_path / "run"
+    result = latent_train.train(config(tiny_sd, images, out, max_steps=6, ema_decay=defaults.ema_decay,
+                                       log_every=2))
+    base = latent.load_components(tiny_sd).unet.state_dict()
+    state = latent_train.load_checkpoint(out / "checkpoint.pt")
+
+    def distance(weights):
+        return sum((weights[k].float() - base[k].float()).pow(2).sum() for k in base).sqrt().item()
+
+    exported = latent.load_components(out).unet.state_dict()
+    assert distance(exported) >= 0.5 * distance(state["unet"]) > 0
+    assert all(torch.equal(exported[k], result.unet.state_dict()[k]) for k in exported)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6] and all(0 < r["loss"] < 10 for r in rows)
+    assert rows[-1]["loss"] == pytest.approx(sum(result.losses[-2:]) / 2)
+    assert (out / "loss.png").stat().st_size > 0
+
+
+def test_export_without_a_scheduler_folder_records_the_betas_trained(tiny_sd, images, tmp_path):
+    """A base without scheduler/scheduler_config.json trains on scaled-linear 0.00085..0.012; the
+    export used to fall back to diffusers' linear 1e-4..0.02 (alpha_bar(500) 0.075, not 0.241)."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_sd, base)
+    shutil.rmtree(base / "scheduler")
+    out = tmp_path / "out"
+    latent_train.train(config(base, images, out, max_steps=1))
+    trained = latent.base_schedule({}, zero_snr=True).alphas_cumprod
+    exported = DDIMScheduler.from_pretrained(out / "scheduler").alphas_cumprod.double()
+    assert torch.allclose(exported, trained, atol=1e-6)
+    assert trained[500].item() == pytest.approx(0.241, abs=1e-3)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-steps", "0"], "--max-steps must be at least 1"),
+    (["--lr", "0"], "--lr must be a positive rate"),
+    (["--ema-decay", "1"], "--ema-decay must lie in [0, 1)"),
+    (["--caption-dropout", "-0.1"], "--caption-dropout must lie in"),
+    (["--grad-accum", "0"], "--grad-accum must be at least 1"),
+    (["--resume"], "--resume: no checkpoint"),
+    (["--prediction", "eps"], "cannot be trained on a zero-terminal-SNR schedule"),
+])
+def test_latent_trainer_refuses_bad_flags_in_one_line_before_loading(tiny_sd, images, tmp_path, capsys, flags, message):
+    out = tmp_path / "out"
+    argv = ["--pretrained", str(tiny_sd), "--data-dir", str(images), "--output-dir", str(out),
+            "--resolution", str(RES), "--workers", "0", "--device", "cpu", "--no-progress", *flags]
+    with pytest.raises(SystemExit) as exit_info:
+        train_latent_cli().main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_latent_trainer_skips_unreadable_images_and_refuses_a_pixel_checkpoint(tiny_sd, images, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(images, folder)
+    (folder / "broken.png").write_text("not an image")
+    (folder / "broken.txt").write_text("a broken square")
+    data = latent_data.CaptionedImages(folder, RES)
+    assert len(data) == 4 and "skipped 1 of 5 files" in capsys.readouterr().out
+    out = tmp_path / "out"
+    out.mkdir()
+    runtime.save_checkpoint(out / "checkpoint.pt", {"kind": "pixel", "step": 3})
+    with pytest.raises(runtime.UsageError, match="written by pixel training, not latent training"):
+        latent_train.train(config(tiny_sd, images, out, resume=True))

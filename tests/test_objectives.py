@@ -98,15 +98,26 @@ class _Perfect:
 
 
 @pytest.mark.parametrize("prediction", ["x0", "v"])
-@pytest.mark.parametrize("weighting", ["none", "min_snr"])
-def test_loss_zero_for_perfect_model_and_finite_at_last_step(prediction, weighting):
-    s = Schedule.make("scaled_linear", zero_snr=True)
+@pytest.mark.parametrize("weighting, zero_snr", [("none", True), ("min_snr", False)])
+def test_loss_zero_for_perfect_model_and_finite_at_last_step(prediction, weighting, zero_snr):
+    s = Schedule.make("scaled_linear", zero_snr=zero_snr)
     x0, eps = _pair(5)
     t = torch.tensor([999, 999, 0, 500])
     loss = diffusion_loss(_Perfect(x0, eps, s, prediction), x0, s, prediction, t=t, noise=eps, weighting=weighting)
     assert loss.item() == pytest.approx(0.0, abs=1e-12)
     zero = diffusion_loss(lambda x, t, y=None: torch.zeros_like(x), x0, s, prediction, t=t, noise=eps, weighting=weighting)
     assert torch.isfinite(zero) and zero.item() > 0
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_min_snr_with_zero_snr_refused_because_the_last_step_would_never_train(prediction):
+    """min(SNR, gamma) = 0 at t = T-1: on Stable Diffusion's rescaled schedule the last step gets
+    weight 0 and 163 timesteps less than 0.01 (v loss; 161 for x0), so the combination is refused."""
+    s = Schedule.make("scaled_linear", zero_snr=True)
+    w = min_snr_weight(s.snr, prediction)
+    assert w[-1].item() == 0.0 and int((w < 0.01).sum()) == {"v": 163, "x0": 161}[prediction]
+    with pytest.raises(ValueError, match="weight of exactly 0.*never be trained"):
+        diffusion_loss(lambda x, t, y=None: x, torch.zeros(2, 1, 4, 4), s, prediction, weighting="min_snr")
 
 
 def test_eps_with_zero_snr_refused_with_advice():
