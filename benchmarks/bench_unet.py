@@ -48,21 +48,44 @@ class DiffusersUNet(torch.nn.Module):
         return self.net(x, t).sample
 
 
-def diffusers_ddpm_cifar10() -> torch.nn.Module | None:
-    """UNet2DModel configured as DDPM's CIFAR-10 network (google/ddpm-cifar10-32's config)."""
+def diffusers_unet(config: dict) -> torch.nn.Module | None:
+    """diffusers.UNet2DModel built as the minidiff UNet `config` (a PRESETS entry), or None when
+    diffusers is not installed. The same levels, widths, ResBlocks per level, attention
+    resolutions, heads, GroupNorm groups and dropout, so the two have equal parameter counts;
+    DDPM's conventions for the rest (GroupNorm eps 1e-6, stride-2 downsampling convs padded on the
+    bottom and right, the timestep sinusoid as [sin, cos] with frequency shift 1). With
+    PRESETS["ddpm-cifar10"] this is google/ddpm-cifar10-32's configuration."""
     try:
         from diffusers import UNet2DModel
     except ImportError:
         return None
+    if config.get("num_classes"):
+        raise ValueError("the diffusers comparison is for unconditional presets (num_classes=None)")
+    size, ch, mults = config["image_size"], config["base_channels"], config["channel_mults"]
+    widths = [ch * m for m in mults]
+    attn = [size // 2**level in config["attn_resolutions"] for level in range(len(mults))]
+    heads = config["num_heads"]
+    head_dim = None  # diffusers: one head as wide as the block
+    if heads > 1:  # diffusers takes one head width for every attention block: it must be unique
+        dims = {w // heads for w, a in zip(widths, attn) if a} | {widths[-1] // heads}
+        if len(dims) != 1:
+            raise ValueError(f"attention blocks of widths giving head widths {sorted(dims)}: UNet2DModel "
+                             "needs one head width for all of them")
+        head_dim = dims.pop()
     net = UNet2DModel(
-        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-        block_out_channels=(128, 256, 256, 256),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        dropout=0.1, attention_head_dim=None, norm_eps=1e-6, downsample_padding=0,
-        flip_sin_to_cos=False, freq_shift=1,
+        sample_size=size, in_channels=config["in_channels"], out_channels=config["out_channels"],
+        layers_per_block=config["num_res_blocks"], block_out_channels=tuple(widths),
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        dropout=config["dropout"], attention_head_dim=head_dim, norm_num_groups=config["norm_groups"],
+        norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
     )
     return DiffusersUNet(net)
+
+
+def diffusers_ddpm_cifar10() -> torch.nn.Module | None:
+    """UNet2DModel configured as DDPM's CIFAR-10 network (google/ddpm-cifar10-32's config)."""
+    return diffusers_unet(PRESETS["ddpm-cifar10"])
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -73,13 +96,18 @@ def num_params(model: torch.nn.Module) -> int:
 
 
 class Setting:
-    """One way of running a model: device, batch, bf16 autocast or not, torch.compile or not."""
+    """One way of running a model: device, batch, bf16 autocast or not, channels_last memory format
+    or not, torch.compile (with which backend) or not."""
 
-    def __init__(self, device: str, batch: int, bf16: bool = False, compile: bool = False):
+    def __init__(self, device: str, batch: int, bf16: bool = False, compile: bool = False,
+                 channels_last: bool = False, compile_backend: str = "inductor"):
         self.device, self.batch, self.bf16, self.compile = torch.device(device), batch, bf16, compile
+        self.channels_last, self.compile_backend = channels_last, compile_backend
 
     def label(self) -> str:
-        flags = [f for f, on in (("bf16", self.bf16), ("compile", self.compile)) if on]
+        compiled = "compile" if self.compile_backend == "inductor" else f"compile[{self.compile_backend}]"
+        flags = [f for f, on in (("bf16", self.bf16), ("channels_last", self.channels_last),
+                                 (compiled, self.compile)) if on]
         return f"{self.device.type} b{self.batch}" + (" " + "+".join(flags) if flags else " fp32")
 
     def autocast(self):
@@ -92,17 +120,17 @@ class Runner:
     def __init__(self, model: torch.nn.Module, image_size: int, channels: int, s: Setting):
         self.s = s
         model = model.to(s.device)
-        if s.device.type == "cuda":
+        if s.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.fn = torch.compile(model) if s.compile else model
+        self.fn = torch.compile(model, backend=s.compile_backend) if s.compile else model
         self.opt = torch.optim.Adam(model.parameters(), lr=2e-4)
         g = torch.Generator().manual_seed(0)
         shape = (s.batch, channels, image_size, image_size)
         self.x = torch.randn(shape, generator=g).to(s.device)
         self.target = torch.randn(shape, generator=g).to(s.device)
         self.t = torch.randint(0, 1000, (s.batch,), generator=g).to(s.device)
-        if s.device.type == "cuda":
+        if s.channels_last:
             self.x = self.x.to(memory_format=torch.channels_last)
 
     def _sync(self):
@@ -213,7 +241,7 @@ def bench_device(device: str, args) -> None:
     if device == "cpu" and args.cpu_variants:
         settings = [Setting(device, args.batch, bf16, comp) for bf16 in (False, True) for comp in (False, True)]
     if device == "cuda":
-        settings = [Setting(device, args.cuda_batch, bf16, comp)
+        settings = [Setting(device, args.cuda_batch, bf16, comp, channels_last=True)
                     for bf16 in (False, True) for comp in (False, True)]
     for s in settings:
         print(f"\n{s.label()}  (median of {args.iters} steps after {args.warmup} warm-up)")
