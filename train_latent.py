@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from minidiff import runtime
+from minidiff.cli import add_common_flags
 from minidiff.latent_train import LatentTrainConfig, train  # needs: pip install -e ".[latent]"
 
 
@@ -45,9 +46,8 @@ def parse_args(argv=None) -> LatentTrainConfig:
     a("--gradient-checkpointing", action="store_true", help="recompute UNet activations in backward")
     a("--cache-dir", default=None, help="cache latents and text embeddings here (skips both encoders)")
     a("--workers", type=int, default=d.workers, help="data loader processes")
-    a("--device", default=d.device, help="auto, cuda or cpu (torchrun: one GPU per process)")
     # bookkeeping
-    a("--seed", type=int, default=d.seed)
+    add_common_flags(p)  # --seed, --device (torchrun: one GPU per process)
     a("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoint.pt writes")
     a("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     a("--sample-every", type=int, default=d.sample_every, help="steps between sample images (0: never)")

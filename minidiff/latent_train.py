@@ -56,7 +56,7 @@ class LatentTrainConfig:
     gradient_checkpointing: bool = False
     cache_dir: str | None = None         # cache latents + text embeddings here (skips both encoders)
     workers: int = 2
-    device: str = "auto"
+    device: str | None = None           # None: cuda if available, else cpu
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = 500
@@ -90,7 +90,7 @@ def check_config(cfg: LatentTrainConfig) -> None:
     require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000, got {cfg.sample_steps}")
     require(cfg.prediction in PREDICTIONS, f"--prediction must be one of {', '.join(PREDICTIONS)}")
     require(cfg.vae_latent in ("sample", "mean"), "--vae-latent must be sample or mean")
-    require(cfg.device in ("auto", "cpu") or torch.cuda.is_available(),
+    require(cfg.device in (None, "auto", "cpu") or torch.cuda.is_available(),
             f"--device {cfg.device}: no CUDA GPU is visible here; use --device cpu")
     require(cfg.prediction != "eps" or not cfg.zero_snr,
             "--prediction eps cannot be trained on a zero-terminal-SNR schedule (at the last step the input "

@@ -30,15 +30,15 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
+from .cli import add_common_flags
 from . import runtime
 from .ema import EMA
 from .objectives import PREDICTIONS, WEIGHTINGS, check_prediction, check_weighting, diffusion_loss
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .samplers import SPACINGS, sample
-from .schedules import Schedule
+from .schedules import BETA_SCHEDULES, Schedule
 from .unet import PRESETS, UNet
 
-SCHEDULES = ("linear", "cosine", "scaled_linear")
 
 # Defaults that depend on the dataset. CIFAR-10 is DDPM's recipe. The built-in set's recipe is
 # chosen by measurement so that the README's main job (no flags) gives recognisable samples in a
@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     model = p.add_argument_group("model and diffusion")
     model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset (recipe: cifar10 -> ddpm-cifar10, else small)")
     model.add_argument("--dropout", type=float, help="override the preset's dropout")
-    model.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="beta schedule")
+    model.add_argument("--schedule", choices=BETA_SCHEDULES, default=d.schedule, help="beta schedule")
     model.add_argument("--zero-snr", action=flag, default=d.zero_snr, help="rescale to zero terminal SNR (Lin et al. Alg. 1)")
     model.add_argument("--prediction", choices=PREDICTIONS, default=d.prediction, help="model output (v: Lin et al. Sec. 3.2)")
     model.add_argument("--class-cond", action=flag, help="condition on class labels (recipe: on for builtin)")
@@ -161,9 +161,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--ema-decay", type=float, help="EMA decay per step")
     opt.add_argument("--max-steps", type=int, help="training steps (recipe: 800k for cifar10)")
     opt.add_argument("--minutes", type=float, help="wall-clock budget: stop cleanly after this many minutes (0: none)")
-    opt.add_argument("--seed", type=int, default=d.seed, help="seeds the model, data order, noise")
     run = p.add_argument_group("running")
-    run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_common_flags(run)  # --seed, --device
     run.add_argument("--threads", type=int, help="CPU threads for torch; 1 is fastest on a CPU busy with other jobs")
     run.add_argument("--bf16", action=flag, default=d.bf16, help="bfloat16 autocast")
     run.add_argument("--channels-last", action=flag, default=d.channels_last, help="channels_last memory format")
