@@ -39,6 +39,7 @@ import argparse
 import hashlib
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -356,10 +357,13 @@ class Judge:
         stored = load_cached(self.cache_file, real.fingerprint) if self.cache_file else None
         self.trained = stored is None
         if stored is None:
+            start = time.perf_counter()
             net = train_classifier(*real.train, len(real.classes), progress=progress)
+            seconds = time.perf_counter() - start
             feats, preds = classify(net, real.held[0])
             stored = dict(fingerprint=real.fingerprint, state=net.state_dict(),
-                          accuracy=float((preds == real.held[1].numpy()).mean()), classes=list(real.classes))
+                          accuracy=float((preds == real.held[1].numpy()).mean()), classes=list(real.classes),
+                          seconds=seconds)
             if self.cache_file:
                 self.cache_file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = self.cache_file.with_name(self.cache_file.name + ".tmp")
@@ -369,10 +373,12 @@ class Judge:
         self.net.load_state_dict(stored["state"])
         self.net.eval()
         self.accuracy = stored["accuracy"]
+        self.train_seconds = stored.get("seconds")
         ref_features, _ = classify(self.net, real.held[0])
         self.reference = statistics(ref_features)
         self.reference_brightness = brightness(real.held[0])
         self._calibration: dict[int, dict] = {}
+        self._centre = float(real.other[0].float().mean())  # what "squeezed" squeezes towards (0..255)
 
     @classmethod
     def for_dataset(cls, dataset: str = "builtin", *, data_root: str | Path | None = None, resolution: int = 32,
@@ -426,14 +432,14 @@ class Judge:
     def calibration(self, num: int | None = None) -> dict[str, dict]:
         """The measures of `num` real images (default: all of the `other` draw), and of those
         images blurred (sigma = resolution/32 pixels), with brightness squeezed halfway towards
-        the mean, and replaced by uniform noise: {"real": {...}, "blurred": ..., "squeezed": ...,
+        the mean of the whole draw, and replaced by uniform noise: {"real": {...}, "blurred": ..., "squeezed": ...,
         "noise": ...}. Use the samples' count, so the small-sample bias of the Frechet distance is
         the same in both."""
         images, labels = self.real.other
         num = min(num or len(images), len(images))
         if num not in self._calibration:
             x, y = images[:num], labels[:num].numpy()
-            degraded = dict(real=x, blurred=blur(x, self.resolution / 32), squeezed=squeeze_brightness(x, 0.5),
+            degraded = dict(real=x, blurred=blur(x, self.resolution / 32), squeezed=squeeze_brightness(x, 0.5, self._centre),
                             noise=uniform_noise(x, seed=3))
             self._calibration[num] = {k: self._measure(v, y) for k, v in degraded.items()}
         return self._calibration[num]
@@ -444,11 +450,34 @@ class Judge:
         s = self.score(images, labels)
         return format_table(s, self.calibration(s["num"]), self.describe())
 
+    def figure(self, images, path: str | Path, per_row: int = 10) -> None:
+        """A PNG of `per_row` of the images, above as many of each calibration set (real, blurred,
+        squeezed, noise), one row each: what the numbers of the table look like."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        x, _ = as_uint8_images(images, channels=self.channels, resolution=self.resolution)
+        real = self.real.other[0][:per_row]
+        rows = dict(samples=x[:per_row], real=real, blurred=blur(real, self.resolution / 32),
+                    squeezed=squeeze_brightness(real, 0.5, self._centre),
+                    noise=uniform_noise(real, seed=3))
+        fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.6, len(rows) * 0.75))
+        for ax, (name, row) in zip(axes, rows.items()):
+            strip = torch.cat(list(row.expand(-1, 3, -1, -1)), dim=2).permute(1, 2, 0).numpy()
+            ax.imshow(strip, interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(name, fontsize=8, loc="left")
+        fig.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150)
+        plt.close(fig)
+
     def describe(self) -> str:
         n_train, n_held = len(self.real.train[0]), len(self.real.held[0])
         return (f"classifier of {self.real.name} ({len(self.real.classes)} classes, {self.resolution}x{self.resolution}, "
                 f"{self.channels} ch; trained on {n_train} real images, {100 * self.accuracy:.1f}% right on "
-                f"{n_held} held out; {'trained now' if self.trained else 'from cache'}"
+                f"{n_held} held out; {f'trained now in {self.train_seconds:.0f} s' if self.trained else 'from cache'}"
                 f"{f': {self.cache_file}' if self.cache_file else ''})")
 
 
@@ -502,6 +531,7 @@ def main(argv=None) -> None:
     p.add_argument("--num-reference", type=int, default=5_000,
                    help="held-out real images the samples are compared with (and as many for calibration)")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where trained classifiers are kept")
+    p.add_argument("--figure", help="also save a PNG of some samples above the calibration sets")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
     try:
@@ -520,6 +550,9 @@ def main(argv=None) -> None:
                                   num=args.num_images, num_reference=args.num_reference,
                                   cache_dir=args.cache_dir)
         print(judge.report(images, labels))
+        if args.figure:
+            judge.figure(images, args.figure)
+            print(f"wrote {args.figure}")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
