@@ -188,7 +188,7 @@ def test_unknown_experiment_is_one_line_and_exit_2(capsys):
     assert exit_.value.code == 2 and err.count("\n") == 1 and "'table3'" in err and "highdim-table" in err
 
 
-@pytest.mark.parametrize("name", [n for n in repro.EXPERIMENTS if n != "fast-samplers"])
+@pytest.mark.parametrize("name", list(repro.EXPERIMENTS))
 def test_every_experiment_writes_under_runs_repro_name(name, capsys, monkeypatch):
     """The default --out of every experiment is runs/repro/NAME, and --figures-dir (off by default)
     is the only way into docs/."""
