@@ -96,8 +96,6 @@ def check_config(cfg: LatentTrainConfig) -> None:
             "--prediction eps cannot be trained on a zero-terminal-SNR schedule (at the last step the input "
             "is pure noise, so eps carries nothing about the image): use --prediction v, or --no-zero-snr")
     runtime.check_output_folder(cfg.output_dir, "--output-dir")
-    if cfg.resume and not (Path(cfg.output_dir) / CHECKPOINT).is_file():
-        raise UsageError(f"--resume: no checkpoint at {Path(cfg.output_dir) / CHECKPOINT}; drop --resume to start afresh")
 
 
 def learning_rate(cfg: LatentTrainConfig, step: int) -> float:
@@ -163,17 +161,10 @@ def train(cfg: LatentTrainConfig) -> TrainResult:
     check_config(cfg)
     out = Path(cfg.output_dir)
     ckpt_path = out / CHECKPOINT
-    state = None
-    if cfg.resume:
-        state = load_checkpoint(ckpt_path)
-        runtime.check_resume(state["config"], dataclasses.asdict(cfg), RESUME_KEYS)
-        if state["step"] >= cfg.max_steps:
-            print(f"{out} is finished: it reached step {state['step']} of --max-steps {cfg.max_steps}. "
-                  "Nothing to do; pass a larger --max-steps to train on.")
-            return TrainResult(state["step"], list(state["losses"]), None, out)
-    elif ckpt_path.exists():
-        raise UsageError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another "
-                         "--output-dir to start afresh.")
+    state = runtime.start_or_resume(out, resume=cfg.resume, kind="latent", config=dataclasses.asdict(cfg),
+                                    keys=RESUME_KEYS, max_steps=cfg.max_steps, out_flag="--output-dir")
+    if state is not None and state["step"] >= cfg.max_steps:
+        return TrainResult(state["step"], list(state["losses"]), None, out)
 
     rank, world_size, device = runtime.setup_distributed(cfg.device)
     master = rank == 0

@@ -259,6 +259,26 @@ def check_resume(saved: dict, current: dict, keys) -> None:
                          "values, or start a new run in another output folder.")
 
 
+def start_or_resume(out: Path, *, resume: bool, kind: str, config: dict, keys, max_steps: int,
+                    out_flag: str) -> dict | None:
+    """The checkpoint a run continues from, or None for a new run.
+
+    A new run never overwrites a checkpoint; a resume must keep `keys` (check_resume). A run
+    that has already reached max_steps is finished: say so (the caller then returns, exit 0)."""
+    path = Path(out) / CHECKPOINT
+    if not resume:
+        if path.exists():
+            raise UsageError(f"{path} exists: pass --resume to continue that run, or choose another "
+                             f"{out_flag} (or delete the folder) to start afresh.")
+        return None
+    state = load_checkpoint(path, kind)
+    check_resume(state["config"], config, keys)
+    if state["step"] >= max_steps:
+        print(f"{out} is finished: it reached step {state['step']} of --max-steps {max_steps}. "
+              "Nothing to do; pass a larger --max-steps to train on.")
+    return state
+
+
 # ------------------------------------------------------------------------------- interrupts
 
 

@@ -289,14 +289,6 @@ def plain_config(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def resume_config(cfg: TrainConfig, saved: dict) -> TrainConfig:
-    """The config a resumed run goes on with: the command line's, which must agree with the
-    checkpoint on every setting that decides what is trained (IDENTITY); runtime.check_resume
-    names any that differ. Length, logging, device and speed switches may change."""
-    runtime.check_resume(saved, plain_config(cfg), IDENTITY)
-    return cfg
-
-
 # ---------------------------------------------------------------------------------- outputs
 
 
@@ -331,18 +323,10 @@ def train(cfg: TrainConfig) -> dict:
     check_config(cfg)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    saved = None
-    if cfg.resume:
-        saved = load_checkpoint(ckpt_path)
-        cfg = resume_config(cfg, saved["config"])
-        if saved["step"] >= cfg.max_steps:
-            print(f"{out} is finished: it reached step {saved['step']} of --max-steps {cfg.max_steps}. "
-                  "Nothing to do; pass a larger --max-steps to train on.")
-            return dict(step=saved["step"], loss=math.nan, images_per_s=math.nan, out=str(out),
-                        finished=True)
-    elif ckpt_path.exists():
-        raise UsageError(f"{ckpt_path} exists: pass --resume to continue that run, or choose "
-                         "another --out (or delete the folder) to start afresh.")
+    saved = runtime.start_or_resume(out, resume=cfg.resume, kind="pixel", config=plain_config(cfg),
+                                    keys=IDENTITY, max_steps=cfg.max_steps, out_flag="--out")
+    if saved is not None and saved["step"] >= cfg.max_steps:
+        return dict(step=saved["step"], loss=math.nan, images_per_s=math.nan, out=str(out), finished=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 

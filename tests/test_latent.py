@@ -370,7 +370,7 @@ def test_export_without_a_scheduler_folder_records_the_betas_trained(tiny_sd, im
     (["--ema-decay", "1"], "--ema-decay must lie in [0, 1)"),
     (["--caption-dropout", "-0.1"], "--caption-dropout must lie in"),
     (["--grad-accum", "0"], "--grad-accum must be at least 1"),
-    (["--resume"], "--resume: no checkpoint"),
+    (["--resume"], "nothing to resume"),
     (["--prediction", "eps"], "cannot be trained on a zero-terminal-SNR schedule"),
 ])
 def test_latent_trainer_refuses_bad_flags_in_one_line_before_loading(tiny_sd, images, tmp_path, capsys, flags, message):
