@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "spacing": "minidiff.repro.spacing",
     "cfg-rescale": "minidiff.repro.cfg_rescale",
     "exact": "minidiff.repro.exact",
+    "fast-samplers": "minidiff.repro.fast_samplers",
     "highdim-trajectories": "minidiff.repro.highdim_trajectories",
     "highdim-features": "minidiff.repro.highdim_features",
     "highdim-table": "minidiff.repro.highdim_table",
