@@ -181,7 +181,7 @@ def check_resolution(resolution: int, vae_factor: int) -> None:
     """The VAE maps an H x W image to H/f x W/f latents; other sizes would be silently cropped."""
     if resolution <= 0 or resolution % vae_factor:
         lo = max(vae_factor, resolution // vae_factor * vae_factor)
-        raise ValueError(f"resolution {resolution} is not a multiple of the VAE's downsampling factor "
+        raise UsageError(f"resolution {resolution} is not a multiple of the VAE's downsampling factor "
                          f"{vae_factor} (2 ** (number of VAE blocks - 1)); use e.g. {lo} or {lo + vae_factor}.")
 
 

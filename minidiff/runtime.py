@@ -230,19 +230,20 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
                else "free some space and start again.")) from None
 
 
-def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
+def load_checkpoint(path: str | Path, kind: str | None = None, *, missing: str = "pass the path of a checkpoint.pt") -> dict:
     """A checkpoint as written by save_checkpoint, loaded with weights_only=True (no pickled code
     runs). With `kind`, refuse a checkpoint written by another kind of run, saying which."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"no checkpoint at {path}: nothing to resume. Drop --resume to start a new run, "
-                         "or point the output folder at the run you mean.")
+        raise UsageError(f"no checkpoint at {path}: {missing}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
         raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}); it may be truncated "
                          "or not a minidiff checkpoint. Delete it to start afresh.") from None
-    found = state.get("kind") if isinstance(state, dict) else None
+    found = None
+    if isinstance(state, dict):  # checkpoints from before `kind` was recorded are told by their keys
+        found = state.get("kind") or ("pixel" if "model_config" in state else "latent" if "unet" in state else None)
     if kind is not None and found != kind:
         raise UsageError(f"{path} was written by {found or 'something other than minidiff'} training, not "
                          f"{kind} training; point this run at another output folder.")
@@ -271,7 +272,8 @@ def start_or_resume(out: Path, *, resume: bool, kind: str, config: dict, keys, m
             raise UsageError(f"{path} exists: pass --resume to continue that run, or choose another "
                              f"{out_flag} (or delete the folder) to start afresh.")
         return None
-    state = load_checkpoint(path, kind)
+    state = load_checkpoint(path, kind, missing="nothing to resume. Drop --resume to start a new run, or "
+                                                  f"point {out_flag} at the run you mean.")
     check_resume(state["config"], config, keys)
     if state["step"] >= max_steps:
         print(f"{out} is finished: it reached step {state['step']} of --max-steps {max_steps}. "

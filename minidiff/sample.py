@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
 
+from .cli import add_common_flags, resolve_device
 from .data import to_uint8
+from .runtime import check_output_folder, require, run_command
 from .samplers import SAMPLERS, SPACINGS, sample
 from .schedules import Schedule
 from .unet import UNet
@@ -67,14 +70,14 @@ def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", step
              spacing: str | None = None, eta: float = 0.0, guidance: float = 1.0,
              guidance_rescale: float = 0.0, labels: torch.Tensor | None = None, seed: int = 0,
              batch_size: int = 256, device="cpu", progress: bool = True) -> torch.Tensor:
-    """`num` samples as uint8 [num, 3, H, W], drawn in batches (one seed per batch index, so the
+    """`num` samples as uint8 [num, C, H, W] (the checkpoint's channels and size), drawn in batches (one seed per batch index, so the
     same seed and batch size give the same images)."""
     from tqdm.auto import tqdm
 
     schedule, device = schedule_of(config), torch.device(device)
-    size = model.config["image_size"]
+    size, channels = model.config["image_size"], model.config["in_channels"]
     null = model.config["num_classes"]
-    out = torch.empty(num, 3, size, size, dtype=torch.uint8)
+    out = torch.empty(num, channels, size, size, dtype=torch.uint8)
     starts = range(0, num, batch_size)
     for i, start in enumerate(tqdm(starts, desc=f"{sampler} {steps} steps", unit="batch", disable=not progress)):
         n = min(batch_size, num - start)
@@ -83,7 +86,7 @@ def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", step
             y = labels[start:start + n].to(device)
             uncond = torch.full_like(y, null)
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
-        x = sample(model, (n, 3, size, size), schedule, prediction=config["prediction"], steps=steps,
+        x = sample(model, (n, channels, size, size), schedule, prediction=config["prediction"], steps=steps,
                    spacing=spacing or config.get("spacing", "trailing"), sampler=sampler, eta=eta,
                    y=y, uncond_y=uncond if guidance != 1.0 else None, guidance=guidance,
                    guidance_rescale=guidance_rescale, generator=gen, device=device, progress=False)
@@ -127,27 +130,36 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="class label(s) to draw, in turn; 'null' for unconditional (default: every class)")
     p.add_argument("--num", type=int, default=64, help="number of images")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
     p.add_argument("--png", help="grid PNG path (default: samples.png next to the checkpoint; '' for none)")
     p.add_argument("--npz", help="also save all images as uint8 to this .npz")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    if args.eta and args.sampler not in ("ddim", "ddpm"):
-        p.error(f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")
-    return args
+    add_common_flags(p)  # --seed, --device
+    return p.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        model, config = load_model(args.checkpoint, ema=args.ema, device=args.device)
-        labels = class_labels(args.classes, args.num, model.config["num_classes"])
-        if labels is None and args.guidance != 1.0:
-            raise ValueError("--guidance needs a class-conditional model (train with --class-cond); "
-                             "this one has no labels to guide towards")
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag in range before the model is loaded: one line naming the flag, exit 2."""
+    require(1 <= args.steps <= 1000, f"--steps must be from 1 to 1000 (the training steps), got {args.steps}")
+    require(args.num >= 1 and args.batch_size >= 1, "--num and --batch-size must be at least 1")
+    require(args.guidance >= 0 and math.isfinite(args.guidance), f"--guidance must be 0 or more, got {args.guidance}")
+    require(0 <= args.guidance_rescale <= 1, f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
+    require(0 <= args.eta <= 1, f"--eta must lie in [0, 1], got {args.eta}")
+    require(not args.eta or args.sampler in ("ddim", "ddpm"),
+            f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")
+    for flag, path in (("--png", args.png), ("--npz", args.npz)):
+        if path:
+            require(not Path(path).is_dir(), f"{flag} {path} is a folder; give a file name")
+            check_output_folder(Path(path).parent, flag)
+    resolve_device(args.device)
+
+
+def run(args: argparse.Namespace) -> None:
+    check_args(args)
+    model, config = load_model(args.checkpoint, ema=args.ema, device=args.device or resolve_device(None))
+    args.device = str(next(model.parameters()).device)
+    labels = class_labels(args.classes, args.num, model.config["num_classes"])
+    require(labels is not None or args.guidance == 1.0,
+            "--guidance needs a class-conditional model (train with --class-cond); this one has no labels to guide towards")
     images = generate(model, config, args.num, sampler=args.sampler, steps=args.steps,
                       spacing=args.spacing, eta=args.eta, guidance=args.guidance,
                       guidance_rescale=args.guidance_rescale, labels=labels, seed=args.seed,
@@ -161,6 +173,15 @@ def main(argv=None) -> None:
     if args.npz:
         save_npz(images, labels, args.npz)
         print(f"wrote {len(images)} images to {args.npz}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        run_command(run, args)
+    except ValueError as err:  # a class label out of range, a model without labels
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

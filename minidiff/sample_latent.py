@@ -13,11 +13,14 @@ v, trailing, rescaled guidance), and a stock checkpoint with its own settings; -
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
 import torch
 
+from .cli import add_common_flags, resolve_device
+from .runtime import check_output_folder, require, run_command
 from .samplers import SAMPLERS, SPACINGS
 
 
@@ -37,15 +40,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="phi of Lin et al. Algorithm 2: rescale the guided output's std (0: off)")
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    add_common_flags(p)  # --seed, --device
     p.add_argument("--bf16", action="store_true", help="run the UNet under bf16 autocast")
     p.add_argument("--out", default="samples", help="folder for the PNGs")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    args = p.parse_args(argv)
-    if args.eta and args.sampler not in ("ddim", "ddpm"):
-        p.error(f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")
-    return args
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag in range before any network is loaded: one line naming the flag, exit 2."""
+    require(1 <= args.steps <= 1000, f"--steps must be from 1 to 1000, got {args.steps}")
+    require(args.num_images >= 1, f"--num-images must be at least 1, got {args.num_images}")
+    require(args.height >= 8 and args.width >= 8, "--height and --width must be at least 8 pixels")
+    require(args.guidance >= 0 and math.isfinite(args.guidance), f"--guidance must be 0 or more, got {args.guidance}")
+    require(0 <= args.guidance_rescale <= 1, f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
+    require(0 <= args.eta <= 1, f"--eta must lie in [0, 1], got {args.eta}")
+    require(not args.eta or args.sampler in ("ddim", "ddpm"),
+            f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")
+    check_output_folder(args.out, "--out")
+    resolve_device(args.device)
 
 
 def slug(text: str, length: int = 40) -> str:
@@ -53,12 +66,16 @@ def slug(text: str, length: int = 40) -> str:
 
 
 def main(argv=None) -> list[Path]:
-    args = parse_args(argv)
+    return run_command(run, parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    check_args(args)
     from torchvision.utils import save_image
 
     from . import latent
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     components = latent.load_components(args.model, device=device, encoder_dtype=dtype, unet_dtype=dtype)
     prompts = [p for p in args.prompt for _ in range(args.num_images)]

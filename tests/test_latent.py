@@ -398,3 +398,18 @@ def test_latent_trainer_skips_unreadable_images_and_refuses_a_pixel_checkpoint(t
     runtime.save_checkpoint(out / "checkpoint.pt", {"kind": "pixel", "step": 3})
     with pytest.raises(runtime.UsageError, match="written by pixel training, not latent training"):
         latent_train.train(config(tiny_sd, images, out, resume=True))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps must be from 1 to 1000"),
+    (["--guidance-rescale", "2"], "--guidance-rescale must lie in [0, 1]"),
+    (["--num-images", "0"], "--num-images must be at least 1"),
+])
+def test_sample_latent_refuses_bad_flags_before_loading(tiny_sd, tmp_path, capsys, flags, message):
+    from minidiff import sample_latent
+
+    with pytest.raises(SystemExit) as exit_info:
+        sample_latent.main(["--model", str(tiny_sd), "--prompt", "a cat", "--out", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -260,3 +260,41 @@ def test_ema_of_a_short_eps_run_denoises_as_well_as_its_live_weights(tmp_path):
     live, ema, start = held_out(result["model"]), held_out(result["ema"].model), held_out(initial)
     assert live < 0.8 * start
     assert ema < 1.1 * live
+
+
+# ----------------------------------------------------------------------------- sampling CLIs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run")
+    torch.set_num_threads(1)
+    T.main(tiny_args(out, "--max-steps", "2", "--class-cond"))
+    return out / runtime.CHECKPOINT
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps must be from 1 to 1000"),
+    (["--num", "0"], "--num and --batch-size must be at least 1"),
+    (["--guidance-rescale", "1.5"], "--guidance-rescale must lie in [0, 1]"),
+    (["--sampler", "dpmpp_2m", "--eta", "0.5"], "--eta is DDIM's noise"),
+    (["--device", "cuda:7"], "--device cuda:7 asks for CUDA") if not torch.cuda.is_available() else
+    (["--steps", "-1"], "--steps must be from 1"),
+    (["--class", "12"], "classes [12] out of range"),
+])
+def test_sample_cli_refuses_bad_flags_in_one_line(tiny_run, tmp_path, capsys, flags, message):
+    from minidiff import sample
+
+    code, err = run_main(sample.main, [str(tiny_run), "--png", str(tmp_path / "g.png"), *flags], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_cli_refuses_a_missing_or_latent_checkpoint(tmp_path, capsys):
+    from minidiff import sample
+
+    code, err = run_main(sample.main, [str(tmp_path / "none.pt")], capsys)
+    assert code == 2 and "no checkpoint at" in err
+    runtime.save_checkpoint(tmp_path / "latent.pt", {"kind": "latent", "step": 1})
+    code, err = run_main(sample.main, [str(tmp_path / "latent.pt")], capsys)
+    assert code == 2 and "written by latent training, not pixel training" in err
