@@ -264,7 +264,39 @@ def image_folder(root: str | Path, *, resolution: int = 32, progress: bool = Tru
         labels = torch.tensor([classes.index(parts[0]) for parts in tops], dtype=torch.int64)
     else:
         classes, labels = ("images",), torch.zeros(len(paths), dtype=torch.int64)
-    return ImageSet(torch.stack(list(loaded.values())), labels, classes, root.name or "folder")
+    images = torch.stack(list(loaded.values()))
+    if grayscale(images):  # kept as one channel: the model then draws grayscale, never a tint
+        images = images[:, :1].contiguous()
+    return ImageSet(images, labels, classes, root.name or "folder")
+
+
+def grayscale(images: torch.Tensor) -> bool:
+    """True when every pixel of every image has R == G == B (a grayscale set, however it was saved)."""
+    return images.shape[1] == 3 and bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
+
+
+def folder_image_size(root: str | Path, limit: int = 2_000) -> tuple[int, int] | None:
+    """(H, W) when the first `limit` images under `root` all share one size, else None. Reads only
+    the headers, so it costs milliseconds; the trainer keeps such a folder at its own size when
+    the UNet can take it (28 x 28 halves to 14 and 7), instead of resizing it to the preset's."""
+    from PIL import Image
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return None
+    sizes = set()
+    paths = (p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for i, path in enumerate(paths):
+        if i == limit:
+            break
+        try:
+            with Image.open(path) as im:
+                sizes.add((im.height, im.width))
+        except (OSError, SyntaxError, ValueError):
+            continue  # image_folder names it when it loads the folder
+        if len(sizes) > 1:
+            return None
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def load_dataset(name: str, *, data_root: str | Path | None = None, resolution: int = 32,

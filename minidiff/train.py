@@ -110,12 +110,28 @@ class TrainConfig:
         cfg = TrainConfig(**filled)
         require(cfg.preset in PRESETS, f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
         if cfg.resolution is None:
-            cfg.resolution = PRESETS[cfg.preset]["image_size"]
+            cfg.resolution = native_resolution(cfg) or PRESETS[cfg.preset]["image_size"]
         if cfg.device is None:
             cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
         if cfg.out is None:
             cfg.out = str(Path("runs") / default_run_name(cfg))
         return cfg
+
+
+def native_resolution(cfg: TrainConfig) -> int | None:
+    """A folder of square images that all share one size trains at that size when the preset's UNet
+    can take it (a 28 x 28 set on the small preset: 28 -> 14 -> 7), rather than being resized."""
+    if cfg.dataset != "folder" or not cfg.data_root:
+        return None
+    size = datasets.folder_image_size(cfg.data_root)
+    if size is None or size[0] != size[1]:
+        return None
+    try:
+        with torch.device("meta"):
+            UNet.from_preset(cfg.preset, image_size=size[0])
+    except ValueError:
+        return None
+    return size[0]
 
 
 def default_run_name(cfg: TrainConfig) -> str:

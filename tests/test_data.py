@@ -117,3 +117,46 @@ def test_batches_ranks_get_disjoint_slices(shapes):
     r0 = data.Batches(small, 6, seed=0, rank=0, world_size=2).batch(2)[1]
     r1 = data.Batches(small, 6, seed=0, rank=1, world_size=2).batch(2)[1]
     assert set(r0.tolist()).isdisjoint(r1.tolist())
+
+
+def _write_folder(root, n, size, colour):
+    from PIL import Image
+
+    for c in range(2):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            v = 20 * i + 100 * c
+            im = Image.new("L", size, v) if not colour else Image.new("RGB", size, (v, 255 - v, 30))
+            im.save(root / f"class{c}" / f"{i}.png")
+
+
+def test_grayscale_folder_is_one_channel_and_colour_stays_three(tmp_path):
+    _write_folder(tmp_path / "gray", 4, (28, 28), colour=False)
+    _write_folder(tmp_path / "rgb", 4, (28, 28), colour=True)
+    gray = data.image_folder(tmp_path / "gray", resolution=28, progress=False)
+    rgb = data.image_folder(tmp_path / "rgb", resolution=28, progress=False)
+    assert gray.channels == 1 and gray.images.shape == (8, 1, 28, 28)
+    assert rgb.channels == 3
+    assert data.folder_image_size(tmp_path / "gray") == (28, 28)
+
+
+def test_a_grayscale_28px_folder_trains_at_its_own_size_and_samples_grayscale(tmp_path):
+    """28 x 28 grayscale images train a one-channel model at 28 x 28 on the small preset (28 ->
+    14 -> 7), instead of a 3-channel one at 32 x 32; the sample CLI follows the checkpoint."""
+    from minidiff import sample, train as T
+
+    _write_folder(tmp_path / "gray", 8, (28, 28), colour=False)
+    cfg = T.TrainConfig(dataset="folder", data_root=str(tmp_path / "gray"), batch_size=4, max_steps=1,
+                        sample_every=0, ckpt_every=0, num_samples=4, sample_steps=2, device="cpu",
+                        out=str(tmp_path / "run"))
+    assert cfg.resolved().resolution == 28
+    result = T.train(cfg)
+    assert result["model"].config["in_channels"] == 1 and result["model"].config["image_size"] == 28
+    sample.main([str(tmp_path / "run" / "checkpoint.pt"), "--num", "2", "--steps", "2",
+                 "--png", "", "--npz", str(tmp_path / "s.npz")])
+    import numpy as np
+
+    assert np.load(tmp_path / "s.npz")["images"].shape == (2, 28, 28, 1)
+    # a size the preset cannot take, or mixed sizes, fall back to the preset's 32
+    _write_folder(tmp_path / "odd", 2, (30, 30), colour=False)
+    assert T.TrainConfig(dataset="folder", data_root=str(tmp_path / "odd")).resolved().resolution == 32
