@@ -496,7 +496,10 @@ def format_table(score: dict, calibration: dict[str, dict], header: str = "") ->
     widths = [max(len(r[i]) for r in [["measure", *cols], *rows]) for i in range(len(cols) + 1)]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     out = [header] if header else []
-    out += [f"{score['num']} images each; calibration: real = another real draw, blurred, brightness squeezed "
+    n_cal = calibration["real"]["num"]
+    count = f"{score['num']} images each" if n_cal == score["num"] else \
+        f"{score['num']} samples, {n_cal} images per calibration row (all the real images there are)"
+    out += [f"{count}; calibration: real = another real draw, blurred, brightness squeezed "
             "halfway to the mean, uniform noise", line(["measure", *cols]), *map(line, rows)]
     out += [f"note: {n}" for n in score.get("notes", [])]
     return "\n".join(out)
