@@ -46,13 +46,13 @@ from .unet import PRESETS, UNet
 RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
-                    ckpt_every=5_000, sample_steps=50),
+                    ckpt_every=5_000, sample_steps=50, judge_samples=0),
     "builtin": dict(preset="small", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
-                    ckpt_every=500, sample_steps=25),
+                    ckpt_every=500, sample_steps=25, judge_samples=500),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
-                   ckpt_every=2_000, sample_steps=50),
+                   ckpt_every=2_000, sample_steps=50, judge_samples=500),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "schedule", "zero_snr", "prediction",
@@ -98,6 +98,7 @@ class TrainConfig:
     ckpt_every: int | None = None
     log_every: int = 10
     num_samples: int = 100
+    judge_samples: int | None = None  # samples the end-of-run quality measure draws (minidiff.metrics); 0: none
     out: str | None = None
     resume: bool = False
 
@@ -189,6 +190,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     run.add_argument("--sample-steps", type=int, help="DDIM steps for those grids (recipe: 25 builtin, 50 else)")
     run.add_argument("--spacing", choices=SPACINGS, default=d.spacing, help="timestep spacing for those grids")
     run.add_argument("--num-samples", type=int, default=d.num_samples, help="images per grid")
+    run.add_argument("--judge-samples", type=int,
+                     help="samples scored at the end by minidiff.metrics (recipe: 500 builtin and labelled folders; 0: none)")
     run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
     run.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
     args = p.parse_args(argv)
@@ -226,6 +229,7 @@ def check_config(cfg: TrainConfig) -> None:
             f"--minutes must be 0 (no limit) or a positive number, got {cfg.minutes}")
     require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000 (the training steps), got {cfg.sample_steps}")
     require(cfg.num_samples >= 1, f"--num-samples must be at least 1, got {cfg.num_samples}")
+    require(cfg.judge_samples == 0 or cfg.judge_samples >= 2, f"--judge-samples must be 0 (none) or at least 2, got {cfg.judge_samples}")
     for name in ("sample_every", "ckpt_every"):
         require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be 0 (never) or more, got {getattr(cfg, name)}")
     require(cfg.threads is None or cfg.threads >= 1, f"--threads must be at least 1, got {cfg.threads}")
@@ -474,13 +478,43 @@ def train(cfg: TrainConfig) -> dict:
         raise KeyboardInterrupt
     if master and out_of_time:
         print(f"stopped after {cfg.minutes} minutes at step {step} (--minutes)")
+    quality = None
     if master:
         metrics.plot(out / "loss.png")
         grid(step)
         print(f"done: step {step} ({step - first_step} this run), loss {last_loss:.4f}, "
               f"{images_per_s:.0f} images/s; checkpoint {ckpt_path}, samples in {out / 'samples'}")
+        quality = judge_samples(ema.model, cfg, data, out, device)
     runtime.cleanup_distributed(world)
-    return dict(step=step, loss=last_loss, images_per_s=images_per_s, out=str(out), model=model, ema=ema)
+    return dict(step=step, loss=last_loss, images_per_s=images_per_s, out=str(out), model=model, ema=ema,
+                quality=quality)
+
+
+def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | None:
+    """Draw cfg.judge_samples images from the EMA model (every class in turn, the grids' sampler)
+    and print minidiff.metrics' report: Frechet distance in a small classifier's features, class
+    accuracy and brightness W1, beside their calibration on real data. Saved to quality.json."""
+    if not cfg.judge_samples or cfg.dataset == "cifar10":
+        return None
+    if data.num_classes < 2:
+        print("quality: skipped (the measure needs a folder with one sub-folder per class)")
+        return None
+    from . import metrics
+    from .sample import generate
+
+    judge = metrics.Judge.for_dataset(cfg.dataset, data_root=cfg.data_root, resolution=cfg.resolution)
+    labels = torch.arange(cfg.judge_samples) % data.num_classes if cfg.class_cond else None
+    start = time.perf_counter()
+    images = generate(model, plain_config(cfg), cfg.judge_samples, steps=cfg.sample_steps, labels=labels,
+                      seed=cfg.seed + 777, device=device, progress=False)
+    seconds = time.perf_counter() - start
+    score = judge.score(images, labels)
+    print(f"quality of {cfg.judge_samples} EMA samples ({cfg.sample_steps} DDIM steps, drawn in {seconds:.0f} s):")
+    print(metrics.format_table(score, judge.calibration(score["num"]), judge.describe()))
+    result = dict(score, calibration=judge.calibration(score["num"]), sample_steps=cfg.sample_steps,
+                  sampling_s=seconds)
+    (out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _plain(value):

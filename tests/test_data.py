@@ -147,7 +147,7 @@ def test_a_grayscale_28px_folder_trains_at_its_own_size_and_samples_grayscale(tm
 
     _write_folder(tmp_path / "gray", 8, (28, 28), colour=False)
     cfg = T.TrainConfig(dataset="folder", data_root=str(tmp_path / "gray"), batch_size=4, max_steps=1,
-                        sample_every=0, ckpt_every=0, num_samples=4, sample_steps=2, device="cpu",
+                        sample_every=0, ckpt_every=0, num_samples=4, sample_steps=2, device="cpu", judge_samples=0,
                         out=str(tmp_path / "run"))
     assert cfg.resolved().resolution == 28
     result = T.train(cfg)

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def tiny_args(out, *extra):
     return ["--num-images", "64", "--preset", "tiny", "--batch-size", "8", "--lr", "1e-3", "--warmup", "2",
             "--max-steps", "4", "--minutes", "0", "--sample-every", "0", "--ckpt-every", "0",
-            "--num-samples", "4", "--sample-steps", "2", "--log-every", "2", "--device", "cpu",
+            "--num-samples", "4", "--sample-steps", "2", "--log-every", "2", "--device", "cpu", "--judge-samples", "0",
             "--out", str(out), *extra]
 
 
@@ -242,7 +242,7 @@ def test_ema_of_a_short_eps_run_denoises_as_well_as_its_live_weights(tmp_path):
     a 40-step eps run's EMA weights do as well as its live weights on held-out denoising."""
     cfg = T.TrainConfig(dataset="builtin", num_images=128, preset="tiny", class_cond=False, batch_size=16,
                         lr=2e-3, warmup=5, ema_decay=0.999, max_steps=40, minutes=0, sample_every=0,
-                        ckpt_every=0, num_samples=4, sample_steps=2, log_every=10, device="cpu",
+                        ckpt_every=0, num_samples=4, sample_steps=2, log_every=10, device="cpu", judge_samples=0,
                         out=str(tmp_path), schedule="scaled_linear", zero_snr=False, prediction="eps")
     result = T.train(cfg)
     schedule = T.make_schedule(cfg.resolved())

@@ -122,7 +122,7 @@ def tiny_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     T.train(T.TrainConfig(dataset="builtin", num_images=32, preset="tiny", class_cond=True,
                           batch_size=8, max_steps=2, minutes=0, sample_every=0, ckpt_every=0,
-                          num_samples=4, sample_steps=2, device="cpu", out=str(out)))
+                          num_samples=4, sample_steps=2, device="cpu", judge_samples=0, out=str(out)))
     return out / T.CHECKPOINT
 
 

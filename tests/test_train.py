@@ -1,6 +1,7 @@
 """Training: DDPM's recipe as defaults, the loss going down, exact resume, NaN stop, Ctrl-C,
 wall-clock budget, checkpoints without pickle, and a two-process DDP step on CPU (gloo)."""
 
+import json
 import signal
 
 import pytest
@@ -20,7 +21,7 @@ def tiny(out, **overrides) -> T.TrainConfig:
     cfg = dict(dataset="builtin", num_images=64, preset="tiny", dropout=0.1, class_cond=True,
                batch_size=8, lr=1e-3, warmup=2, ema_decay=0.9, max_steps=4, minutes=0,
                sample_every=0, ckpt_every=0, num_samples=4, sample_steps=2, log_every=2,
-               device="cpu", out=str(out))
+               device="cpu", judge_samples=0, out=str(out))
     return T.TrainConfig(**{**cfg, **overrides})
 
 
@@ -214,3 +215,24 @@ def test_threads_flag_sets_torch_threads(tmp_path):
     torch.set_num_threads(2)
     T.train(tiny(tmp_path, max_steps=1, threads=1))
     assert torch.get_num_threads() == 1
+
+
+def test_end_of_run_quality_report_prints_the_measure_with_its_calibration(tmp_path, monkeypatch, capsys):
+    """The main job ends by scoring its EMA samples with minidiff.metrics (Frechet distance in a
+    classifier's features, class accuracy, brightness W1) beside real-data calibration rows."""
+    import functools
+
+    from minidiff import metrics
+
+    judge = functools.partial(metrics.Judge.for_dataset.__func__, metrics.Judge, num=2000, num_reference=200,
+                              cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(metrics.Judge, "for_dataset", judge)
+    result = T.train(tiny(tmp_path / "run", max_steps=2, judge_samples=20))
+    out = capsys.readouterr().out
+    assert "quality of 20 EMA samples" in out and "Frechet distance" in out and "calibration" in out
+    saved = json.loads((tmp_path / "run" / "quality.json").read_text())
+    q = result["quality"]
+    assert saved["num"] == 20 and saved["frechet"] == q["frechet"] > 0 and 0 <= q["accuracy"] <= 1
+    cal = saved["calibration"]
+    # a 2-step model is worse than real images and the calibration ranks real below noise
+    assert cal["real"]["frechet"] < q["frechet"] and cal["real"]["frechet"] < cal["noise"]["frechet"]
