@@ -55,7 +55,7 @@ RECIPES = {
                    ckpt_every=2_000, sample_steps=50, judge_samples=500),
 }
 # Flags that define what is being trained: a resumed run must not change them.
-IDENTITY = ("dataset", "data_root", "num_images", "preset", "schedule", "zero_snr", "prediction",
+IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "ema_decay",
             "grad_clip", "resolution", "offset_noise", "weighting", "dropout")
 
@@ -70,6 +70,7 @@ class TrainConfig:
     num_images: int = 20_000          # size of the built-in set
     resolution: int | None = None     # default: the preset's image_size
     preset: str | None = None
+    unet: dict | None = None          # overrides of the preset's UNet config, e.g. {"base_channels": 32}
     schedule: str = "linear"
     zero_snr: bool = True
     prediction: str = "v"
@@ -254,7 +255,7 @@ def make_schedule(cfg: TrainConfig) -> Schedule:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, channels: int = 3) -> UNet:
-    overrides = dict(image_size=cfg.resolution, num_classes=num_classes if cfg.class_cond else None,
+    overrides = dict(cfg.unet or {}, image_size=cfg.resolution, num_classes=num_classes if cfg.class_cond else None,
                      in_channels=channels, out_channels=channels)
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout

@@ -1,0 +1,146 @@
+"""Quality per CPU-minute: train a recipe for M minutes, then measure the samples it draws.
+
+    python benchmarks/quality.py --name baseline --minutes 10 --seeds 0 1
+    python benchmarks/quality.py --name wide --minutes 10 --seeds 0 1 --set unet='{"base_channels": 32}'
+    python benchmarks/quality.py --name cosine --set lr_decay=cosine --eval-steps 10 25 50
+    python benchmarks/quality.py --table runs/quality/results.jsonl     # the study as a markdown table
+
+Each run is `minidiff.train` with the dataset's recipe and the `--set` overrides (any TrainConfig
+field), stopped by its wall-clock budget; then `--judge-samples` EMA samples, every class in turn,
+are scored by `minidiff.metrics` (Frechet distance in a small classifier's features, class accuracy,
+brightness W1) at each of `--eval-steps` DDIM steps. One JSON line per (run, sampling steps) goes to
+results.jsonl; `--table` averages the seeds of each name and shows their spread (min..max), so a
+difference between two recipes can be told from seed noise. The recipe is chosen by these
+figures, not by the training loss. Run it on an otherwise idle machine: it measures time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from minidiff import metrics, train as T  # noqa: E402
+from minidiff.sample import generate  # noqa: E402
+
+
+def parse_sets(items: list[str]) -> dict:
+    """["lr=2e-3", "unet={'base_channels': 32}", "lr_decay=cosine"] -> a dict of TrainConfig fields."""
+    fields = {f.name for f in T.dataclasses.fields(T.TrainConfig)}
+    out = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"error: --set {item}: {key!r} is not a TrainConfig field")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text  # a plain word, e.g. cosine
+    return out
+
+
+def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:
+    out = Path(args.out) / f"{args.name}-s{seed}"
+    cfg = T.TrainConfig(dataset=args.dataset, data_root=args.data_root, minutes=args.minutes, seed=seed,
+                        out=str(out), judge_samples=0, threads=args.threads, **sets)
+    if out.exists() and not args.resume:
+        raise SystemExit(f"error: {out} exists; remove it or choose another --name")
+    cfg.resume = (out / T.CHECKPOINT).exists()
+    result = T.train(cfg)
+    resolved = cfg.resolved()
+    model = result["ema"].model
+    labels = torch.arange(args.judge_samples) % len(judge.real.classes) if resolved.class_cond else None
+    rows = []
+    for steps in args.eval_steps:
+        start = time.perf_counter()
+        images = generate(model, T.plain_config(resolved), args.judge_samples, steps=steps, labels=labels,
+                          seed=1234, progress=False)
+        seconds = time.perf_counter() - start
+        score = judge.score(images, labels)
+        row = dict(name=args.name, seed=seed, sets=sets, minutes=args.minutes, steps=result["step"],
+                   images_per_s=_median_rate(out), sample_steps=steps, sampling_s=seconds,
+                   frechet=score["frechet"], accuracy=score["accuracy"], brightness_w1=score["brightness_w1"],
+                   num=score["num"], parameters=sum(p.numel() for p in model.parameters()))
+        rows.append(row)
+        print(json.dumps(row))
+        if steps == args.eval_steps[-1]:
+            judge.figure(images, out / "quality.png")
+    return rows
+
+
+def _median_rate(out: Path) -> float:
+    rates = [r["images_per_s"] for r in T.runtime.MetricsLog(out / "metrics.jsonl").rows()]
+    return statistics.median(rates) if rates else float("nan")
+
+
+def table(path: Path) -> str:
+    """One markdown row per (name, sampling steps): the mean over seeds and the min..max spread."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["name"], r["sample_steps"]), []).append(r)
+
+    def cell(values, fmt):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        mean = sum(values) / len(values)
+        return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ({fmt(min(values))}..{fmt(max(values))})"
+
+    lines = ["| recipe | changes | seeds | steps trained | img/s | DDIM steps | class accuracy | Frechet | brightness W1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (name, sample_steps), rs in groups.items():
+        sets = ", ".join(f"{k}={v}" for k, v in rs[0]["sets"].items()) or "recipe defaults"
+        lines.append(
+            f"| {name} | {sets} | {len(rs)} | {cell([r['steps'] for r in rs], lambda v: f'{v:,.0f}')} | "
+            f"{cell([r['images_per_s'] for r in rs], lambda v: f'{v:.0f}')} | {sample_steps} | "
+            f"{cell([r['accuracy'] for r in rs], lambda v: f'{100 * v:.1f}%')} | "
+            f"{cell([r['frechet'] for r in rs], lambda v: f'{v:.2f}')} | "
+            f"{cell([r['brightness_w1'] for r in rs], lambda v: f'{v:.3f}')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", help="this recipe's name in the table")
+    p.add_argument("--dataset", default="builtin", choices=("builtin", "folder"))
+    p.add_argument("--data-root", help="a folder with one sub-folder per class (--dataset folder)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget per run (wall clock)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a TrainConfig field (repeatable)")
+    p.add_argument("--judge-samples", type=int, default=1000, help="samples scored per run")
+    p.add_argument("--eval-steps", type=int, nargs="+", default=[25], help="DDIM steps to sample with")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", default="runs/quality", help="run folders and results.jsonl go here")
+    p.add_argument("--resume", action="store_true", help="finish runs whose folder exists (e.g. after Ctrl-C)")
+    p.add_argument("--table", metavar="RESULTS", help="print the study table of a results.jsonl and exit")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(Path(args.table)))
+        return
+    if not args.name:
+        p.error("--name is required to run a recipe")
+    sets = parse_sets(args.sets)
+    probe = T.TrainConfig(dataset=args.dataset, data_root=args.data_root, **sets).resolved()
+    judge = metrics.Judge.for_dataset(args.dataset, data_root=args.data_root, resolution=probe.resolution)
+    results = Path(args.out) / "results.jsonl"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for row in run_one(args, seed, sets, judge):
+            with results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
