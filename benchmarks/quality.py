@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from minidiff import metrics, train as T  # noqa: E402
+from minidiff import data as datasets, metrics, train as T  # noqa: E402
 from minidiff.sample import generate  # noqa: E402
 
 
@@ -41,6 +41,8 @@ def parse_sets(items: list[str]) -> dict:
         key, _, text = item.partition("=")
         if key not in fields:
             raise SystemExit(f"error: --set {item}: {key!r} is not a TrainConfig field")
+        if key in ("seed", "minutes", "out", "dataset", "data_root", "resume"):
+            raise SystemExit(f"error: --set {item}: use --{key.replace('_', '-')}{'s' if key == 'seed' else ''} for that")
         try:
             out[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -124,7 +126,14 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="runs/quality", help="run folders and results.jsonl go here")
     p.add_argument("--resume", action="store_true", help="finish runs whose folder exists (e.g. after Ctrl-C)")
     p.add_argument("--table", metavar="RESULTS", help="print the study table of a results.jsonl and exit")
+    p.add_argument("--make-folder", metavar="DIR", help="write NUM built-in shapes as 28x28 grayscale PNGs in one "
+                   "sub-folder per class (a folder to study the folder recipe on) and exit")
+    p.add_argument("--folder-num", type=int, default=20_000, help="images --make-folder writes")
     args = p.parse_args(argv)
+    if args.make_folder:
+        shapes = datasets.builtin_shapes(args.folder_num, seed=4242, resolution=28)
+        print(f"wrote {args.folder_num} images to {datasets.write_image_folder(shapes, args.make_folder, gray=True)}")
+        return
     if args.table:
         print(table(Path(args.table)))
         return

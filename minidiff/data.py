@@ -270,6 +270,25 @@ def image_folder(root: str | Path, *, resolution: int = 32, progress: bool = Tru
     return ImageSet(images, labels, classes, root.name or "folder")
 
 
+def write_image_folder(data: ImageSet, root: str | Path, *, gray: bool = False) -> Path:
+    """Save an ImageSet as PNGs in one sub-folder per class (root/CLASS/00001.png), the layout
+    `image_folder` reads with labels; gray=True keeps the luminance only (ITU-R 601 weights).
+    The built-in shapes written this way are a folder to try `--dataset folder` on, no download."""
+    from PIL import Image
+
+    root = Path(root)
+    images = data.images
+    if gray and images.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    for name in data.classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(images, data.labels.tolist())):
+        array = image.permute(1, 2, 0).numpy()
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(root / data.classes[label] / f"{i:05d}.png")
+    return root
+
+
 def grayscale(images: torch.Tensor) -> bool:
     """True when every pixel of every image has R == G == B (a grayscale set, however it was saved)."""
     return images.shape[1] == 3 and bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())

@@ -160,3 +160,16 @@ def test_a_grayscale_28px_folder_trains_at_its_own_size_and_samples_grayscale(tm
     # a size the preset cannot take, or mixed sizes, fall back to the preset's 32
     _write_folder(tmp_path / "odd", 2, (30, 30), colour=False)
     assert T.TrainConfig(dataset="folder", data_root=str(tmp_path / "odd")).resolved().resolution == 32
+
+
+def test_write_image_folder_round_trips_through_image_folder(tmp_path):
+    shapes = data.builtin_shapes(20, seed=3, resolution=16)
+    data.write_image_folder(shapes, tmp_path / "rgb")
+    back = data.image_folder(tmp_path / "rgb", resolution=16, progress=False)
+    order = sorted(range(20), key=lambda i: (shapes.classes[shapes.labels[i]], i))  # folders sort by class name
+    assert torch.equal(back.images, shapes.images[order])
+    assert [back.classes[k] for k in back.labels] == [shapes.classes[shapes.labels[i]] for i in order]
+    data.write_image_folder(shapes, tmp_path / "gray", gray=True)
+    gray = data.image_folder(tmp_path / "gray", resolution=16, progress=False)
+    luminance = (shapes.images.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert gray.channels == 1 and torch.equal(gray.images, luminance.round().to(torch.uint8)[order])
