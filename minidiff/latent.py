@@ -8,7 +8,7 @@ and rescaled classifier-free guidance (Algorithm 2). This file gives that path t
     checkpoint folder -> components (VAE, text encoder, tokenizer, UNet; diffusers/transformers)
     captioned images  -> latents z = scaling_factor * VAE(x), text embeddings c = CLIP(caption)
     training          -> objectives.diffusion_loss(model, z, schedule, "v", y=c)
-    sampling          -> samplers.sample(model, ..., y=c, uncond_y=c_negative, guidance, phi)
+    sampling          -> samplers.sample(model, ..., y=c, uncond_y=c_negative, guidance, guidance_rescale)
     output            -> a diffusers folder whose scheduler config records the fixes
 
 The networks are not re-implemented: `LatentUNet` only gives the diffusers UNet minidiff's model

@@ -37,7 +37,7 @@ class LatentTrainConfig:
     data_dir: str                        # images with captions (.txt beside each, or metadata.jsonl)
     output_dir: str = "out/latent"
     resolution: int = 512
-    # the four fixes: zero terminal SNR and v prediction here; trailing and phi at sampling time
+    # the four fixes: zero terminal SNR and v prediction here; trailing and the guidance rescale at sampling time
     zero_snr: bool = True
     prediction: str = "v"
     # optimisation
