@@ -157,6 +157,7 @@ def test_sample_uses_ema_weights_by_default(tiny_checkpoint):
     assert config["prediction"] == "v" and not ema_model.training
 
 
-def test_sample_rejects_bad_classes(tiny_checkpoint):
-    with pytest.raises(SystemExit, match="out of range"):
+def test_sample_rejects_bad_classes(tiny_checkpoint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         sample.main([str(tiny_checkpoint), "--class", "10", "11", "--png", ""])
+    assert exit_info.value.code == 2 and "out of range" in capsys.readouterr().err
