@@ -27,6 +27,7 @@ from .schedules import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
 WEIGHTINGS = ("none", "min_snr")
+TIMESTEP_DISTRIBUTIONS = ("uniform", "logsnr_normal")
 
 
 def extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +68,28 @@ def check_weighting(weighting: str, schedule: Schedule) -> None:
             "min-SNR weighting gives the zero-SNR timestep a weight of exactly 0 (it weighs the x0 error "
             "by min(SNR, gamma)), so the step the zero-terminal-SNR rescale adds would never be trained. "
             "Use weighting 'none' (Lin et al.'s v loss), or turn the zero-SNR rescale off.")
+
+
+def timestep_probabilities(schedule: Schedule, distribution: str = "uniform", mean: float = 2.4, std: float = 2.4,
+                           uniform_share: float = 0.1) -> torch.Tensor:
+    """p(t) over the training timesteps 0..T-1 (float64, sums to 1).
+
+    "uniform" is DDPM's t ~ U{0..T-1}. "logsnr_normal" puts the weight where the log-SNR
+    lambda_t is likely under N(mean, std) (Karras et al. 2022 sample ln sigma ~ N(-1.2, 1.2); with
+    sigma^2 = 1 / SNR that is lambda ~ N(2.4, 2.4)): p(t) is proportional to the normal density at
+    lambda_t times the width of lambda that step t covers, mixed with a `uniform_share` of the
+    uniform law so that every step, the zero-SNR one included (lambda = -inf), is still trained.
+    """
+    T = schedule.num_timesteps
+    if distribution == "uniform":
+        return torch.full((T,), 1.0 / T, dtype=torch.float64)
+    if distribution != "logsnr_normal":
+        raise ValueError(f"unknown timestep distribution {distribution!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}")
+    lam = schedule.log_snr.clamp(min=-30.0)  # -inf at zero SNR: a finite stand-in, far in the tail
+    edges = torch.cat([lam[:1] + (lam[0] - lam[1]) / 2, (lam[1:] + lam[:-1]) / 2, lam[-1:] - 1.0])
+    width = edges[:-1] - edges[1:]
+    density = torch.exp(-0.5 * ((lam - mean) / std) ** 2) * width
+    return (1 - uniform_share) * density / density.sum() + uniform_share / T
 
 
 def q_sample(x0: torch.Tensor, ab, noise: torch.Tensor) -> torch.Tensor:
@@ -160,10 +183,11 @@ def diffusion_loss(
     weighting: str = "none",
     min_snr_gamma: float = 5.0,
     offset_noise_strength: float = 0.0,
+    timesteps: str = "uniform",
 ) -> torch.Tensor:
     """The denoising loss: E_t,eps [ w_t |target - model(x_t, t, y)|^2 ] (Lin et al. eq. 12).
 
-    t ~ Uniform{0..T-1} and eps ~ N(0, I) unless given. With prediction="v" and
+    t ~ Uniform{0..T-1} (or `timesteps`, see timestep_probabilities) and eps ~ N(0, I) unless given. With prediction="v" and
     weighting="none" this is the paper's v loss with lambda_t = 1. The mean is over all
     elements, so the value does not depend on the image size.
     """
@@ -172,7 +196,11 @@ def diffusion_loss(
     b = x0.shape[0]
     if t is None:
         device = generator.device if generator is not None else x0.device
-        t = torch.randint(0, schedule.num_timesteps, (b,), generator=generator, device=device).to(x0.device)
+        if timesteps == "uniform":
+            t = torch.randint(0, schedule.num_timesteps, (b,), generator=generator, device=device).to(x0.device)
+        else:
+            p = timestep_probabilities(schedule, timesteps).float().to(device)
+            t = torch.multinomial(p, b, replacement=True, generator=generator).to(x0.device)
     if noise is None:
         noise = offset_noise(x0.shape, offset_noise_strength, generator=generator, device=x0.device, dtype=x0.dtype)
     ab = extract(schedule.alphas_cumprod, t, x0)

@@ -33,7 +33,8 @@ from . import data as datasets
 from .cli import add_common_flags
 from . import runtime
 from .ema import EMA
-from .objectives import PREDICTIONS, WEIGHTINGS, check_prediction, check_weighting, diffusion_loss
+from .objectives import (PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS, check_prediction, check_weighting,
+                         diffusion_loss)
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .samplers import SPACINGS, sample
 from .schedules import BETA_SCHEDULES, Schedule
@@ -57,7 +58,7 @@ RECIPES = {
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "ema_decay",
-            "grad_clip", "resolution", "offset_noise", "weighting", "dropout")
+            "grad_clip", "resolution", "offset_noise", "weighting", "timesteps", "dropout")
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrainConfig:
     lr_decay: str = "constant"        # after the warm-up: constant (DDPM) or cosine to 0 at the run's end
     grad_clip: float = 1.0
     weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss) or min-SNR
+    timesteps: str = "uniform"        # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
     minutes: float | None = None      # wall-clock budget; 0 or None means no limit
@@ -174,6 +176,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="after the warm-up: constant, or cosine to 0 at the end (of --max-steps or --minutes)")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting, help="loss weight per timestep")
+    opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS, default=d.timesteps,
+                     help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4) plus 10%% uniform)")
     opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
                      help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay per step")
@@ -288,7 +292,8 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
     with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.bf16):
         loss = diffusion_loss(forward, x, schedule, cfg.prediction,
                               y=y if cfg.class_cond else None, generator=noise_gen,
-                              weighting=cfg.weighting, offset_noise_strength=cfg.offset_noise)
+                              weighting=cfg.weighting, offset_noise_strength=cfg.offset_noise,
+                              timesteps=cfg.timesteps)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -142,3 +142,21 @@ def test_offset_noise_shares_a_shift_per_channel():
     assert n.mean(dim=(2, 3)).std().item() > 0.8
     plain = offset_noise((512, 3, 16, 16), 0.0, generator=g)
     assert plain.mean(dim=(2, 3)).std().item() < 0.1
+
+
+def test_logsnr_normal_timesteps_follow_the_normal_law_and_keep_every_step():
+    """p(t) for log-SNR ~ N(2.4, 2.4) (EDM's ln sigma ~ N(-1.2, 1.2)): 68.3% of the normal part lies
+    within one std of the mean, and the 10% uniform share keeps the zero-SNR step t = T-1 trained."""
+    from minidiff.objectives import timestep_probabilities
+
+    s = Schedule.make("linear", zero_snr=True)
+    p = timestep_probabilities(s, "logsnr_normal")
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-12) and p.min().item() >= 0.1 / 1000
+    normal = (p - 0.1 / 1000) / 0.9
+    lam = s.log_snr
+    assert normal[(lam > 0.0) & (lam < 4.8)].sum().item() == pytest.approx(0.6827, abs=0.01)
+    assert torch.equal(timestep_probabilities(s, "uniform"), torch.full((1000,), 1e-3, dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    loss = diffusion_loss(lambda x, t, y=None: torch.zeros_like(x), torch.zeros(64, 1, 2, 2), s, "v",
+                          generator=g, timesteps="logsnr_normal")
+    assert torch.isfinite(loss) and loss.item() > 0

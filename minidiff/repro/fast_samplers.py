@@ -16,11 +16,18 @@ Two figures:
 
     python -m minidiff.repro fast-samplers                                 # seconds, no training
     python -m minidiff.repro fast-samplers --figures-dir docs/figures      # refresh the course's figures
+    python -m minidiff.repro fast-samplers --checkpoint runs/builtin-small-linear-zsnr-v/checkpoint.pt
+
+With --checkpoint (a model trained on the built-in shapes by train_cifar.py) it also draws
+--num-samples images per sampler and NFE from that model, every class in turn, and scores them with
+minidiff.metrics (class accuracy, Frechet distance in the classifier's features, brightness W1):
+fast_samplers_trained.png.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -148,8 +155,67 @@ def table(rows: list[dict], nfes=(5, 10, 20, 25, 50)) -> str:
     return "\n".join(lines)
 
 
+TRAINED_SAMPLERS = ("ddim", "dpmpp_2m", "heun")
+TRAINED_NFES = (5, 10, 25, 50)
+
+
+def trained_rows(checkpoint: str, num: int, seed: int = 0, samplers=TRAINED_SAMPLERS, nfes=TRAINED_NFES) -> list[dict]:
+    """Each sampler at each NFE budget on a trained built-in model, scored by minidiff.metrics."""
+    from tqdm.auto import tqdm
+
+    from .. import metrics
+    from ..sample import generate, load_model
+
+    model, config = load_model(checkpoint)
+    if config["dataset"] != "builtin":
+        raise SystemExit("error: --checkpoint must be a model trained on the built-in shapes (its classes are judged)")
+    judge = metrics.Judge.for_dataset("builtin", resolution=config["resolution"], progress=False)
+    classes = model.config["num_classes"]
+    labels = torch.arange(num) % classes if classes else None
+    rows = []
+    for sampler, nfe in tqdm([(s, n) for s in samplers for n in nfes], desc="sampling the trained model"):
+        steps = steps_for(sampler, nfe)
+        start = time.perf_counter()
+        images = generate(model, config, num, sampler=sampler, steps=steps, labels=labels, seed=seed, progress=False)
+        score = judge.score(images, labels)
+        rows.append(dict(sampler=sampler, nfe=network_evaluations(sampler, steps), steps=steps,
+                         accuracy=score["accuracy"], frechet=score["frechet"], brightness_w1=score["brightness_w1"],
+                         seconds=time.perf_counter() - start))
+    cal = judge.calibration(num)
+    return rows, {k: {m: cal[k][m] for m in ("accuracy", "frechet", "brightness_w1")} for k in cal}
+
+
+def plot_trained(rows: list[dict], calibration: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, key, label in zip(axes, ("accuracy", "frechet", "brightness_w1"),
+                              ("class accuracy (higher is better)", "Frechet distance", "brightness W1")):
+        for sampler in TRAINED_SAMPLERS:
+            mine = [r for r in rows if r["sampler"] == sampler]
+            if mine and mine[0][key] is not None:
+                colour, marker = STYLE[sampler]
+                ax.plot([r["nfe"] for r in mine], [r[key] for r in mine], marker=marker, color=colour, label=sampler)
+        ax.axhline(calibration["real"][key], color="k", lw=0.8, ls="--", label="real images")
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def trained_table(rows: list[dict]) -> str:
+    lines = ["| sampler | NFE | class accuracy | Frechet | brightness W1 |", "|---|---|---|---|---|"]
+    for r in rows:
+        acc = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        lines.append(f"| {r['sampler']} | {r['nfe']} | {acc} | {r['frechet']:.2f} | {r['brightness_w1']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = experiment_parser("fast-samplers", __doc__.split("\n\n")[0], trained=False)
+    p.add_argument("--checkpoint", help="also score the samplers on this trained built-in model")
+    p.add_argument("--num-samples", type=int, default=500, help="samples per sampler and NFE with --checkpoint")
     a = p.parse_args(argv)
     elapsed = timer()
     out = Path(a.out)
@@ -172,7 +238,17 @@ def main(argv=None):
     print("fitted slopes of log(error) vs log(steps), log-SNR-uniform steps:",
           ", ".join(f"{s} {v:.2f}" for s, v in result["slopes"].items()))
     print(f"wrote {out}/fast_samplers.json, fast_samplers_error.png and fast_samplers_order.png in {result['seconds']} s")
-    publish_figures(out, a.figures_dir, ["fast_samplers_error.png", "fast_samplers_order.png"])
+    figures = ["fast_samplers_error.png", "fast_samplers_order.png"]
+    if a.checkpoint:
+        trained, calibration = trained_rows(a.checkpoint, a.num_samples)
+        result.update(trained_rows=trained, trained_calibration=calibration, checkpoint=a.checkpoint)
+        plot_trained(trained, calibration, out / "fast_samplers_trained.png")
+        write_json(out, "fast_samplers", result)
+        print(f"the trained model {a.checkpoint}, {a.num_samples} samples each:")
+        print(trained_table(trained))
+        print("real images:", ", ".join(f"{k} {v:.3g}" for k, v in calibration["real"].items()))
+        figures.append("fast_samplers_trained.png")
+    publish_figures(out, a.figures_dir, figures)
 
 
 if __name__ == "__main__":
