@@ -184,6 +184,7 @@ def diffusion_loss(
     min_snr_gamma: float = 5.0,
     offset_noise_strength: float = 0.0,
     timesteps: str = "uniform",
+    timesteps_uniform_share: float = 0.1,
 ) -> torch.Tensor:
     """The denoising loss: E_t,eps [ w_t |target - model(x_t, t, y)|^2 ] (Lin et al. eq. 12).
 
@@ -199,7 +200,7 @@ def diffusion_loss(
         if timesteps == "uniform":
             t = torch.randint(0, schedule.num_timesteps, (b,), generator=generator, device=device).to(x0.device)
         else:
-            p = timestep_probabilities(schedule, timesteps).float().to(device)
+            p = timestep_probabilities(schedule, timesteps, uniform_share=timesteps_uniform_share).float().to(device)
             t = torch.multinomial(p, b, replacement=True, generator=generator).to(x0.device)
     if noise is None:
         noise = offset_noise(x0.shape, offset_noise_strength, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -58,7 +58,7 @@ RECIPES = {
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "ema_decay",
-            "grad_clip", "resolution", "offset_noise", "weighting", "timesteps", "dropout")
+            "grad_clip", "resolution", "offset_noise", "weighting", "timesteps", "timesteps_uniform", "dropout")
 
 
 @dataclass
@@ -84,6 +84,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss) or min-SNR
     timesteps: str = "uniform"        # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
+    timesteps_uniform: float = 0.1    # with logsnr_normal: the share of uniform timesteps mixed in
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
     minutes: float | None = None      # wall-clock budget; 0 or None means no limit
@@ -177,7 +178,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting, help="loss weight per timestep")
     opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS, default=d.timesteps,
-                     help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4) plus 10%% uniform)")
+                     help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4), mixed with uniform)")
+    opt.add_argument("--timesteps-uniform", type=float, default=d.timesteps_uniform,
+                     help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
     opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
                      help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay per step")
@@ -230,6 +233,9 @@ def check_config(cfg: TrainConfig) -> None:
     require(0 <= cfg.label_dropout < 1, f"--label-dropout must lie in [0, 1), got {cfg.label_dropout}")
     require(cfg.dropout is None or 0 <= cfg.dropout < 1, f"--dropout must lie in [0, 1), got {cfg.dropout}")
     require(cfg.offset_noise >= 0, f"--offset-noise must be 0 or more, got {cfg.offset_noise}")
+    require(0 < cfg.timesteps_uniform <= 1,
+            f"--timesteps-uniform must lie in (0, 1]: without uniform timesteps the zero-SNR step is never trained, "
+            f"got {cfg.timesteps_uniform}")
     require(cfg.minutes is None or (cfg.minutes >= 0 and math.isfinite(cfg.minutes)),
             f"--minutes must be 0 (no limit) or a positive number, got {cfg.minutes}")
     require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000 (the training steps), got {cfg.sample_steps}")
@@ -293,7 +299,7 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
         loss = diffusion_loss(forward, x, schedule, cfg.prediction,
                               y=y if cfg.class_cond else None, generator=noise_gen,
                               weighting=cfg.weighting, offset_noise_strength=cfg.offset_noise,
-                              timesteps=cfg.timesteps)
+                              timesteps=cfg.timesteps, timesteps_uniform_share=cfg.timesteps_uniform)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
