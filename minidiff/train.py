@@ -44,16 +44,20 @@ from .unet import PRESETS, UNet
 # Defaults that depend on the dataset. CIFAR-10 is DDPM's recipe. The built-in set's recipe is
 # chosen by measurement so that the README's main job (no flags) gives recognisable samples in a
 # 10-minute run on a 2-core CPU; docs/training.md has the figures.
+UNIFORM_SHARE = 0.1  # chosen by benchmarks/quality.py (docs/training.md): 0.3 and 0.5 drew worse shapes
 RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
-                    ckpt_every=5_000, sample_steps=50, judge_samples=0),
+                    ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
+                    timesteps_uniform=1.0, guidance=1.0),
     "builtin": dict(preset="small", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
-                    ckpt_every=500, sample_steps=25, judge_samples=500),
+                    ckpt_every=500, sample_steps=25, judge_samples=500, timesteps="logsnr_normal",
+                    timesteps_uniform=UNIFORM_SHARE, guidance=3.0),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
-                   ckpt_every=2_000, sample_steps=50, judge_samples=500),
+                   ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
+                   timesteps_uniform=UNIFORM_SHARE, guidance=1.0),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
@@ -83,8 +87,8 @@ class TrainConfig:
     lr_decay: str = "constant"        # after the warm-up: constant (DDPM) or cosine to 0 at the run's end
     grad_clip: float = 1.0
     weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss) or min-SNR
-    timesteps: str = "uniform"        # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
-    timesteps_uniform: float = 0.1    # with logsnr_normal: the share of uniform timesteps mixed in
+    timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
+    timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
     minutes: float | None = None      # wall-clock budget; 0 or None means no limit
@@ -102,6 +106,8 @@ class TrainConfig:
     ckpt_every: int | None = None
     log_every: int = 10
     num_samples: int = 100
+    guidance: float | None = None     # classifier-free guidance of the grids and the quality measure (1: none)
+    guidance_rescale: float = 0.7     # Lin et al.'s rescale of guided samples (phi of Algorithm 2)
     judge_samples: int | None = None  # samples the end-of-run quality measure draws (minidiff.metrics); 0: none
     out: str | None = None
     resume: bool = False
@@ -177,9 +183,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="after the warm-up: constant, or cosine to 0 at the end (of --max-steps or --minutes)")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting, help="loss weight per timestep")
-    opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS, default=d.timesteps,
+    opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS,
                      help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4), mixed with uniform)")
-    opt.add_argument("--timesteps-uniform", type=float, default=d.timesteps_uniform,
+    opt.add_argument("--timesteps-uniform", type=float,
                      help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
     opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
                      help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
@@ -198,6 +204,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     run.add_argument("--sample-steps", type=int, help="DDIM steps for those grids (recipe: 25 builtin, 50 else)")
     run.add_argument("--spacing", choices=SPACINGS, default=d.spacing, help="timestep spacing for those grids")
     run.add_argument("--num-samples", type=int, default=d.num_samples, help="images per grid")
+    run.add_argument("--guidance", type=float,
+                     help="classifier-free guidance weight of the grids and the quality measure (recipe: 3 builtin, else 1)")
+    run.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale,
+                     help="Lin et al.'s rescale of guided samples")
     run.add_argument("--judge-samples", type=int,
                      help="samples scored at the end by minidiff.metrics (recipe: 500 builtin and labelled folders; 0: none)")
     run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
@@ -240,6 +250,8 @@ def check_config(cfg: TrainConfig) -> None:
             f"--minutes must be 0 (no limit) or a positive number, got {cfg.minutes}")
     require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000 (the training steps), got {cfg.sample_steps}")
     require(cfg.num_samples >= 1, f"--num-samples must be at least 1, got {cfg.num_samples}")
+    require(cfg.guidance >= 0 and 0 <= cfg.guidance_rescale <= 1,
+            f"--guidance must be 0 or more and --guidance-rescale in [0, 1], got {cfg.guidance}, {cfg.guidance_rescale}")
     require(cfg.judge_samples == 0 or cfg.judge_samples >= 2, f"--judge-samples must be 0 (none) or at least 2, got {cfg.judge_samples}")
     for name in ("sample_every", "ckpt_every"):
         require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be 0 (never) or more, got {getattr(cfg, name)}")
@@ -339,8 +351,11 @@ def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, p
     shape = (n, channels, cfg.resolution, cfg.resolution)
     gen = torch.Generator(device).manual_seed(cfg.seed + 12345)
     with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
+        guided = cfg.class_cond and cfg.guidance != 1.0
         x = sample(model, shape, schedule, prediction=cfg.prediction, steps=cfg.sample_steps,
-                   spacing=cfg.spacing, y=y, generator=gen, device=device, progress=False)
+                   spacing=cfg.spacing, y=y, uncond_y=torch.full_like(y, num_classes) if guided else None,
+                   guidance=cfg.guidance if guided else 1.0, guidance_rescale=cfg.guidance_rescale,
+                   generator=gen, device=device, progress=False)
     images = datasets.to_uint8(x.float()).cpu()
     torchvision.utils.save_image(images.float() / 255, path, nrow=nrow, padding=1)
     return images
@@ -517,14 +532,17 @@ def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | No
     judge = metrics.Judge.for_dataset(cfg.dataset, data_root=cfg.data_root, resolution=cfg.resolution)
     labels = torch.arange(cfg.judge_samples) % data.num_classes if cfg.class_cond else None
     start = time.perf_counter()
+    guidance = cfg.guidance if labels is not None else 1.0
     images = generate(model, plain_config(cfg), cfg.judge_samples, steps=cfg.sample_steps, labels=labels,
+                      guidance=guidance, guidance_rescale=cfg.guidance_rescale if guidance != 1.0 else 0.0,
                       seed=cfg.seed + 777, device=device, progress=False)
     seconds = time.perf_counter() - start
     score = judge.score(images, labels)
-    print(f"quality of {cfg.judge_samples} EMA samples ({cfg.sample_steps} DDIM steps, drawn in {seconds:.0f} s):")
+    print(f"quality of {cfg.judge_samples} EMA samples ({cfg.sample_steps} DDIM steps, guidance {guidance:g}"
+          f"{f', rescale {cfg.guidance_rescale:g}' if guidance != 1.0 else ''}; drawn in {seconds:.0f} s):")
     print(metrics.format_table(score, judge.calibration(score["num"]), judge.describe()))
     result = dict(score, calibration=judge.calibration(score["num"]), sample_steps=cfg.sample_steps,
-                  sampling_s=seconds)
+                  guidance=guidance, sampling_s=seconds)
     (out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
