@@ -62,20 +62,21 @@ def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:
     model = result["ema"].model
     labels = torch.arange(args.judge_samples) % len(judge.real.classes) if resolved.class_cond else None
     rows = []
-    for steps in args.eval_steps:
+    evals = [(steps, w) for steps in args.eval_steps for w in args.eval_guidance if labels is not None or w == 1.0]
+    for steps, guidance in evals:
         start = time.perf_counter()
         images = generate(model, T.plain_config(resolved), args.judge_samples, steps=steps, labels=labels,
+                          guidance=guidance, guidance_rescale=args.guidance_rescale if guidance != 1.0 else 0.0,
                           seed=1234, progress=False)
         seconds = time.perf_counter() - start
         score = judge.score(images, labels)
         row = dict(name=args.name, seed=seed, sets=sets, minutes=args.minutes, steps=result["step"],
-                   images_per_s=_median_rate(out), sample_steps=steps, sampling_s=seconds,
+                   images_per_s=_median_rate(out), sample_steps=steps, guidance=guidance, sampling_s=seconds,
                    frechet=score["frechet"], accuracy=score["accuracy"], brightness_w1=score["brightness_w1"],
                    num=score["num"], parameters=sum(p.numel() for p in model.parameters()))
         rows.append(row)
         print(json.dumps(row))
-        if steps == args.eval_steps[-1]:
-            judge.figure(images, out / "quality.png")
+        judge.figure(images, out / f"quality_{steps}steps_w{guidance:g}.png")
     return rows
 
 
@@ -89,7 +90,7 @@ def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["name"], r["sample_steps"]), []).append(r)
+        groups.setdefault((r["name"], r["sample_steps"], r.get("guidance", 1.0)), []).append(r)
 
     def cell(values, fmt):
         values = [v for v in values if v is not None]
@@ -98,13 +99,13 @@ def table(path: Path) -> str:
         mean = sum(values) / len(values)
         return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ({fmt(min(values))}..{fmt(max(values))})"
 
-    lines = ["| recipe | changes | seeds | steps trained | img/s | DDIM steps | class accuracy | Frechet | brightness W1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for (name, sample_steps), rs in groups.items():
+    lines = ["| recipe | changes | seeds | steps trained | img/s | DDIM steps | guidance | class accuracy | Frechet | brightness W1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, sample_steps, guidance), rs in groups.items():
         sets = ", ".join(f"{k}={v}" for k, v in rs[0]["sets"].items()) or "recipe defaults"
         lines.append(
             f"| {name} | {sets} | {len(rs)} | {cell([r['steps'] for r in rs], lambda v: f'{v:,.0f}')} | "
-            f"{cell([r['images_per_s'] for r in rs], lambda v: f'{v:.0f}')} | {sample_steps} | "
+            f"{cell([r['images_per_s'] for r in rs], lambda v: f'{v:.0f}')} | {sample_steps} | {guidance:g} | "
             f"{cell([r['accuracy'] for r in rs], lambda v: f'{100 * v:.1f}%')} | "
             f"{cell([r['frechet'] for r in rs], lambda v: f'{v:.2f}')} | "
             f"{cell([r['brightness_w1'] for r in rs], lambda v: f'{v:.3f}')} |")
@@ -122,6 +123,9 @@ def main(argv=None) -> None:
                    help="override a TrainConfig field (repeatable)")
     p.add_argument("--judge-samples", type=int, default=1000, help="samples scored per run")
     p.add_argument("--eval-steps", type=int, nargs="+", default=[25], help="DDIM steps to sample with")
+    p.add_argument("--eval-guidance", type=float, nargs="+", default=[1.0],
+                   help="classifier-free guidance weights to sample with (1: none; class-conditional runs)")
+    p.add_argument("--guidance-rescale", type=float, default=0.7, help="Lin et al.'s rescale for guided samples")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", default="runs/quality", help="run folders and results.jsonl go here")
     p.add_argument("--resume", action="store_true", help="finish runs whose folder exists (e.g. after Ctrl-C)")

@@ -1,0 +1,38 @@
+"""benchmarks/quality.py: its --set parsing and the study table's means and seed spreads."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quality():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sets_are_trainconfig_fields_with_python_values():
+    q = quality()
+    assert q.parse_sets(["lr=2e-3", "unet={'base_channels': 32}", "timesteps=logsnr_normal"]) == \
+        {"lr": 2e-3, "unet": {"base_channels": 32}, "timesteps": "logsnr_normal"}
+    with pytest.raises(SystemExit, match="not a TrainConfig field"):
+        q.parse_sets(["learning_rate=1"])
+    with pytest.raises(SystemExit, match="--seeds"):
+        q.parse_sets(["seed=3"])
+
+
+def test_table_averages_seeds_and_shows_their_spread(tmp_path):
+    rows = [dict(name="base", seed=s, sets={}, steps=st, images_per_s=100.0, sample_steps=25, guidance=1.0,
+                 accuracy=acc, frechet=fr, brightness_w1=0.05) for s, st, acc, fr in ((0, 1000, 0.2, 20.0), (1, 1100, 0.3, 18.0))]
+    rows.append(dict(rows[0], name="wide", sets={"unet": {"base_channels": 32}}, accuracy=None))
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = quality().table(path).splitlines()
+    assert lines[2] == ("| base | recipe defaults | 2 | 1,050 (1,000..1,100) | 100 (100..100) | 25 | 1 | 25.0% (20.0%..30.0%) | "
+                        "19.00 (18.00..20.00) | 0.050 (0.050..0.050) |")
+    assert lines[3].startswith("| wide | unet={'base_channels': 32} | 1 | 1,000 |") and "| n/a |" in lines[3]
