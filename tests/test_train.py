@@ -53,7 +53,7 @@ def test_learning_rate_warmup_is_linear():
 
 
 def test_training_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
-    cfg = tiny(tmp_path, dropout=0.0, lr=1e-2).resolved()
+    cfg = tiny(tmp_path, dropout=0.0, lr=1e-2, timesteps="uniform").resolved()
     model = T.build_model(cfg, num_classes=10)
     ema, optimizer = EMA(model, cfg.ema_decay), torch.optim.Adam(model.parameters(), lr=cfg.lr)
     initial = [p.clone() for p in model.parameters()]
