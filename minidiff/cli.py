@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -50,3 +51,16 @@ def fail(message: str) -> None:
     """Bad input on the command line: one line on stderr, exit status 2, no traceback."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def check_sampling_flags(args: argparse.Namespace) -> None:
+    """The flags both sampling commands share (--steps, --guidance, --guidance-rescale, --eta,
+    --sampler), checked before any model is loaded: a UsageError (one line, exit 2) names the flag."""
+    from .runtime import require
+
+    require(1 <= args.steps <= 1000, f"--steps must be from 1 to 1000 (the training steps), got {args.steps}")
+    require(args.guidance >= 0 and math.isfinite(args.guidance), f"--guidance must be 0 or more, got {args.guidance}")
+    require(0 <= args.guidance_rescale <= 1, f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
+    require(0 <= args.eta <= 1, f"--eta must lie in [0, 1], got {args.eta}")
+    require(not args.eta or args.sampler in ("ddim", "ddpm"),
+            f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")

@@ -26,7 +26,7 @@ from .latent import (LatentComponents, LatentUNet, base_schedule, check_resoluti
                      encode_prompts, generate, load_components, save_diffusers)
 from .latent_data import CaptionedImages, cache_latents
 from .objectives import PREDICTIONS, check_prediction, diffusion_loss
-from .runtime import CHECKPOINT, UsageError, require
+from .runtime import CHECKPOINT, require
 
 
 @dataclass

@@ -226,7 +226,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
         raise TrainingError(
             f"could not write the checkpoint {path} ({'disk full' if full else err.strerror or err}); "
-            + (f"the previous checkpoint is intact: free some space, then --resume." if path.exists()
+            + ("the previous checkpoint is intact: free some space, then --resume." if path.exists()
                else "free some space and start again.")) from None
 
 

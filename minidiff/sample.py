@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import add_common_flags, resolve_device
+from .cli import add_common_flags, check_sampling_flags, resolve_device
 from .data import to_uint8
 from .runtime import check_output_folder, require, run_command
 from .samplers import SAMPLERS, SPACINGS, sample
@@ -141,13 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag in range before the model is loaded: one line naming the flag, exit 2."""
-    require(1 <= args.steps <= 1000, f"--steps must be from 1 to 1000 (the training steps), got {args.steps}")
+    check_sampling_flags(args)
     require(args.num >= 1 and args.batch_size >= 1, "--num and --batch-size must be at least 1")
-    require(args.guidance >= 0 and math.isfinite(args.guidance), f"--guidance must be 0 or more, got {args.guidance}")
-    require(0 <= args.guidance_rescale <= 1, f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
-    require(0 <= args.eta <= 1, f"--eta must lie in [0, 1], got {args.eta}")
-    require(not args.eta or args.sampler in ("ddim", "ddpm"),
-            f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")
     for flag, path in (("--png", args.png), ("--npz", args.npz)):
         if path:
             require(not Path(path).is_dir(), f"{flag} {path} is a folder; give a file name")

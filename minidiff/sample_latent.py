@@ -13,13 +13,12 @@ v, trailing, rescaled guidance), and a stock checkpoint with its own settings; -
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from pathlib import Path
 
 import torch
 
-from .cli import add_common_flags, resolve_device
+from .cli import add_common_flags, check_sampling_flags, resolve_device
 from .runtime import check_output_folder, require, run_command
 from .samplers import SAMPLERS, SPACINGS
 
@@ -49,14 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag in range before any network is loaded: one line naming the flag, exit 2."""
-    require(1 <= args.steps <= 1000, f"--steps must be from 1 to 1000, got {args.steps}")
+    check_sampling_flags(args)
     require(args.num_images >= 1, f"--num-images must be at least 1, got {args.num_images}")
     require(args.height >= 8 and args.width >= 8, "--height and --width must be at least 8 pixels")
-    require(args.guidance >= 0 and math.isfinite(args.guidance), f"--guidance must be 0 or more, got {args.guidance}")
-    require(0 <= args.guidance_rescale <= 1, f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
-    require(0 <= args.eta <= 1, f"--eta must lie in [0, 1], got {args.eta}")
-    require(not args.eta or args.sampler in ("ddim", "ddpm"),
-            f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")
     check_output_folder(args.out, "--out")
     resolve_device(args.device)
 
