@@ -255,7 +255,7 @@ def train(cfg: LatentTrainConfig) -> TrainResult:
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 recent = torch.tensor(losses[-cfg.log_every:])
-                window = runtime.mean_over_ranks(recent, world_size)
+                window = runtime.mean_over_ranks(recent.to(device), world_size).cpu()  # nccl reduces on the GPU
                 runtime.check_finite(window, step, ckpt_path)
                 elapsed = time.perf_counter() - window_start
                 if master:

@@ -183,12 +183,12 @@ def diffusion_loss(
     weighting: str = "none",
     min_snr_gamma: float = 5.0,
     offset_noise_strength: float = 0.0,
-    timesteps: str = "uniform",
-    timesteps_uniform_share: float = 0.1,
+    timestep_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The denoising loss: E_t,eps [ w_t |target - model(x_t, t, y)|^2 ] (Lin et al. eq. 12).
 
-    t ~ Uniform{0..T-1} (or `timesteps`, see timestep_probabilities) and eps ~ N(0, I) unless given. With prediction="v" and
+    t ~ Uniform{0..T-1} (or ~ `timestep_probs`, made once by timestep_probabilities) and
+    eps ~ N(0, I) unless given. With prediction="v" and
     weighting="none" this is the paper's v loss with lambda_t = 1. The mean is over all
     elements, so the value does not depend on the image size.
     """
@@ -197,11 +197,10 @@ def diffusion_loss(
     b = x0.shape[0]
     if t is None:
         device = generator.device if generator is not None else x0.device
-        if timesteps == "uniform":
+        if timestep_probs is None:
             t = torch.randint(0, schedule.num_timesteps, (b,), generator=generator, device=device).to(x0.device)
         else:
-            p = timestep_probabilities(schedule, timesteps, uniform_share=timesteps_uniform_share).float().to(device)
-            t = torch.multinomial(p, b, replacement=True, generator=generator).to(x0.device)
+            t = torch.multinomial(timestep_probs.to(device), b, replacement=True, generator=generator).to(x0.device)
     if noise is None:
         noise = offset_noise(x0.shape, offset_noise_strength, generator=generator, device=x0.device, dtype=x0.dtype)
     ab = extract(schedule.alphas_cumprod, t, x0)

@@ -34,7 +34,7 @@ from .cli import add_common_flags
 from . import runtime
 from .ema import EMA
 from .objectives import (PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS, check_prediction, check_weighting,
-                         diffusion_loss)
+                         diffusion_loss, timestep_probabilities)
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .samplers import SPACINGS, sample
 from .schedules import BETA_SCHEDULES, Schedule
@@ -264,8 +264,9 @@ def check_config(cfg: TrainConfig) -> None:
     require(cfg.dataset != "folder" or cfg.data_root, "--dataset folder needs --data-root DIR (a folder of images)")
     require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
             f"--device {cfg.device}: no CUDA GPU is visible here; use --device cpu")
-    check_prediction(cfg.prediction, make_schedule(cfg))  # eps with zero SNR is refused, with the reason
-    check_weighting(cfg.weighting, make_schedule(cfg))    # so is min-SNR: it would never train t = T-1
+    schedule = make_schedule(cfg)
+    check_prediction(cfg.prediction, schedule)  # eps with zero SNR is refused, with the reason
+    check_weighting(cfg.weighting, schedule)    # so is min-SNR: it would never train t = T-1
     runtime.check_output_folder(cfg.out, "--out")
 
 
@@ -297,11 +298,12 @@ def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator
 
 def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: TrainConfig,
                   x: torch.Tensor, y: torch.Tensor, step: int, noise_gen: torch.Generator,
-                  null_class: int, progress: float = 0.0) -> torch.Tensor:
+                  null_class: int, progress: float = 0.0, timestep_probs: torch.Tensor | None = None) -> torch.Tensor:
     """One step of DDPM's Algorithm 1 with Adam: loss, backward, clip, update, EMA.
 
     `forward` is what computes the loss (the model, or its compiled / DDP wrapper); `model` is
-    the plain module whose weights the optimiser and the EMA hold. Returns the loss (detached).
+    the plain module whose weights the optimiser and the EMA hold. `timestep_probs` is p(t)
+    (made once by timestep_probabilities; None: uniform). Returns the loss (detached).
     """
     if cfg.class_cond:
         y = drop_labels(y, cfg.label_dropout, null_class, noise_gen)
@@ -311,7 +313,7 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
         loss = diffusion_loss(forward, x, schedule, cfg.prediction,
                               y=y if cfg.class_cond else None, generator=noise_gen,
                               weighting=cfg.weighting, offset_noise_strength=cfg.offset_noise,
-                              timesteps=cfg.timesteps, timesteps_uniform_share=cfg.timesteps_uniform)
+                              timestep_probs=timestep_probs)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -396,6 +398,8 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     torch.manual_seed(cfg.seed + 1000 * rank)
     noise_gen = torch.Generator(device).manual_seed(cfg.seed + 1 + 1000 * rank)
+    timestep_probs = None if cfg.timesteps == "uniform" else \
+        timestep_probabilities(schedule, cfg.timesteps, uniform_share=cfg.timesteps_uniform).float().to(device)
     streams = {"noise": noise_gen}
 
     step = 0
@@ -466,7 +470,8 @@ def train(cfg: TrainConfig) -> dict:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             losses.append(training_step(forward, model, optimizer, ema, schedule, cfg, x, y, step,
-                                        noise_gen, null_class=data.num_classes, progress=progress()))
+                                        noise_gen, null_class=data.num_classes, progress=progress(),
+                                        timestep_probs=timestep_probs))
             step += 1
             window_images += cfg.batch_size
             bar.update(min(bar.total, round(time.perf_counter() - start)) - bar.n if timed else 1)

@@ -158,5 +158,5 @@ def test_logsnr_normal_timesteps_follow_the_normal_law_and_keep_every_step():
     assert torch.equal(timestep_probabilities(s, "uniform"), torch.full((1000,), 1e-3, dtype=torch.float64))
     g = torch.Generator().manual_seed(0)
     loss = diffusion_loss(lambda x, t, y=None: torch.zeros_like(x), torch.zeros(64, 1, 2, 2), s, "v",
-                          generator=g, timesteps="logsnr_normal")
+                          generator=g, timestep_probs=p.float())
     assert torch.isfinite(loss) and loss.item() > 0

@@ -191,7 +191,7 @@ def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint_and_resume_goes_
     assert logged == sorted(set(logged))  # no step logged twice after the kills
 
 
-def test_checkpoints_of_every_rank_and_the_resume_rule():
+def test_the_resume_rule_allows_length_and_refuses_what_is_trained():
     saved = {"lr": 1e-3, "seed": 0, "minutes": 10}
     runtime.check_resume(saved, {"lr": 1e-3, "seed": 0, "minutes": 20}, ["lr", "seed"])  # longer: fine
     with pytest.raises(runtime.UsageError, match="seed: 1 now, 0 in the checkpoint"):
