@@ -21,7 +21,7 @@ import torch
 
 from .cli import add_common_flags, check_sampling_flags, resolve_device
 from .data import to_uint8
-from .runtime import check_output_folder, require, run_command
+from .runtime import check_output_folder, load_checkpoint, require, run_command
 from .samplers import SAMPLERS, SPACINGS, sample
 from .schedules import Schedule
 from .unet import UNet
@@ -34,9 +34,7 @@ def load_model(checkpoint: str | Path, *, ema: bool = True, device="cpu") -> tup
 
     Loads with weights_only=True: a checkpoint cannot run code.
     """
-    from .train import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, kind="pixel")
     model = UNet(**ckpt["model_config"])
     model.load_state_dict(ckpt["ema" if ema else "model"])
     return model.to(device).eval(), ckpt["config"]

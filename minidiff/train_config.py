@@ -1,0 +1,277 @@
+"""The settings of a pixel-space training run: recipes, the config, its flags and their checks.
+
+    RECIPES        defaults that depend on the dataset (DDPM's recipe for CIFAR-10)
+    TrainConfig    every setting of a run; None means "from the recipe", filled by `resolved()`
+    parse_args     the flags of `train_cifar.py`, one per field
+    check_config   every setting in range before any work starts, with the flag and the fix
+    make_schedule, build_model, plain_config   what a config describes: its schedule, its UNet,
+                   itself as plain types (for a checkpoint)
+
+The training loop that uses them is minidiff.train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import data as datasets
+from . import runtime
+from .cli import add_common_flags
+from .objectives import PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS, check_prediction, check_weighting
+from .runtime import LR_DECAYS, UsageError, require
+from .samplers import SPACINGS
+from .schedules import BETA_SCHEDULES, Schedule
+from .unet import PRESETS, UNet
+
+
+# Defaults that depend on the dataset. CIFAR-10 is DDPM's recipe. The built-in set's recipe is
+# chosen by measurement so that the README's main job (no flags) gives recognisable samples in a
+# 10-minute run on a 2-core CPU; docs/training.md has the figures.
+UNIFORM_SHARE = 0.1  # chosen by benchmarks/quality.py (docs/training.md): 0.3 and 0.5 drew worse shapes
+RECIPES = {
+    "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
+                    max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
+                    ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
+                    timesteps_uniform=1.0, guidance=1.0),
+    "builtin": dict(preset="small", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
+                    max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
+                    ckpt_every=500, sample_steps=25, judge_samples=500, timesteps="logsnr_normal",
+                    timesteps_uniform=UNIFORM_SHARE, guidance=3.0),
+    "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
+                   max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
+                   ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
+                   timesteps_uniform=UNIFORM_SHARE, guidance=1.0),
+}
+# Flags that define what is being trained: a resumed run must not change them.
+IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
+            "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "ema_decay",
+            "grad_clip", "resolution", "offset_noise", "weighting", "timesteps", "timesteps_uniform", "dropout")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. None means "from the dataset's recipe" (RECIPES)."""
+
+    dataset: str = "builtin"
+    data_root: str | None = None
+    download: bool = True
+    num_images: int = 20_000          # size of the built-in set
+    resolution: int | None = None     # default: the preset's image_size
+    preset: str | None = None
+    unet: dict | None = None          # overrides of the preset's UNet config, e.g. {"base_channels": 32}
+    schedule: str = "linear"
+    zero_snr: bool = True
+    prediction: str = "v"
+    spacing: str = "trailing"         # for the sample grids drawn during training
+    sample_steps: int | None = None
+    batch_size: int | None = None     # global batch, split across DDP processes
+    lr: float | None = None
+    warmup: int | None = None
+    lr_decay: str = "constant"        # after the warm-up: constant (DDPM) or cosine to 0 at the run's end
+    grad_clip: float = 1.0
+    weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss) or min-SNR
+    timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
+    timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
+    offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
+    max_steps: int | None = None
+    minutes: float | None = None      # wall-clock budget; 0 or None means no limit
+    class_cond: bool | None = None
+    label_dropout: float = 0.1        # P(label -> null class): trains the unconditional model for CFG
+    ema_decay: float | None = None
+    dropout: float | None = None      # default: the preset's
+    seed: int = 0
+    device: str | None = None         # default: cuda if available, else cpu
+    threads: int | None = None        # CPU threads for torch (default: torch's choice)
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    sample_every: int | None = None
+    ckpt_every: int | None = None
+    log_every: int = 10
+    num_samples: int = 100
+    guidance: float | None = None     # classifier-free guidance of the grids and the quality measure (1: none)
+    guidance_rescale: float = 0.7     # Lin et al.'s rescale of guided samples (phi of Algorithm 2)
+    judge_samples: int | None = None  # samples the end-of-run quality measure draws (minidiff.metrics); 0: none
+    out: str | None = None
+    resume: bool = False
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None filled from the recipe of `self.dataset`."""
+        require(self.dataset in RECIPES, f"unknown dataset {self.dataset!r}; choose one of {', '.join(RECIPES)}")
+        recipe = RECIPES[self.dataset]
+        filled = {k: (recipe[k] if getattr(self, k) is None and k in recipe else getattr(self, k))
+                  for k in (f.name for f in dataclasses.fields(self))}
+        cfg = TrainConfig(**filled)
+        require(cfg.preset in PRESETS, f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+        if cfg.resolution is None:
+            cfg.resolution = native_resolution(cfg) or PRESETS[cfg.preset]["image_size"]
+        if cfg.device is None:
+            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if cfg.out is None:
+            cfg.out = str(Path("runs") / default_run_name(cfg))
+        return cfg
+
+
+def native_resolution(cfg: TrainConfig) -> int | None:
+    """A folder of square images that all share one size trains at that size when the preset's UNet
+    can take it (a 28 x 28 set on the small preset: 28 -> 14 -> 7), rather than being resized."""
+    if cfg.dataset != "folder" or not cfg.data_root:
+        return None
+    size = datasets.folder_image_size(cfg.data_root)
+    if size is None or size[0] != size[1]:
+        return None
+    try:
+        with torch.device("meta"):
+            UNet.from_preset(cfg.preset, image_size=size[0])
+    except ValueError:
+        return None
+    return size[0]
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    """e.g. builtin-small-linear-zsnr-v: the choices that the two papers are about."""
+    snr = "zsnr" if cfg.zero_snr else "snr"
+    return f"{cfg.dataset}-{cfg.preset}-{cfg.schedule}-{snr}-{cfg.prediction}"
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(
+        prog="train_cifar.py",
+        description="Train a pixel-space diffusion UNet (DDPM's recipe, Lin et al.'s fixes as flags).",
+        formatter_class=_HelpFormatter)
+    d = TrainConfig()
+    flag = argparse.BooleanOptionalAction
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=datasets.DATASETS, default=d.dataset, help="what to train on")
+    data.add_argument("--data-root", help="CIFAR-10 folder (holds cifar-10-batches-py) or image folder")
+    data.add_argument("--download", action=flag, default=d.download, help="download CIFAR-10 if missing")
+    data.add_argument("--num-images", type=int, default=d.num_images, help="size of the built-in set")
+    data.add_argument("--resolution", type=int, help="image side (default: the preset's)")
+    model = p.add_argument_group("model and diffusion")
+    model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset (recipe: cifar10 -> ddpm-cifar10, else small)")
+    model.add_argument("--dropout", type=float, help="override the preset's dropout")
+    model.add_argument("--schedule", choices=BETA_SCHEDULES, default=d.schedule, help="beta schedule")
+    model.add_argument("--zero-snr", action=flag, default=d.zero_snr, help="rescale to zero terminal SNR (Lin et al. Alg. 1)")
+    model.add_argument("--prediction", choices=PREDICTIONS, default=d.prediction, help="model output (v: Lin et al. Sec. 3.2)")
+    model.add_argument("--class-cond", action=flag, help="condition on class labels (recipe: on for builtin)")
+    model.add_argument("--label-dropout", type=float, default=d.label_dropout, help="P(null label), for classifier-free guidance")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, help="global batch size")
+    opt.add_argument("--lr", type=float, help="Adam learning rate")
+    opt.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
+    opt.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay,
+                     help="after the warm-up: constant, or cosine to 0 at the end (of --max-steps or --minutes)")
+    opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
+    opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting, help="loss weight per timestep")
+    opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS,
+                     help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4), mixed with uniform)")
+    opt.add_argument("--timesteps-uniform", type=float,
+                     help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
+    opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
+                     help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
+    opt.add_argument("--ema-decay", type=float, help="EMA decay per step")
+    opt.add_argument("--max-steps", type=int, help="training steps (recipe: 800k for cifar10)")
+    opt.add_argument("--minutes", type=float, help="wall-clock budget: stop cleanly after this many minutes (0: none)")
+    run = p.add_argument_group("running")
+    add_common_flags(run)  # --seed, --device
+    run.add_argument("--threads", type=int, help="CPU threads for torch; 1 is fastest on a CPU busy with other jobs")
+    run.add_argument("--bf16", action=flag, default=d.bf16, help="bfloat16 autocast")
+    run.add_argument("--channels-last", action=flag, default=d.channels_last, help="channels_last memory format")
+    run.add_argument("--compile", action=flag, default=d.compile, help="torch.compile the model")
+    run.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>-<schedule>-<snr>-<prediction>)")
+    run.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    run.add_argument("--sample-every", type=int, help="steps between EMA sample grids")
+    run.add_argument("--sample-steps", type=int, help="DDIM steps for those grids (recipe: 25 builtin, 50 else)")
+    run.add_argument("--spacing", choices=SPACINGS, default=d.spacing, help="timestep spacing for those grids")
+    run.add_argument("--num-samples", type=int, default=d.num_samples, help="images per grid")
+    run.add_argument("--guidance", type=float,
+                     help="classifier-free guidance weight of the grids and the quality measure (recipe: 3 builtin, else 1)")
+    run.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale,
+                     help="Lin et al.'s rescale of guided samples")
+    run.add_argument("--judge-samples", type=int,
+                     help="samples scored at the end by minidiff.metrics (recipe: 500 builtin and labelled folders; 0: none)")
+    run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
+    run.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
+    args = p.parse_args(argv)
+    return TrainConfig(**vars(args))
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, except where it is None (filled from the dataset's recipe)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every setting in range, before any work starts: a UsageError names the flag and the fix."""
+    def positive(name, value):
+        require(value is not None and value > 0 and math.isfinite(value),
+                f"--{name.replace('_', '-')} must be a positive number, got {value}")
+
+    for name in ("batch_size", "max_steps", "num_images", "log_every", "sample_steps", "resolution"):
+        require(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    positive("lr", cfg.lr)
+    positive("grad_clip", cfg.grad_clip)
+    require(cfg.lr < 1, f"--lr {cfg.lr} is far too large for Adam (1e-4 to 1e-2 is usual)")
+    require(cfg.warmup >= 0, f"--warmup must be 0 or more steps, got {cfg.warmup}")
+    require(0 <= cfg.ema_decay < 1, f"--ema-decay must lie in [0, 1), got {cfg.ema_decay}")
+    require(0 <= cfg.label_dropout < 1, f"--label-dropout must lie in [0, 1), got {cfg.label_dropout}")
+    require(cfg.dropout is None or 0 <= cfg.dropout < 1, f"--dropout must lie in [0, 1), got {cfg.dropout}")
+    require(cfg.offset_noise >= 0, f"--offset-noise must be 0 or more, got {cfg.offset_noise}")
+    require(0 < cfg.timesteps_uniform <= 1,
+            f"--timesteps-uniform must lie in (0, 1]: without uniform timesteps the zero-SNR step is never trained, "
+            f"got {cfg.timesteps_uniform}")
+    require(cfg.minutes is None or (cfg.minutes >= 0 and math.isfinite(cfg.minutes)),
+            f"--minutes must be 0 (no limit) or a positive number, got {cfg.minutes}")
+    require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000 (the training steps), got {cfg.sample_steps}")
+    require(cfg.num_samples >= 1, f"--num-samples must be at least 1, got {cfg.num_samples}")
+    require(cfg.guidance >= 0 and 0 <= cfg.guidance_rescale <= 1,
+            f"--guidance must be 0 or more and --guidance-rescale in [0, 1], got {cfg.guidance}, {cfg.guidance_rescale}")
+    require(cfg.judge_samples == 0 or cfg.judge_samples >= 2, f"--judge-samples must be 0 (none) or at least 2, got {cfg.judge_samples}")
+    for name in ("sample_every", "ckpt_every"):
+        require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be 0 (never) or more, got {getattr(cfg, name)}")
+    require(cfg.threads is None or cfg.threads >= 1, f"--threads must be at least 1, got {cfg.threads}")
+    try:  # the UNet checks the resolution against its levels and attention; no weights are made
+        with torch.device("meta"):
+            build_model(cfg, num_classes=1)
+    except ValueError as err:
+        raise UsageError(f"--resolution {cfg.resolution} does not fit the {cfg.preset} preset: {err}") from None
+    require(cfg.dataset != "folder" or cfg.data_root, "--dataset folder needs --data-root DIR (a folder of images)")
+    require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
+            f"--device {cfg.device}: no CUDA GPU is visible here; use --device cpu")
+    schedule = make_schedule(cfg)
+    check_prediction(cfg.prediction, schedule)  # eps with zero SNR is refused, with the reason
+    check_weighting(cfg.weighting, schedule)    # so is min-SNR: it would never train t = T-1
+    runtime.check_output_folder(cfg.out, "--out")
+
+
+# ------------------------------------------------------------------ what a config describes
+
+
+def make_schedule(cfg: TrainConfig) -> Schedule:
+    return Schedule.make(cfg.schedule, 1000, zero_snr=cfg.zero_snr)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, channels: int = 3) -> UNet:
+    overrides = dict(cfg.unet or {}, image_size=cfg.resolution, num_classes=num_classes if cfg.class_cond else None,
+                     in_channels=channels, out_channels=channels)
+    if cfg.dropout is not None:
+        overrides["dropout"] = cfg.dropout
+    return UNet.from_preset(cfg.preset, **overrides)
+
+
+def plain_config(cfg: TrainConfig) -> dict:
+    """The config as plain Python types (what weights_only loading accepts)."""
+    return dataclasses.asdict(cfg)
+

@@ -1,0 +1,77 @@
+"""What a training run shows of its model: sample grids during the run, a quality report at its end.
+
+    sample_grid     cfg.num_samples images from the EMA model with a fixed seed, saved as one PNG
+    judge_samples   cfg.judge_samples images scored by minidiff.metrics beside its calibration,
+                    printed and saved to quality.json
+
+Both are called by the loop in minidiff.train.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as datasets
+from .samplers import sample
+from .schedules import Schedule
+from .train_config import TrainConfig, plain_config
+
+
+@torch.no_grad()
+def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, path: Path,
+                device: torch.device, channels: int = 3) -> torch.Tensor:
+    """Draw cfg.num_samples images from `model` (the EMA model) with a fixed seed and save a grid.
+
+    With class conditioning, row r of the grid holds class r (mod the number of classes).
+    """
+    import torchvision
+
+    n = cfg.num_samples
+    nrow = math.ceil(math.sqrt(n))
+    y = (torch.arange(n, device=device) // nrow) % num_classes if cfg.class_cond else None
+    shape = (n, channels, cfg.resolution, cfg.resolution)
+    gen = torch.Generator(device).manual_seed(cfg.seed + 12345)
+    with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
+        guided = cfg.class_cond and cfg.guidance != 1.0
+        x = sample(model, shape, schedule, prediction=cfg.prediction, steps=cfg.sample_steps,
+                   spacing=cfg.spacing, y=y, uncond_y=torch.full_like(y, num_classes) if guided else None,
+                   guidance=cfg.guidance if guided else 1.0, guidance_rescale=cfg.guidance_rescale,
+                   generator=gen, device=device, progress=False)
+    images = datasets.to_uint8(x.float()).cpu()
+    torchvision.utils.save_image(images.float() / 255, path, nrow=nrow, padding=1)
+    return images
+
+
+def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | None:
+    """Draw cfg.judge_samples images from the EMA model (every class in turn, the grids' sampler)
+    and print minidiff.metrics' report: Frechet distance in a small classifier's features, class
+    accuracy and brightness W1, beside their calibration on real data. Saved to quality.json."""
+    if not cfg.judge_samples or cfg.dataset == "cifar10":
+        return None
+    if data.num_classes < 2:
+        print("quality: skipped (the measure needs a folder with one sub-folder per class)")
+        return None
+    from . import metrics
+    from .sample import generate
+
+    judge = metrics.Judge.for_dataset(cfg.dataset, data_root=cfg.data_root, resolution=cfg.resolution)
+    labels = torch.arange(cfg.judge_samples) % data.num_classes if cfg.class_cond else None
+    start = time.perf_counter()
+    guidance = cfg.guidance if labels is not None else 1.0
+    images = generate(model, plain_config(cfg), cfg.judge_samples, steps=cfg.sample_steps, labels=labels,
+                      guidance=guidance, guidance_rescale=cfg.guidance_rescale if guidance != 1.0 else 0.0,
+                      seed=cfg.seed + 777, device=device, progress=False)
+    seconds = time.perf_counter() - start
+    score = judge.score(images, labels)
+    print(f"quality of {cfg.judge_samples} EMA samples ({cfg.sample_steps} DDIM steps, guidance {guidance:g}"
+          f"{f', rescale {cfg.guidance_rescale:g}' if guidance != 1.0 else ''}; drawn in {seconds:.0f} s):")
+    print(metrics.format_table(score, judge.calibration(score["num"]), judge.describe()))
+    result = dict(score, calibration=judge.calibration(score["num"]), sample_steps=cfg.sample_steps,
+                  guidance=guidance, sampling_s=seconds)
+    (out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
