@@ -1,0 +1,140 @@
+"""The course's command: list the exercises, write a starter file, grade it, run it in its experiment.
+
+    python -m minidiff.course list
+    python -m minidiff.course start N [--dir D]          # writes D/exNN_<slug>.py, never overwriting
+    python -m minidiff.course check N FILE [--json]      # one line per check; exit 0 when all pass
+    python -m minidiff.course run N FILE [--out DIR]     # the experiment with your function; writes a figure
+
+Exit codes: 0 all checks pass (or the command did its job), 1 a check failed, 2 a usage error
+(bad N, missing file, a file without the function), printed as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .core import Fail, UsageError, in_child
+from .exercises import EXERCISES
+
+CHECK_TIME_LIMIT = 10.0  # seconds per check; every check of the reference takes well under one
+RUN_TIME_LIMIT = 300.0
+
+
+def starter_name(number: int) -> str:
+    return f"ex{number:02d}_{EXERCISES[number].slug.replace('-', '_')}.py"
+
+
+def starter_text(number: int) -> str:
+    """The file a student starts from: the signature and docstring, and no body."""
+    ex = EXERCISES[number]
+    doc = "\n".join(("    " + line) if line else "" for line in ex.docstring.splitlines())
+    return (f'"""Exercise {number}: {ex.title} ({ex.paper}; docs/exercises/{number:02d}_{ex.slug}.md).\n\n'
+            f"Write the body of {ex.function} below, then:\n\n"
+            f"    python -m minidiff.course check {number} {starter_name(number)}\n"
+            f"    python -m minidiff.course run {number} {starter_name(number)}\n"
+            '"""\n\nimport math\n\nimport torch\n\n\n'
+            f'{ex.signature}\n    """{doc.lstrip()}\n    """\n    raise NotImplementedError("exercise {number}: write this function")\n')
+
+
+def exercise(number: int):
+    if number not in EXERCISES:
+        raise UsageError(f"no exercise {number}: the exercises are 1 to {max(EXERCISES)} (python -m minidiff.course list)")
+    return EXERCISES[number]
+
+
+def cmd_list(args) -> int:
+    paper = None
+    for n, ex in EXERCISES.items():
+        if ex.paper != paper:
+            paper = ex.paper
+            print(f"{paper}:")
+        print(f"  {n:2d}. {ex.title:55s} {ex.function}()  [docs/{ex.page}]")
+    print("python -m minidiff.course start N   writes the starter file of exercise N")
+    return 0
+
+
+def cmd_start(args) -> int:
+    exercise(args.n)
+    folder = Path(args.dir)
+    path = folder / starter_name(args.n)
+    if path.exists():
+        print(f"{path} exists; not overwritten (check it with: python -m minidiff.course check {args.n} {path})")
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(starter_text(args.n))
+    print(f"wrote {path}; write the body of {EXERCISES[args.n].function}, then: "
+          f"python -m minidiff.course check {args.n} {path}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    ex = exercise(args.n)
+    if not Path(args.file).is_file():
+        raise UsageError(f"no such file: {args.file} (make one with: python -m minidiff.course start {args.n})")
+    if not args.json:
+        print(f"exercise {args.n}: {ex.title} ({ex.function} in {args.file})")
+    show = None if args.json else (lambda r: print(r.line(), flush=True))
+    results = in_child("check", args.n, args.file, time_limit=args.time_limit, on_result=show)
+    ran = {r.name for r in results}
+    skipped = [name for name, _ in ex.checks if name not in ran]
+    passed = sum(r.passed for r in results)
+    total = len(ex.checks)
+    if args.json:
+        print(json.dumps({"exercise": args.n, "function": ex.function, "file": str(args.file), "passed": passed,
+                          "total": total, "score": passed / total,
+                          "checks": [{"name": r.name, "passed": r.passed, "message": r.message} for r in results]
+                          + [{"name": name, "passed": False, "message": "not run (an earlier check timed out)"}
+                             for name in skipped]}, indent=1))
+    else:
+        for name in skipped:
+            print(f"SKIP  {name}: not run (an earlier check timed out)")
+        print(f"{passed}/{total} checks pass" + ("" if passed < total else
+              f"; now see it in the experiment: python -m minidiff.course run {args.n} {args.file}"))
+    return 0 if passed == total else 1
+
+
+def cmd_run(args) -> int:
+    ex = exercise(args.n)
+    if not Path(args.file).is_file():
+        raise UsageError(f"no such file: {args.file} (make one with: python -m minidiff.course start {args.n})")
+    out = Path(args.out or f"runs/course/{args.n}")
+    try:
+        lines = in_child("run", args.n, args.file, time_limit=args.time_limit, out_dir=str(out))
+    except Fail as e:
+        print(f"exercise {args.n} ({ex.function}): the experiment stopped: {e}")
+        return 1
+    for line in lines:
+        print(line)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minidiff.course", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the exercises, in the order of the course")
+    s = sub.add_parser("start", help="write the starter file of exercise N (never overwrites)")
+    s.add_argument("n", type=int)
+    s.add_argument("--dir", default=".", help="folder for the file (default: here)")
+    c = sub.add_parser("check", help="grade FILE's function for exercise N")
+    c.add_argument("n", type=int)
+    c.add_argument("file")
+    c.add_argument("--json", action="store_true", help="one JSON object for automatic grading")
+    c.add_argument("--time-limit", type=float, default=CHECK_TIME_LIMIT, help="seconds a check may take")
+    r = sub.add_parser("run", help="run exercise N's experiment with FILE's function and write the figure")
+    r.add_argument("n", type=int)
+    r.add_argument("file")
+    r.add_argument("--out", help="folder for the figure (default runs/course/N)")
+    r.add_argument("--time-limit", type=float, default=RUN_TIME_LIMIT, help="seconds the experiment may take")
+    args = p.parse_args(argv)
+    try:
+        return {"list": cmd_list, "start": cmd_start, "check": cmd_check, "run": cmd_run}[args.command](args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""The list of exercises, in the order of the course (number -> Exercise)."""
+
+from __future__ import annotations
+
+from . import ex_guidance, ex_highdim, ex_sampling, ex_schedules
+
+EXERCISES = {ex.number: ex for group in (ex_schedules, ex_sampling, ex_guidance, ex_highdim) for ex in group.EXERCISES}
