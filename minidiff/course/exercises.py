@@ -5,3 +5,8 @@ from __future__ import annotations
 from . import ex_guidance, ex_highdim, ex_sampling, ex_schedules
 
 EXERCISES = {ex.number: ex for group in (ex_schedules, ex_sampling, ex_guidance, ex_highdim) for ex in group.EXERCISES}
+
+from . import experiments, experiments_highdim  # noqa: E402  (the runs import the exercise modules' facts)
+
+for _n, _run in {**experiments.RUNS, **experiments_highdim.RUNS}.items():
+    EXERCISES[_n].run = _run
