@@ -183,6 +183,11 @@ class UNet(nn.Module):
         num_classes                 None for unconditional; else labels 0..num_classes-1, plus the
                                     null label num_classes for classifier-free guidance
         norm_groups                 GroupNorm groups (DDPM: 32); every channel count must divide by it
+        patch_size                  1: the network sees pixels (DDPM). p > 1: a space-to-depth stem;
+                                    each p x p patch becomes one position with p*p*in_channels
+                                    channels (pixel_unshuffle), the levels run at image_size / p, and
+                                    the output is folded back (pixel_shuffle). On a CPU a convolution
+                                    over fewer, wider positions runs nearer the matmul peak.
     """
 
     def __init__(
@@ -199,6 +204,7 @@ class UNet(nn.Module):
         num_heads: int = 1,
         num_classes: int | None = None,
         norm_groups: int = 32,
+        patch_size: int = 1,
     ):
         super().__init__()
         channel_mults, attn_resolutions = tuple(channel_mults), tuple(attn_resolutions)
@@ -206,25 +212,26 @@ class UNet(nn.Module):
             in_channels=in_channels, out_channels=out_channels, image_size=image_size,
             base_channels=base_channels, channel_mults=channel_mults, num_res_blocks=num_res_blocks,
             attn_resolutions=attn_resolutions, dropout=dropout, num_heads=num_heads,
-            num_classes=num_classes, norm_groups=norm_groups,
+            num_classes=num_classes, norm_groups=norm_groups, patch_size=patch_size,
         )
         _check_config(**self.config)
         ch, groups, emb_dim = base_channels, norm_groups, 4 * base_channels
         self.num_classes = num_classes
-        self.downsample_factor = 2 ** (len(channel_mults) - 1)
+        self.patch_size = patch_size
+        self.downsample_factor = patch_size * 2 ** (len(channel_mults) - 1)
 
         # Timestep MLP: sinusoid(ch) -> 4ch -> SiLU -> 4ch (DDPM App. B).
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
 
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * patch_size ** 2, ch, 3, padding=1)
 
         def attn_or_none(res: int) -> nn.Module:
             return AttnBlock(cur, num_heads, groups) if res in attn_resolutions else nn.Identity()
 
         # Down path. skip_chs records the channels of every activation the up path will concatenate.
         self.down, self.downsamples = nn.ModuleList(), nn.ModuleList()
-        cur, res, skip_chs = ch, image_size, [ch]
+        cur, res, skip_chs = ch, image_size // patch_size, [ch]
         for i, mult in enumerate(channel_mults):
             blocks, attn = [], []
             for _ in range(num_res_blocks):
@@ -258,7 +265,7 @@ class UNet(nn.Module):
 
         self.norm_out = GroupNorm32(groups, cur)
         # Zero init: the untrained model outputs exactly 0 (the mean of every target).
-        self.conv_out = zero_module(nn.Conv2d(cur, out_channels, 3, padding=1))
+        self.conv_out = zero_module(nn.Conv2d(cur, out_channels * patch_size ** 2, 3, padding=1))
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "UNet":
@@ -293,10 +300,10 @@ class UNet(nn.Module):
             raise ValueError(f"x must be [B, {self.config['in_channels']}, H, W], got {tuple(x.shape)}")
         if x.shape[2] % self.downsample_factor or x.shape[3] % self.downsample_factor:
             raise ValueError(f"H and W must be divisible by {self.downsample_factor} "
-                             f"(2 ** (len(channel_mults) - 1)), got {tuple(x.shape[2:])}")
+                             f"(patch_size * 2 ** (len(channel_mults) - 1)), got {tuple(x.shape[2:])}")
         emb = self.embed(t, y, x.shape[0])
 
-        h = self.conv_in(x)
+        h = self.conv_in(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = [h]
         for i, level in enumerate(self.down):
             for block, attn in zip(level.res, level.attn):
@@ -314,12 +321,17 @@ class UNet(nn.Module):
             if i < len(self.upsamples):
                 h = self.upsamples[i](h)
 
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
 
 def _check_config(*, in_channels, out_channels, image_size, base_channels, channel_mults,
-                  num_res_blocks, attn_resolutions, dropout, num_heads, num_classes, norm_groups):
+                  num_res_blocks, attn_resolutions, dropout, num_heads, num_classes, norm_groups, patch_size=1):
     """Refuse configs that would fail deep inside forward, saying what was wrong and what to do."""
+    if not (isinstance(patch_size, int) and patch_size >= 1) or image_size % patch_size:
+        raise ValueError(f"patch_size must be a positive integer that divides image_size {image_size}, "
+                         f"got {patch_size!r}")
+    image_size //= patch_size  # the side the levels work at
     if not channel_mults or min(channel_mults) < 1:
         raise ValueError(f"channel_mults must be a non-empty tuple of positive ints, got {channel_mults}")
     if num_res_blocks < 1:

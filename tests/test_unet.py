@@ -178,3 +178,22 @@ def test_torch_compile_matches_eager():
     # And it trains: one backward through the compiled graph.
     compiled.train()(x, t, y).square().mean().backward()
     assert model.conv_out.weight.grad is not None
+
+
+def test_patch_stem_is_space_to_depth_around_a_pixel_unet():
+    """patch_size=2: the network is a 16x16 UNet on 12 channels, fed pixel_unshuffle(x) and
+    folded back with pixel_shuffle; the same weights in a patch-1 UNet give the same output."""
+    torch.manual_seed(0)
+    common = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                  dropout=0.0, norm_groups=4, num_classes=10)
+    patched = UNet(in_channels=3, out_channels=3, image_size=32, patch_size=2, **common)
+    plain = UNet(in_channels=12, out_channels=12, image_size=16, **common)
+    for p in patched.conv_out.parameters():
+        torch.nn.init.normal_(p)  # zero-initialised: make the comparison see the output layer
+    plain.load_state_dict(patched.state_dict())
+    x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 900]), torch.tensor([1, 7])
+    expected = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, 2), t, y), 2)
+    assert torch.allclose(patched(x, t, y), expected, atol=1e-6)
+    assert patched(x, t, y).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="patch_size"):
+        UNet(image_size=30, patch_size=4, **common)
