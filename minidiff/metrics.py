@@ -13,6 +13,9 @@ seconds, and cached on disk by a fingerprint of the data it describes. Three mea
 - **Brightness W1**: the Wasserstein-1 distance between the distributions of per-image mean
   brightness (in [-1, 1] units) of the samples and of held-out real images; the quantity Lin et
   al.'s flawed schedules get wrong (samples pulled towards medium brightness).
+- **Near-black and near-white backgrounds**: the share of images whose background (the median
+  brightness of the pixels in the four 3x3 corners, in [0, 1]) is below 0.15 or above 0.85. W1
+  says the brightness is off; these say where: a squeezed model draws too few of both extremes.
 
 A number means little alone, so each is printed beside its calibration on the same data and the
 same number of images: another real draw (the floor: what sampling noise alone gives), and that
@@ -57,7 +60,10 @@ from .metrics_classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE,
 
 DATASETS = ("builtin", "folder")
 CALIBRATIONS = ("real", "blurred", "squeezed", "noise")
-MEASURES = ("frechet", "accuracy", "brightness_w1")
+MEASURES = ("frechet", "accuracy", "brightness_w1", "black_backgrounds", "white_backgrounds")
+SHARES = ("accuracy", "black_backgrounds", "white_backgrounds")  # printed as percentages
+BACKGROUND_CORNER = 3           # pixels: the side of each corner square that stands for the background
+NEAR_BLACK, NEAR_WHITE = 0.15, 0.85  # background brightness thresholds, in [0, 1]
 
 
 # ------------------------------------------------------------------------------------ images
@@ -149,6 +155,21 @@ def brightness(images: torch.Tensor) -> np.ndarray:
     return (images.double().mean((1, 2, 3)) / 127.5 - 1).numpy()
 
 
+def background(images: torch.Tensor, corner: int = BACKGROUND_CORNER) -> np.ndarray:
+    """Background brightness of each uint8 image, in [0, 1] (float64 [N]): the median over the
+    pixels of its four corner squares (corner x corner each) of the mean over colour channels."""
+    k = corner
+    x = images.double().mean(1) / 255  # [N, H, W]
+    corners = torch.cat([x[:, :k, :k], x[:, :k, -k:], x[:, -k:, :k], x[:, -k:, -k:]], dim=1)
+    return corners.flatten(1).median(dim=1).values.numpy()
+
+
+def background_shares(images: torch.Tensor) -> tuple[float, float]:
+    """(share of near-black backgrounds, share of near-white backgrounds) of uint8 images."""
+    b = background(images)
+    return float((b < NEAR_BLACK).mean()), float((b > NEAR_WHITE).mean())
+
+
 def wasserstein1(a, b) -> float:
     """W1 between the empirical distributions of two 1-D samples: the integral of |F_a - F_b|,
     the gap between their cumulative distribution functions, exactly (no binning)."""
@@ -232,15 +253,16 @@ class Judge:
         feats, preds = classify(self.net, images)
         if labels is not None and not np.all(labels >= 0):
             labels = None  # the sample CLI writes -1 for an unconditional model
+        black, white = background_shares(images)
         return dict(frechet=frechet_distance(*statistics(feats), *self.reference),
                     accuracy=None if labels is None else float((preds == labels).mean()),
                     brightness_w1=wasserstein1(brightness(images), self.reference_brightness),
-                    num=len(images))
+                    black_backgrounds=black, white_backgrounds=white, num=len(images))
 
     def score(self, images, labels=None) -> dict:
         """The measures of `images` (see as_uint8_images for the formats) with optional class
         `labels` [N] (-1 or None: unconditional): {"frechet", "accuracy" (None without labels),
-        "brightness_w1", "num", "notes" (conversions made)}."""
+        "brightness_w1", "black_backgrounds", "white_backgrounds", "num", "notes" (conversions made)}."""
         images, notes = as_uint8_images(images, channels=self.channels, resolution=self.resolution)
         if labels is not None:
             labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -305,12 +327,13 @@ class Judge:
 def format_table(score: dict, calibration: dict[str, dict], header: str = "") -> str:
     """One row per measure: the samples' value, then the calibration rows' values."""
     names = dict(frechet="Frechet distance (features)", accuracy="class accuracy",
-                 brightness_w1="brightness W1")
+                 brightness_w1="brightness W1", black_backgrounds=f"near-black backgrounds (< {NEAR_BLACK})",
+                 white_backgrounds=f"near-white backgrounds (> {NEAR_WHITE})")
 
     def fmt(key, value):
         if value is None:
             return "n/a"
-        return f"{100 * value:.1f}%" if key == "accuracy" else f"{value:.4g}"
+        return f"{100 * value:.1f}%" if key in SHARES else f"{value:.4g}"
 
     cols = ["samples", *(f"{c}" for c in CALIBRATIONS)]
     rows = [[names[k], fmt(k, score[k]), *(fmt(k, calibration[c][k]) for c in CALIBRATIONS)] for k in MEASURES]
@@ -344,6 +367,23 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise ValueError(f"{path} is not a readable .npz ({err})") from None
 
 
+def check_args(args) -> None:
+    """The flags in range, and the paths fit for what they are, before any image is read: a
+    ValueError names the flag (main prints it as one line and exits 2)."""
+    for flag, value in (("--num-images", args.num_images), ("--num-reference", args.num_reference),
+                        ("--resolution", args.resolution), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if Path(args.cache_dir).is_file():
+        raise ValueError(f"--cache-dir {args.cache_dir} is a file; give a folder")
+    if args.figure:
+        figure, samples = Path(args.figure).resolve(), Path(args.samples).resolve()
+        if Path(args.figure).is_dir():
+            raise ValueError(f"--figure {args.figure} is a folder; give a PNG file name")
+        if figure == samples:
+            raise ValueError(f"--figure {args.figure} is the sample file itself; writing there would destroy it")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m minidiff.metrics", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -359,6 +399,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
     try:
+        check_args(args)
         images, labels = load_npz(args.samples)
         try:  # the images' shape and type are checked now, before any training
             resolution = args.resolution or nchw(images).shape[-1]

@@ -160,3 +160,24 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert exit_.value.code == 2, name
         assert err.startswith("error:") and len(err.splitlines()) == 1, (name, err)
     assert not (tmp_path / "cache").exists()  # refused before any training
+
+
+def test_background_is_the_median_of_the_four_corners():
+    """Background = median over the four 3x3 corner squares of the channel-mean brightness; a
+    shape in the middle does not move it, a corner square of another value is outvoted 3 to 1."""
+    x = torch.full((3, 3, 16, 16), 40, dtype=torch.uint8)            # background 40/255 = 0.157
+    x[1] = 230                                                        # 0.902: near white
+    x[2] = 10                                                         # 0.039: near black
+    x[:, :, 5:11, 5:11] = 128                                         # a grey shape in the middle
+    x[2, :, :3, :3] = 255                                             # one white corner, outvoted
+    assert M.background(x) == pytest.approx([40 / 255, 230 / 255, 10 / 255])
+    assert M.background_shares(x) == pytest.approx((1 / 3, 1 / 3))
+
+
+def test_background_shares_of_real_and_squeezed_images(judge):
+    """The built-in set has backgrounds from nearly black to nearly white: both extremes hold over
+    a tenth of the real images; squeezing brightness halfway to the mean leaves none of either."""
+    s = judge.calibration()
+    assert s["real"]["black_backgrounds"] > 0.1 and s["real"]["white_backgrounds"] > 0.1
+    assert s["squeezed"]["black_backgrounds"] == 0.0 and s["squeezed"]["white_backgrounds"] == 0.0
+    assert "near-white backgrounds" in M.format_table(judge.score(*judge.real.held), s)
