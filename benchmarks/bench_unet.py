@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minidiff.runtime import default_device  # noqa: E402
 from minidiff.unet import PRESETS, UNet  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
@@ -136,6 +137,8 @@ class Runner:
     def _sync(self):
         if self.s.device.type == "cuda":
             torch.cuda.synchronize(self.s.device)
+        elif self.s.device.type == "mps":
+            torch.mps.synchronize()
 
     def train_step(self) -> float:
         self.model.train()
@@ -361,8 +364,8 @@ def choose_small(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: CPU, then CUDA when present")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="auto: CPU, then the default accelerator when present (CUDA, else Apple's MPS)")
     p.add_argument("--batch", type=int, default=8, help="CPU batch size")
     p.add_argument("--cuda-batch", type=int, default=128, help="CUDA batch size")
     p.add_argument("--cpu-variants", action="store_true",
@@ -394,6 +397,8 @@ def main(argv=None) -> None:
         bench_device("cpu", args)
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         bench_device("cuda", args)
+    if args.device == "mps" or (args.device == "auto" and default_device() == "mps"):
+        bench_device("mps", args)  # the CPU batch size; memory as on the CPU (parameters + Adam state)
     if not torch.cuda.is_available():
         gpu_estimate(args)
 

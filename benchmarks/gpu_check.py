@@ -75,6 +75,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 from bench_unet import (Runner, Setting, cpu_training_memory, cuda_training_memory,  # noqa: E402
                         diffusers_unet, num_params, timed)
 from minidiff.objectives import diffusion_loss  # noqa: E402
+from minidiff.runtime import default_device  # noqa: E402
 from minidiff.samplers import sample  # noqa: E402
 from minidiff.schedules import Schedule  # noqa: E402
 from minidiff.unet import PRESETS, UNet  # noqa: E402
@@ -706,10 +707,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-minutes", type=float, help="length of the training run (default: 3; smoke 0.025)")
     p.add_argument("--deadline-minutes", type=float, default=None,
                    help="shorten the training run so that the whole check ends by then (default: 8 on a GPU)")
-    p.add_argument("--device", default=None, help="cuda (default when present) or cpu (--smoke only)")
+    p.add_argument("--device", default=None, help="cuda (the default: cuda, then mps, then cpu; the full check "
+                   "needs cuda) or cpu (--smoke only, its default)")
     args = p.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
+    device = torch.device(args.device or ("cpu" if args.smoke else default_device()))
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device cuda, but torch sees no CUDA device")
     if device.type != "cuda" and not args.smoke:

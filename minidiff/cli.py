@@ -1,7 +1,7 @@
 """The flags every command line shares: --seed and --device, with one default convention.
 
     --seed    0: every random stream of the run is seeded from it, so a rerun repeats the run
-    --device  "cuda" when a GPU is visible, else "cpu" (`resolve_device(None)`)
+    --device  left out: cuda, then mps (an Apple laptop's GPU), then cpu (`runtime.default_device`)
 
     parser = argparse.ArgumentParser(...)
     add_common_flags(parser)               # or add_common_flags(parser, device=False)
@@ -19,7 +19,7 @@ import torch
 
 
 def add_common_flags(parser: argparse.ArgumentParser, *, seed: bool = True, device: bool = True) -> None:
-    """Add --seed (default 0) and --device (default: cuda if available, else cpu) to `parser`.
+    """Add --seed (default 0) and --device (default: cuda, else mps, else cpu) to `parser`.
 
     Pass seed=False or device=False to a command that has no randomness or runs on the CPU only,
     so that it offers no flag that does nothing.
@@ -28,23 +28,20 @@ def add_common_flags(parser: argparse.ArgumentParser, *, seed: bool = True, devi
         parser.add_argument("--seed", type=int, default=0, help="seed of every random stream of the run")
     if device:
         parser.add_argument("--device", default=None,
-                            help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+                            help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cuda, else mps, else cpu)")
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """The device a --device value names; None means cuda if available, else cpu.
+    """The device a --device value names; None means cuda, then mps, then cpu (`runtime.default_device`).
 
-    A CUDA device asked for on a machine without one is refused with one line that says what to do.
+    A device this machine lacks (CUDA or Apple's MPS) is refused with one line that says what to do.
     """
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .runtime import UsageError, check_device
+
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        fail(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {name} asks for CUDA, which is not available here; use --device cpu")
-    return device
+        return check_device(name)
+    except UsageError as err:
+        fail(str(err))
 
 
 def fail(message: str) -> None:

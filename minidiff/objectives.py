@@ -20,10 +20,12 @@ prediction cannot give eps at a = 1. Those two cases raise instead of returning 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from .schedules import Schedule
+from .schedules import Schedule, table_on
 
 PREDICTIONS = ("eps", "x0", "v")
 WEIGHTINGS = ("none", "min_snr")
@@ -32,7 +34,7 @@ TIMESTEP_DISTRIBUTIONS = ("uniform", "logsnr_normal")
 
 def extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """values[t] (float64 schedule entries) cast to x's dtype and device, shaped [B, 1, 1, ...]."""
-    out = values.to(x.device)[t.to(x.device)]
+    out = table_on(values, x.device)[t.to(x.device)]
     return out.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -70,8 +72,12 @@ def check_weighting(weighting: str, schedule: Schedule) -> None:
             "Use weighting 'none' (Lin et al.'s v loss), or turn the zero-SNR rescale off.")
 
 
+LOW_SNR_BAND = (-6.0, 2.0)  # N(mean, std) of log-SNR over which a 32x32 image's brightness is decided
+
+
 def timestep_probabilities(schedule: Schedule, distribution: str = "uniform", mean: float = 2.4, std: float = 2.4,
-                           uniform_share: float = 0.1) -> torch.Tensor:
+                           uniform_share: float = 0.1, low_snr_share: float = 0.0,
+                           low_snr: tuple[float, float] = LOW_SNR_BAND) -> torch.Tensor:
     """p(t) over the training timesteps 0..T-1 (float64, sums to 1).
 
     "uniform" is DDPM's t ~ U{0..T-1}. "logsnr_normal" puts the weight where the log-SNR
@@ -79,17 +85,43 @@ def timestep_probabilities(schedule: Schedule, distribution: str = "uniform", me
     sigma^2 = 1 / SNR that is lambda ~ N(2.4, 2.4)): p(t) is proportional to the normal density at
     lambda_t times the width of lambda that step t covers, mixed with a `uniform_share` of the
     uniform law so that every step, the zero-SNR one included (lambda = -inf), is still trained.
+
+    `low_snr_share` moves that share of the draws to a second normal, N(*low_snr) in log-SNR.
+    N(2.4, 2.4) is where shapes and edges are learned, but an image's overall brightness is
+    decided far below it: the mean of d = 3 * 32 * 32 pixels sees about d / 3 times the per-pixel
+    SNR of the data's brightness spread, so it emerges from the noise near lambda = -ln(1000) = -7,
+    where N(2.4, 2.4) draws about 1% of the timesteps (`logsnr_band_shares` prints the split).
     """
     T = schedule.num_timesteps
     if distribution == "uniform":
         return torch.full((T,), 1.0 / T, dtype=torch.float64)
     if distribution != "logsnr_normal":
         raise ValueError(f"unknown timestep distribution {distribution!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}")
+    if not (0 <= uniform_share <= 1 and 0 <= low_snr_share <= 1 - uniform_share):
+        raise ValueError(f"uniform_share {uniform_share} and low_snr_share {low_snr_share} must be shares "
+                         "that add up to at most 1")
     lam = schedule.log_snr.clamp(min=-30.0)  # -inf at zero SNR: a finite stand-in, far in the tail
     edges = torch.cat([lam[:1] + (lam[0] - lam[1]) / 2, (lam[1:] + lam[:-1]) / 2, lam[-1:] - 1.0])
     width = edges[:-1] - edges[1:]
-    density = torch.exp(-0.5 * ((lam - mean) / std) ** 2) * width
-    return (1 - uniform_share) * density / density.sum() + uniform_share / T
+
+    def normal(m: float, s: float) -> torch.Tensor:
+        density = torch.exp(-0.5 * ((lam - m) / s) ** 2) * width
+        return density / density.sum()
+
+    return ((1 - uniform_share - low_snr_share) * normal(mean, std) + low_snr_share * normal(*low_snr)
+            + uniform_share / T)
+
+
+LOG_SNR_BANDS = (-9.0, -3.0, 0.0, 3.0, 6.0)  # the edges logsnr_band_shares reports between
+
+
+def logsnr_band_shares(schedule: Schedule, probs: torch.Tensor, edges=LOG_SNR_BANDS) -> dict[str, float]:
+    """The share of training draws p(t) whose log-SNR falls in each band between `edges`, e.g.
+    {"< -9": 0.011, "-9..-3": 0.046, ...}: where a timestep distribution spends the training."""
+    lam = schedule.log_snr
+    bounds = [-math.inf, *edges, math.inf]
+    names = [f"< {edges[0]:g}", *(f"{a:g}..{b:g}" for a, b in zip(edges[:-1], edges[1:])), f"> {edges[-1]:g}"]
+    return {name: float(probs[(lam > lo) & (lam <= hi)].sum()) for name, lo, hi in zip(names, bounds[:-1], bounds[1:])}
 
 
 def q_sample(x0: torch.Tensor, ab, noise: torch.Tensor) -> torch.Tensor:
@@ -209,6 +241,6 @@ def diffusion_loss(
     per_sample = F.mse_loss(out.float(), target(prediction, x0, noise, ab).float(), reduction="none")
     per_sample = per_sample.reshape(b, -1).mean(dim=1)
     if weighting == "min_snr":
-        w = min_snr_weight(schedule.snr.to(x0.device)[t], prediction, min_snr_gamma).float()
+        w = min_snr_weight(table_on(schedule.snr, x0.device)[t], prediction, min_snr_gamma).float()
         per_sample = per_sample * w
     return per_sample.mean()

@@ -1,6 +1,7 @@
 """What both trainers (pixel space: `train.py`; latent space: `latent_train.py`) share.
 
     errors        UsageError (bad input: one line, exit 2) and TrainingError (a run that cannot go on)
+    devices       the default device (cuda, then mps, then cpu) and the check of a --device value
     distributed   joining a torchrun process group, and the two collectives the loops need
     learning rate linear warm-up, then constant or a cosine decay to the end of the run
     batch order   StepOrder: the images of step k are a pure function of (seed, k)
@@ -72,15 +73,43 @@ def check_output_folder(path: str | Path, flag: str) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------------- devices
+
+
+def default_device() -> str:
+    """The device a command uses when --device is left out: cuda, then mps (the GPU of an Apple
+    laptop), then cpu. Every command line takes its default from here."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def check_device(name: str | None) -> torch.device:
+    """The device a --device value names (None or "auto": default_device()); a UsageError when it
+    is not a device, or names an accelerator this machine lacks."""
+    name = default_device() if name in (None, "auto") else name
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    require(device.type != "cuda" or torch.cuda.is_available(),
+            f"--device {name} asks for CUDA, which is not available here; use --device {default_device()}")
+    require(device.type != "mps" or torch.backends.mps.is_available(),
+            f"--device {name} asks for Apple's GPU (MPS), which is not available here; use --device {default_device()}")
+    return device
+
+
 # ------------------------------------------------------------------------------ distributed
 
 
 def setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
     """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group, nccl
-    with one GPU per local rank or gloo on CPU; alone, runs on `device` (None or "auto": CUDA
-    when there is one)."""
+    with one GPU per local rank or gloo on CPU; alone, runs on `device` (None or "auto":
+    default_device(), cuda then mps then cpu)."""
     if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, torch.device(device)

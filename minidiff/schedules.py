@@ -8,7 +8,8 @@ alpha_bar_t = prod_{s<=t} (1 - beta_s) of the signal's variance at step t:
 
 All arithmetic here is float64: the rescale of Algorithm 1 and the cosine schedule both
 lose digits in float32 (the first beta after the rescale is off by ~2e-4 relative).
-Cast to the model's dtype at the point of use (`objectives.extract`).
+Cast to the model's dtype at the point of use (`objectives.extract`). A table goes to a device
+through `table_on`, which casts it once to float32 where the device has no float64 (Apple's mps).
 """
 
 from __future__ import annotations
@@ -98,6 +99,20 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     # than from 1 - (1 - beta), which would cost ~12 digits of a beta of 1e-4.
     new[0] = betas[0]
     return new
+
+
+def has_float64(device) -> bool:
+    """Whether `device` holds float64 tensors: every torch device but Apple's mps."""
+    return torch.device(device).type != "mps"
+
+
+def table_on(values: torch.Tensor, device) -> torch.Tensor:
+    """A schedule table (float64, computed on the CPU) moved to `device`, cast once to float32 on
+    a device without float64. The network sees the same numbers either way: they reach it in its
+    own dtype (float32 or lower), and float64 -> float32 rounds the same on any device."""
+    if values.dtype == torch.float64 and not has_float64(device):
+        values = values.to(torch.float32)
+    return values.to(device)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from . import data as datasets
 from . import runtime
 from .cli import add_common_flags
-from .objectives import PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS, check_prediction, check_weighting
+from .objectives import PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
 from .runtime import LR_DECAYS, UsageError, require
 from .samplers import SPACINGS
 from .schedules import BETA_SCHEDULES, Schedule
@@ -86,7 +86,7 @@ class TrainConfig:
     ema_decay: float | None = None
     dropout: float | None = None      # default: the preset's
     seed: int = 0
-    device: str | None = None         # default: cuda if available, else cpu
+    device: str | None = None         # default: cuda, else mps, else cpu (runtime.default_device)
     threads: int | None = None        # CPU threads for torch (default: torch's choice)
     bf16: bool = False
     channels_last: bool = False
@@ -112,7 +112,7 @@ class TrainConfig:
         if cfg.resolution is None:
             cfg.resolution = native_resolution(cfg) or PRESETS[cfg.preset]["image_size"]
         if cfg.device is None:
-            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+            cfg.device = runtime.default_device()
         if cfg.out is None:
             cfg.out = str(Path("runs") / default_run_name(cfg))
         return cfg
@@ -248,12 +248,24 @@ def check_config(cfg: TrainConfig) -> None:
     except ValueError as err:
         raise UsageError(f"--resolution {cfg.resolution} does not fit the {cfg.preset} preset: {err}") from None
     require(cfg.dataset != "folder" or cfg.data_root, "--dataset folder needs --data-root DIR (a folder of images)")
-    require(not cfg.device.startswith("cuda") or torch.cuda.is_available(),
-            f"--device {cfg.device}: no CUDA GPU is visible here; use --device cpu")
-    schedule = make_schedule(cfg)
-    check_prediction(cfg.prediction, schedule)  # eps with zero SNR is refused, with the reason
-    check_weighting(cfg.weighting, schedule)    # so is min-SNR: it would never train t = T-1
+    runtime.check_device(cfg.device)
+    # the flag pairs objectives.check_prediction / check_weighting refuse, said as flags
+    require(cfg.prediction != "eps" or not cfg.zero_snr,
+            "--prediction eps cannot be trained with --zero-snr: at the last step the input is pure noise, so "
+            "eps says nothing about the image. Use --prediction v (Lin et al.) or x0, or --no-zero-snr.")
+    require(cfg.weighting != "min_snr" or not cfg.zero_snr,
+            "--weighting min_snr gives the zero-SNR step a weight of 0, so --zero-snr's last step would never be "
+            "trained. Use --weighting none (Lin et al.'s v loss), or --no-zero-snr.")
     runtime.check_output_folder(cfg.out, "--out")
+    require(cfg.dataset != "folder" or not _same_or_inside(cfg.out, cfg.data_root),
+            f"--out {cfg.out} lies inside --data-root {cfg.data_root}: the run's sample grids would become "
+            "training images. Choose an --out outside the image folder.")
+
+
+def _same_or_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` is `folder` or lies below it (after resolving links and '..')."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
 
 
 # ------------------------------------------------------------------ what a config describes
