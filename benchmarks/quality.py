@@ -33,6 +33,23 @@ from minidiff import data as datasets, metrics, train as T  # noqa: E402
 from minidiff.sample import generate  # noqa: E402
 
 
+def check_args(args) -> None:
+    """Flags that contradict each other, and paths unfit for their use: one line, exit 2, nothing written."""
+    from minidiff.cli import fail
+
+    if args.make_folder and args.table:
+        fail("--make-folder and --table are two separate jobs; give one of them")
+    if args.table and not Path(args.table).is_file():
+        fail(f"--table {args.table}: no such file (the results.jsonl a study wrote)")
+    for flag, path in (("--out", args.out), ("--make-folder", args.make_folder)):
+        if path and Path(path).is_file():
+            fail(f"{flag} {path} is a file; give a folder")
+    if args.dataset == "folder" and args.data_root and not args.make_folder:
+        root, out = Path(args.data_root).resolve(), Path(args.out).resolve()
+        if out == root or root in out.parents:
+            fail(f"--out {args.out} lies inside --data-root {args.data_root}: the runs' images would join the data")
+
+
 def parse_sets(items: list[str]) -> dict:
     """["lr=2e-3", "unet={'base_channels': 32}", "lr_decay=cosine"] -> a dict of TrainConfig fields."""
     fields = {f.name for f in T.dataclasses.fields(T.TrainConfig)}
@@ -134,6 +151,7 @@ def main(argv=None) -> None:
                    "sub-folder per class (a folder to study the folder recipe on) and exit")
     p.add_argument("--folder-num", type=int, default=20_000, help="images --make-folder writes")
     args = p.parse_args(argv)
+    check_args(args)
     if args.make_folder:
         shapes = datasets.builtin_shapes(args.folder_num, seed=4242, resolution=28)
         print(f"wrote {args.folder_num} images to {datasets.write_image_folder(shapes, args.make_folder, gray=True)}")

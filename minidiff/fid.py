@@ -173,7 +173,9 @@ def fid(samples, real_stats: tuple[np.ndarray, np.ndarray], extractor: Extractor
     return frechet_distance(*statistics(features(samples, extractor, **kwargs)), *real_stats)
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    from .cli import add_common_flags
+
     p = argparse.ArgumentParser(prog="python -m minidiff.fid", description="FID of generated images "
                                 "(an .npz from minidiff.sample) against a dataset's training images.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -183,12 +185,37 @@ def main(argv=None) -> None:
     p.add_argument("--num", type=int, default=50_000, help="samples to use (FID is biased at small N)")
     p.add_argument("--stats", help="cache of the real statistics (default: data/fid_stats_<dataset>_<res>.npz)")
     p.add_argument("--batch-size", type=int, default=200)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    add_common_flags(p, seed=False)  # --device
+    return p.parse_args(argv)
 
-    samples = load_images(args.samples)
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag in range before a network loads: one line naming the flag, exit 2."""
+    from .cli import resolve_device
+    from .runtime import check_output_folder, require
+
+    require(Path(args.samples).is_file(), f"no sample file at {args.samples}: pass the .npz that "
+                                           "`python -m minidiff.sample CKPT --npz FILE` wrote")
+    require(args.num >= 2 and args.batch_size >= 1, "--num must be at least 2 and --batch-size at least 1")
+    require(args.dataset != "folder" or args.data_root, "--dataset folder needs --data-root DIR")
+    if args.stats:
+        require(not Path(args.stats).is_dir(), f"--stats {args.stats} is a folder; give a file name")
+        require(Path(args.stats).resolve() != Path(args.samples).resolve(),
+                f"--stats {args.stats} is the sample file itself; the real statistics would overwrite it")
+        check_output_folder(Path(args.stats).parent, "--stats")
+    args.device = str(resolve_device(args.device))
+
+
+def run(args: argparse.Namespace) -> float:
+    from .runtime import UsageError
+
+    check_args(args)
+    try:
+        samples = load_images(args.samples)
+    except (ValueError, KeyError, OSError) as err:
+        raise UsageError(f"{args.samples} holds no uint8 images from minidiff.sample ({err})") from None
     if len(samples) < args.num:
-        raise SystemExit(f"error: {args.samples} holds {len(samples)} images, fewer than --num {args.num}; "
+        raise UsageError(f"{args.samples} holds {len(samples)} images, fewer than --num {args.num}; "
                          f"draw more, or pass --num {len(samples)} (FID at small N reads high).")
     samples = samples[:args.num]
     resolution = samples.shape[1]
@@ -200,11 +227,21 @@ def main(argv=None) -> None:
     try:
         extractor = inception_extractor(args.device)
     except (ImportError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}") from None
-    real = cached_statistics(cache, lambda: dataset_images(args.dataset, args.data_root, resolution),
-                             extractor, source=source, batch_size=args.batch_size, device=args.device)
+        raise UsageError(str(err)) from None
+    try:
+        real = cached_statistics(cache, lambda: dataset_images(args.dataset, args.data_root, resolution),
+                                 extractor, source=source, batch_size=args.batch_size, device=args.device)
+    except ValueError as err:  # a cache written for other data
+        raise UsageError(str(err)) from None
     score = fid(samples, real, extractor, batch_size=args.batch_size, device=args.device)
     print(f"FID {score:.3f}  ({len(samples)} samples vs {args.dataset} training-set statistics in {cache})")
+    return score
+
+
+def main(argv=None) -> None:
+    from .runtime import run_command
+
+    run_command(run, parse_args(argv))
 
 
 if __name__ == "__main__":

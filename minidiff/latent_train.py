@@ -90,8 +90,16 @@ def check_config(cfg: LatentTrainConfig) -> None:
     require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000, got {cfg.sample_steps}")
     require(cfg.prediction in PREDICTIONS, f"--prediction must be one of {', '.join(PREDICTIONS)}")
     require(cfg.vae_latent in ("sample", "mean"), "--vae-latent must be sample or mean")
-    require(cfg.device in (None, "auto", "cpu") or torch.cuda.is_available(),
-            f"--device {cfg.device}: no CUDA GPU is visible here; use --device cpu")
+    runtime.check_device(cfg.device)  # None: cuda, then mps, then cpu
+    require(not Path(cfg.pretrained).is_file(), f"--pretrained {cfg.pretrained} is a file; give a diffusers "
+                                                "folder or a hub id (a pixel checkpoint.pt is not a base model)")
+    out = Path(cfg.output_dir).resolve()
+    for flag, path in (("--pretrained", cfg.pretrained), ("--data-dir", cfg.data_dir)):
+        require(out != Path(path).resolve() and Path(path).resolve() not in out.parents,
+                f"--output-dir {cfg.output_dir} is or lies inside {flag} {path}: the export would overwrite "
+                f"or mix into it. Choose another --output-dir.")
+    require(not cfg.cache_dir or Path(cfg.cache_dir).resolve() != out,
+            f"--cache-dir and --output-dir both name {cfg.output_dir}; give the cache its own folder")
     require(cfg.prediction != "eps" or not cfg.zero_snr,
             "--prediction eps cannot be trained on a zero-terminal-SNR schedule (at the last step the input "
             "is pure noise, so eps carries nothing about the image): use --prediction v, or --no-zero-snr")

@@ -145,6 +145,10 @@ def check_args(args: argparse.Namespace) -> None:
         if path:
             require(not Path(path).is_dir(), f"{flag} {path} is a folder; give a file name")
             check_output_folder(Path(path).parent, flag)
+            require(Path(path).resolve() != Path(args.checkpoint).resolve(),
+                    f"{flag} {path} is the checkpoint itself; writing there would destroy it")
+    require(not (args.png and args.npz) or Path(args.png).resolve() != Path(args.npz).resolve(),
+            f"--png and --npz both name {args.png}; give each its own file")
     resolve_device(args.device)
 
 

@@ -51,6 +51,12 @@ def check_args(args: argparse.Namespace) -> None:
     check_sampling_flags(args)
     require(args.num_images >= 1, f"--num-images must be at least 1, got {args.num_images}")
     require(args.height >= 8 and args.width >= 8, "--height and --width must be at least 8 pixels")
+    model = Path(args.model)
+    require(not model.is_file(), f"--model {args.model} is a file; this command takes a diffusers folder "
+                                 "(a pixel checkpoint.pt is drawn by python -m minidiff.sample CKPT)")
+    require(not model.is_dir() or (model / "unet").is_dir(),
+            f"--model {args.model} is not a diffusers folder (it has no unet/): give train_latent.py's "
+            "--output-dir or a Stable Diffusion folder")
     check_output_folder(args.out, "--out")
     resolve_device(args.device)
 

@@ -101,11 +101,27 @@ MODELS = {
 # ----------------------------------------------------------------------------------- arguments
 
 
+class _ExperimentParser(argparse.ArgumentParser):
+    """An experiment's parser that also refuses, in one line before any work, a folder flag
+    (--out, --figures-dir, --models) that names an existing file."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        for flag in ("out", "figures_dir", "models"):
+            path = getattr(parsed, flag, None)
+            for p in (Path(path), *Path(path).parents) if path else ():
+                if p.exists():
+                    if not p.is_dir():
+                        fail(f"--{flag.replace('_', '-')} {path} cannot be a folder: {p} is a file")
+                    break
+        return parsed
+
+
 def experiment_parser(name: str, description: str, *, trained: bool = True) -> argparse.ArgumentParser:
     """The flags every experiment has: --out and --figures-dir; trained ones add --scale, --models,
     --seed and --device (`minidiff.cli`), and the size overrides."""
-    p = argparse.ArgumentParser(prog=f"python -m minidiff.repro {name}", description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _ExperimentParser(prog=f"python -m minidiff.repro {name}", description=description,
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=f"runs/repro/{name}", help="folder for the figures and the JSON")
     p.add_argument("--figures-dir", help="also copy the figures here (docs/figures updates the course's figures)")
     if trained:
@@ -138,8 +154,9 @@ def scale_of(args) -> dict:
 
 
 def publish_figures(out: Path, figures_dir: str | None, names: list[str]) -> None:
-    """Copy the run's figures `names` from `out` into `figures_dir` (--figures-dir), if given."""
-    if not figures_dir:
+    """Copy the run's figures `names` from `out` into `figures_dir` (--figures-dir), if given; the
+    same folder given twice is written once (there is nothing to copy)."""
+    if not figures_dir or Path(figures_dir).resolve() == Path(out).resolve():
         return
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     for name in names:
