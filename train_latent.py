@@ -46,6 +46,7 @@ def parse_args(argv=None) -> LatentTrainConfig:
     a("--gradient-checkpointing", action="store_true", help="recompute UNet activations in backward")
     a("--cache-dir", default=None, help="cache latents and text embeddings here (skips both encoders)")
     a("--workers", type=int, default=d.workers, help="data loader processes")
+    a("--threads", type=int, default=d.threads, help="torch CPU threads (1 is fastest on a CPU busy with other jobs)")
     # bookkeeping
     add_common_flags(p)  # --seed, --device (torchrun: one GPU per process)
     a("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoint.pt writes")

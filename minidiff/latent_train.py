@@ -57,6 +57,7 @@ class LatentTrainConfig:
     cache_dir: str | None = None         # cache latents + text embeddings here (skips both encoders)
     workers: int = 2
     device: str | None = None           # None: cuda if available, else cpu
+    threads: int | None = None           # CPU threads for torch (default: torch's; 1 is fastest on a busy CPU)
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = 500
@@ -83,6 +84,7 @@ def check_config(cfg: LatentTrainConfig) -> None:
     require(cfg.lr > 0 and math.isfinite(cfg.lr) and cfg.lr < 1, f"--lr must be a positive rate below 1, got {cfg.lr}")
     for name in ("warmup_steps", "workers", "sample_every"):
         require(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
+    require(cfg.threads is None or cfg.threads >= 1, f"--threads must be at least 1, got {cfg.threads}")
     require(cfg.weight_decay >= 0 and cfg.grad_clip >= 0, "--weight-decay and --grad-clip must be 0 or more")
     require(0 <= cfg.ema_decay < 1, f"--ema-decay must lie in [0, 1) (0 turns EMA off), got {cfg.ema_decay}")
     require(0 <= cfg.caption_dropout < 1, f"--caption-dropout must lie in [0, 1), got {cfg.caption_dropout}")
@@ -174,6 +176,8 @@ def train(cfg: LatentTrainConfig) -> TrainResult:
     if state is not None and state["step"] >= cfg.max_steps:
         return TrainResult(state["step"], list(state["losses"]), None, out)
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     rank, world_size, device = runtime.setup_distributed(cfg.device)
     master = rank == 0
     images = CaptionedImages(cfg.data_dir, cfg.resolution)  # refuses bad data before the model loads

@@ -37,9 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance weight w")
     p.add_argument("--guidance-rescale", type=float, default=0.7,
                    help="phi of Lin et al. Algorithm 2: rescale the guided output's std (0: off)")
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=None, help="default: the model's own (512 for SD 2.1-base)")
+    p.add_argument("--width", type=int, default=None, help="default: the model's own")
     add_common_flags(p)  # --seed, --device
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     p.add_argument("--bf16", action="store_true", help="run the UNet under bf16 autocast")
     p.add_argument("--out", default="samples", help="folder for the PNGs")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -50,7 +51,9 @@ def check_args(args: argparse.Namespace) -> None:
     """Every flag in range before any network is loaded: one line naming the flag, exit 2."""
     check_sampling_flags(args)
     require(args.num_images >= 1, f"--num-images must be at least 1, got {args.num_images}")
-    require(args.height >= 8 and args.width >= 8, "--height and --width must be at least 8 pixels")
+    require(all(size is None or size >= 8 for size in (args.height, args.width)),
+            "--height and --width must be at least 8 pixels")
+    require(args.threads is None or args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     model = Path(args.model)
     require(not model.is_file(), f"--model {args.model} is a file; this command takes a diffusers folder "
                                  "(a pixel checkpoint.pt is drawn by python -m minidiff.sample CKPT)")
@@ -75,12 +78,16 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     from . import latent
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     components = latent.load_components(args.model, device=device, encoder_dtype=dtype, unet_dtype=dtype)
     prompts = [p for p in args.prompt for _ in range(args.num_images)]
-    images = latent.generate(components, prompts, negative_prompt=args.negative_prompt, height=args.height,
-                             width=args.width, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
+    # like the stock pipeline: the UNet's latent size times the VAE's factor (64 x 8 for SD 2.1-base)
+    size = components.unet.config.sample_size * components.vae_factor
+    images = latent.generate(components, prompts, negative_prompt=args.negative_prompt, height=args.height or size,
+                             width=args.width or size, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
                              eta=args.eta, guidance=args.guidance, guidance_rescale=args.guidance_rescale, seed=args.seed,
                              bf16=args.bf16, progress=args.progress)
     out = Path(args.out)
