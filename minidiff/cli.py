@@ -55,9 +55,13 @@ def check_sampling_flags(args: argparse.Namespace) -> None:
     --sampler), checked before any model is loaded: a UsageError (one line, exit 2) names the flag."""
     from .runtime import require
 
-    require(1 <= args.steps <= 1000, f"--steps must be from 1 to 1000 (the training steps), got {args.steps}")
-    require(args.guidance >= 0 and math.isfinite(args.guidance), f"--guidance must be 0 or more, got {args.guidance}")
-    require(0 <= args.guidance_rescale <= 1, f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
+    # None: not given, filled later from the checkpoint (minidiff.sample), then checked again
+    require(args.steps is None or 1 <= args.steps <= 1000,
+            f"--steps must be from 1 to 1000 (the training steps), got {args.steps}")
+    require(args.guidance is None or (args.guidance >= 0 and math.isfinite(args.guidance)),
+            f"--guidance must be 0 or more, got {args.guidance}")
+    require(args.guidance_rescale is None or 0 <= args.guidance_rescale <= 1,
+            f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
     require(0 <= args.eta <= 1, f"--eta must lie in [0, 1], got {args.eta}")
-    require(not args.eta or args.sampler in ("ddim", "ddpm"),
+    require(not args.eta or args.sampler in ("ddim", "ddpm", None),
             f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")

@@ -1,12 +1,15 @@
 """Draw images from a trained checkpoint: `python -m minidiff.sample runs/NAME/checkpoint.pt`.
 
 The checkpoint (written by minidiff.train) carries the UNet's config, the schedule and the
-prediction target, so only the sampler's own choices are flags: DDIM or DDPM, the number of
-steps and their spacing (Lin et al. Table 2), eta, the guidance weight and its rescale
-(Algorithm 2), the classes. The EMA weights are used unless --no-ema. Output: a PNG grid and/or
+prediction target, so only the sampler's own choices are flags: DDIM, DDPM or a DPM-Solver, the
+number of steps and their spacing (Lin et al. Table 2), eta, the guidance weight and its rescale
+(Algorithm 2), the classes. A sampler flag left out takes the value the run's own end-of-run
+report used (stored in the checkpoint), so with no flags this draws what the run was judged on;
+the first line printed says which settings were used. The EMA weights are used unless --no-ema. Output: a PNG grid and/or
 an .npz holding `images`, uint8 [N, H, W, 3], and `labels` (what minidiff.fid reads).
 
-    python -m minidiff.sample runs/builtin-small-linear-zsnr-v/checkpoint.pt --num 100 --guidance 3
+    python -m minidiff.sample runs/builtin-small-linear-zsnr-v/checkpoint.pt --num 100
+    python -m minidiff.sample CKPT --sampler dpmpp_2m --steps 10                # faster, same model
     python -m minidiff.sample CKPT --num 50000 --npz samples.npz --png ""      # for FID
 """
 
@@ -34,15 +37,38 @@ def load_model(checkpoint: str | Path, *, ema: bool = True, device="cpu") -> tup
 
     Loads with weights_only=True: a checkpoint cannot run code.
     """
+    model, config, _ = load_run(checkpoint, ema=ema, device=device)
+    return model, config
+
+
+def load_run(checkpoint: str | Path, *, ema: bool = True, device="cpu") -> tuple[UNet, dict, dict]:
+    """load_model's (UNet, config), and the sampler settings the run's own report used
+    (checkpoints written before they were stored: the same settings, rebuilt from the config)."""
     ckpt = load_checkpoint(checkpoint, kind="pixel")
     model = UNet(**ckpt["model_config"])
     model.load_state_dict(ckpt["ema" if ema else "model"])
-    return model.to(device).eval(), ckpt["config"]
+    return model.to(device).eval(), ckpt["config"], ckpt.get("sampling") or report_sampling(ckpt["config"])
 
 
 def schedule_of(config: dict) -> Schedule:
     """The training schedule of a run, rebuilt from its config."""
     return Schedule.make(config["schedule"], 1000, zero_snr=config["zero_snr"])
+
+
+def report_sampling(config: dict) -> dict:
+    """The sampler settings a run's own report (and its grids) use, from the run's config (a plain
+    dict): DDIM at `sample_steps` with the run's spacing, and, for a class-conditional model, its
+    guidance weight and rescale. Stored in the checkpoint as "sampling"."""
+    guided = bool(config.get("class_cond")) and config.get("guidance", 1.0) != 1.0
+    return dict(sampler="ddim", steps=config["sample_steps"], spacing=config.get("spacing", "trailing"),
+                guidance=config["guidance"] if guided else 1.0,
+                guidance_rescale=config.get("guidance_rescale", 0.0) if guided else 0.0)
+
+
+def describe_sampling(settings: dict) -> str:
+    """e.g. "ddim, 25 trailing steps, guidance 3, rescale 0.7"."""
+    text = f"{settings['sampler']}, {settings['steps']} {settings['spacing']} steps, guidance {settings['guidance']:g}"
+    return text + (f", rescale {settings['guidance_rescale']:g}" if settings["guidance"] != 1.0 else "")
 
 
 def class_labels(classes: list[str] | None, num: int, num_classes: int | None) -> torch.Tensor | None:
@@ -116,16 +142,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minidiff.sample", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint.pt written by train_cifar.py")
-    # dpmpp_2m by measurement: on the main job's model it matched or beat DDIM at every budget
-    # (docs/08_fast_samplers.md: 10 network calls scored like DDIM's 25)
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp_2m",
+    # Left out, the sampler flags take the settings the run's own report used (stored in the
+    # checkpoint), so that the figures a run printed are what this command draws.
+    p.add_argument("--sampler", choices=SAMPLERS,
                    help="DDIM (eta=0: deterministic), DDPM, DPM-Solver++ 2M/3M (one network call a step) or "
-                        "Heun (two a step); docs/08_fast_samplers.md")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+                        "Heun (two a step); docs/08_fast_samplers.md (default: the run's report's)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the run's report's)")
     p.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's, trailing)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w (1: none)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, help="phi of Lin et al. Alg. 2 (0.7 in the paper)")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance weight w, 1: none (default: the run's report's)")
+    p.add_argument("--guidance-rescale", type=float,
+                   help="phi of Lin et al. Alg. 2, 0.7 in the paper (default: the run's report's)")
     p.add_argument("--class", dest="classes", nargs="+", metavar="K",
                    help="class label(s) to draw, in turn; 'null' for unconditional (default: every class)")
     p.add_argument("--num", type=int, default=64, help="number of images")
@@ -154,8 +182,19 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check_args(args)
-    model, config = load_model(args.checkpoint, ema=args.ema, device=args.device or resolve_device(None))
+    model, config, report = load_run(args.checkpoint, ema=args.ema, device=args.device or resolve_device(None))
     args.device = str(next(model.parameters()).device)
+    given = {k for k in report if getattr(args, k) is not None}
+    for key, value in report.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.guidance == 1.0 and "guidance_rescale" not in given:
+        args.guidance_rescale = 0.0
+    check_sampling_flags(args)
+    settings = {k: getattr(args, k) for k in report}
+    print(f"sampling with {describe_sampling(settings)}"
+          + (f" (flags: {', '.join('--' + k.replace('_', '-') for k in sorted(given))}; the rest as the run's report)"
+             if given else " (the run's report's settings, stored in the checkpoint)"))
     labels = class_labels(args.classes, args.num, model.config["num_classes"])
     require(labels is not None or args.guidance == 1.0,
             "--guidance needs a class-conditional model (train with --class-cond); this one has no labels to guide towards")

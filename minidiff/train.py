@@ -34,13 +34,13 @@ import torch
 from . import data as datasets
 from . import runtime
 from .ema import EMA
-from .objectives import diffusion_loss, timestep_probabilities
+from .objectives import diffusion_loss, logsnr_band_shares, timestep_probabilities
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .schedules import Schedule
 from .train_config import (IDENTITY, RECIPES, UNIFORM_SHARE, TrainConfig, build_model,  # noqa: F401 (re-exported)
                            check_config, default_run_name, make_schedule, native_resolution, parse_args,
                            plain_config)
-from .train_report import judge_samples, sample_grid  # noqa: F401 (re-exported)
+from .train_report import judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -136,7 +136,11 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed + 1000 * rank)
     noise_gen = torch.Generator(device).manual_seed(cfg.seed + 1 + 1000 * rank)
     timestep_probs = None if cfg.timesteps == "uniform" else \
-        timestep_probabilities(schedule, cfg.timesteps, uniform_share=cfg.timesteps_uniform).float().to(device)
+        timestep_probabilities(schedule, cfg.timesteps, uniform_share=cfg.timesteps_uniform,
+                               low_snr_share=cfg.timesteps_low_snr).float().to(device)
+    if master and timestep_probs is not None:
+        bands = logsnr_band_shares(schedule, timestep_probs.double().cpu())
+        print("training timesteps by log-SNR band: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in bands.items()))
     streams = {"noise": noise_gen}
 
     step = 0
@@ -176,6 +180,7 @@ def train(cfg: TrainConfig) -> dict:
                 kind="pixel", model=model.state_dict(), ema=ema.state_dict(), ema_updates=ema.updates,
                 optimizer=optimizer.state_dict(), step=step, rng_ranks=ranks, config=plain_config(cfg),
                 model_config=_plain(model.config), channels=data.channels,
+                sampling=report_sampling(plain_config(cfg)),  # what `python -m minidiff.sample` defaults to
                 data_order="data.Batches: a function of (config.seed, step)"))
 
     def grid(step: int) -> None:

@@ -38,20 +38,21 @@ RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
-                    timesteps_uniform=1.0, guidance=1.0),
+                    timesteps_uniform=1.0, timesteps_low_snr=0.0, guidance=1.0),
     "builtin": dict(preset="small", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=500, timesteps="logsnr_normal",
-                    timesteps_uniform=UNIFORM_SHARE, guidance=3.0),
+                    timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, guidance=3.0),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
                    ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
-                   timesteps_uniform=UNIFORM_SHARE, guidance=1.0),
+                   timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, guidance=1.0),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "ema_decay",
-            "grad_clip", "resolution", "offset_noise", "weighting", "timesteps", "timesteps_uniform", "dropout")
+            "grad_clip", "resolution", "offset_noise", "weighting", "timesteps", "timesteps_uniform",
+            "timesteps_low_snr", "dropout")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class TrainConfig:
     weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss) or min-SNR
     timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
     timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
+    timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (brightness)
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
     minutes: float | None = None      # wall-clock budget; 0 or None means no limit
@@ -176,6 +178,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4), mixed with uniform)")
     opt.add_argument("--timesteps-uniform", type=float,
                      help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
+    opt.add_argument("--timesteps-low-snr", type=float,
+                     help="with --timesteps logsnr_normal: the share drawn at log-SNR ~ N(-6, 2), where an image's "
+                          "overall brightness is decided")
     opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
                      help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay per step")
@@ -232,6 +237,9 @@ def check_config(cfg: TrainConfig) -> None:
     require(0 < cfg.timesteps_uniform <= 1,
             f"--timesteps-uniform must lie in (0, 1]: without uniform timesteps the zero-SNR step is never trained, "
             f"got {cfg.timesteps_uniform}")
+    require(0 <= cfg.timesteps_low_snr <= 1 - cfg.timesteps_uniform,
+            f"--timesteps-low-snr must lie in [0, 1 - --timesteps-uniform] = [0, {1 - cfg.timesteps_uniform:g}], "
+            f"got {cfg.timesteps_low_snr}")
     require(cfg.minutes is None or (cfg.minutes >= 0 and math.isfinite(cfg.minutes)),
             f"--minutes must be 0 (no limit) or a positive number, got {cfg.minutes}")
     require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000 (the training steps), got {cfg.sample_steps}")

@@ -4,6 +4,9 @@
     judge_samples   cfg.judge_samples images scored by minidiff.metrics beside its calibration,
                     printed and saved to quality.json
 
+The report's sampler settings come from `sample.report_sampling`; the checkpoint keeps them, so
+that `python -m minidiff.sample CKPT` with no flags draws what the run was judged on.
+
 Both are called by the loop in minidiff.train.
 """
 
@@ -19,6 +22,7 @@ import torch
 from . import data as datasets
 from .samplers import sample
 from .schedules import Schedule
+from .sample import describe_sampling, report_sampling
 from .train_config import TrainConfig, plain_config
 
 
@@ -62,16 +66,15 @@ def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | No
     judge = metrics.Judge.for_dataset(cfg.dataset, data_root=cfg.data_root, resolution=cfg.resolution)
     labels = torch.arange(cfg.judge_samples) % data.num_classes if cfg.class_cond else None
     start = time.perf_counter()
-    guidance = cfg.guidance if labels is not None else 1.0
-    images = generate(model, plain_config(cfg), cfg.judge_samples, steps=cfg.sample_steps, labels=labels,
-                      guidance=guidance, guidance_rescale=cfg.guidance_rescale if guidance != 1.0 else 0.0,
-                      seed=cfg.seed + 777, device=device, progress=False)
+    settings = report_sampling(plain_config(cfg))
+    images = generate(model, plain_config(cfg), cfg.judge_samples, labels=labels, seed=cfg.seed + 777,
+                      device=device, progress=False, **settings)
     seconds = time.perf_counter() - start
     score = judge.score(images, labels)
-    print(f"quality of {cfg.judge_samples} EMA samples ({cfg.sample_steps} DDIM steps, guidance {guidance:g}"
-          f"{f', rescale {cfg.guidance_rescale:g}' if guidance != 1.0 else ''}; drawn in {seconds:.0f} s):")
+    print(f"quality of {cfg.judge_samples} EMA samples ({describe_sampling(settings)}; drawn in {seconds:.0f} s):")
     print(metrics.format_table(score, judge.calibration(score["num"]), judge.describe()))
-    result = dict(score, calibration=judge.calibration(score["num"]), sample_steps=cfg.sample_steps,
-                  guidance=guidance, sampling_s=seconds)
+    result = dict(score, calibration=judge.calibration(score["num"]), sampling=settings,
+                  sample_steps=settings["steps"], guidance=settings["guidance"], sampling_s=seconds)
     (out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+

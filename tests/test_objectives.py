@@ -1,5 +1,7 @@
 """Objectives: targets, conversions at the ends of the schedule, losses (Lin et al. Sec. 3.2)."""
 
+import math
+
 import pytest
 import torch
 
@@ -160,3 +162,26 @@ def test_logsnr_normal_timesteps_follow_the_normal_law_and_keep_every_step():
     loss = diffusion_loss(lambda x, t, y=None: torch.zeros_like(x), torch.zeros(64, 1, 2, 2), s, "v",
                           generator=g, timestep_probs=p.float())
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_logsnr_band_shares_match_the_normal_law_and_the_uniform_count():
+    """Where the training draws land in log-SNR (rescaled linear schedule). All of p(t) on
+    N(-6, 2) puts Phi(1.5) - Phi(-1.5) = 0.866 of the draws in -9..-3, as the continuous law
+    does; uniform t puts there the share of the 1000 steps whose log-SNR lies in the band; the
+    default N(2.4, 2.4) with 10% uniform draws under 5% there (the brightness band)."""
+    from minidiff.objectives import logsnr_band_shares, timestep_probabilities
+
+    s = Schedule.make("linear", zero_snr=True)
+    only_low = timestep_probabilities(s, "logsnr_normal", uniform_share=0.0, low_snr_share=1.0)
+    shares = logsnr_band_shares(s, only_low)
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    assert shares["-9..-3"] == pytest.approx(phi(1.5) - phi(-1.5), abs=0.005)
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-12)
+    lam = s.log_snr
+    uniform = logsnr_band_shares(s, timestep_probabilities(s, "uniform"))
+    assert uniform["-9..-3"] == pytest.approx(int(((lam > -9) & (lam <= -3)).sum()) / 1000, abs=1e-12)
+    default = logsnr_band_shares(s, timestep_probabilities(s, "logsnr_normal", uniform_share=0.1))
+    mixed = logsnr_band_shares(s, timestep_probabilities(s, "logsnr_normal", uniform_share=0.05, low_snr_share=0.2))
+    assert default["-9..-3"] < 0.05 < 0.15 < mixed["-9..-3"]
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        timestep_probabilities(s, "logsnr_normal", uniform_share=0.5, low_snr_share=0.6)
