@@ -90,6 +90,7 @@ def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:
         row = dict(name=args.name, seed=seed, sets=sets, minutes=args.minutes, steps=result["step"],
                    images_per_s=_median_rate(out), sample_steps=steps, guidance=guidance, sampling_s=seconds,
                    frechet=score["frechet"], accuracy=score["accuracy"], brightness_w1=score["brightness_w1"],
+                   black_backgrounds=score["black_backgrounds"], white_backgrounds=score["white_backgrounds"],
                    num=score["num"], parameters=sum(p.numel() for p in model.parameters()))
         rows.append(row)
         print(json.dumps(row))
@@ -116,8 +117,9 @@ def table(path: Path) -> str:
         mean = sum(values) / len(values)
         return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ({fmt(min(values))}..{fmt(max(values))})"
 
-    lines = ["| recipe | changes | seeds | steps trained | img/s | DDIM steps | guidance | class accuracy | Frechet | brightness W1 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | changes | seeds | steps trained | img/s | DDIM steps | guidance | class accuracy | Frechet | "
+             "brightness W1 | near-black bg | near-white bg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (name, sample_steps, guidance), rs in groups.items():
         sets = ", ".join(f"{k}={v}" for k, v in rs[0]["sets"].items()) or "recipe defaults"
         lines.append(
@@ -125,7 +127,9 @@ def table(path: Path) -> str:
             f"{cell([r['images_per_s'] for r in rs], lambda v: f'{v:.0f}')} | {sample_steps} | {guidance:g} | "
             f"{cell([r['accuracy'] for r in rs], lambda v: f'{100 * v:.1f}%')} | "
             f"{cell([r['frechet'] for r in rs], lambda v: f'{v:.2f}')} | "
-            f"{cell([r['brightness_w1'] for r in rs], lambda v: f'{v:.3f}')} |")
+            f"{cell([r['brightness_w1'] for r in rs], lambda v: f'{v:.3f}')} | "
+            f"{cell([r.get('black_backgrounds') for r in rs], lambda v: f'{100 * v:.1f}%')} | "
+            f"{cell([r.get('white_backgrounds') for r in rs], lambda v: f'{100 * v:.1f}%')} |")
     return "\n".join(lines)
 
 
@@ -171,6 +175,10 @@ def main(argv=None) -> None:
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     print(table(results))
+    real = judge.calibration(args.judge_samples)
+    print("calibration at " + f"{real['real']['num']} images: " + "; ".join(
+        f"{name} Frechet {c['frechet']:.2f}, W1 {c['brightness_w1']:.3f}, near-black {100 * c['black_backgrounds']:.1f}%, "
+        f"near-white {100 * c['white_backgrounds']:.1f}%" for name, c in real.items() if name != "noise"))
 
 
 if __name__ == "__main__":

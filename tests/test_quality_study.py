@@ -28,11 +28,12 @@ def test_sets_are_trainconfig_fields_with_python_values():
 
 def test_table_averages_seeds_and_shows_their_spread(tmp_path):
     rows = [dict(name="base", seed=s, sets={}, steps=st, images_per_s=100.0, sample_steps=25, guidance=1.0,
-                 accuracy=acc, frechet=fr, brightness_w1=0.05) for s, st, acc, fr in ((0, 1000, 0.2, 20.0), (1, 1100, 0.3, 18.0))]
+                 accuracy=acc, frechet=fr, brightness_w1=0.05, black_backgrounds=b, white_backgrounds=0.1)
+            for s, st, acc, fr, b in ((0, 1000, 0.2, 20.0, 0.1), (1, 1100, 0.3, 18.0, 0.2))]
     rows.append(dict(rows[0], name="wide", sets={"unet": {"base_channels": 32}}, accuracy=None))
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = quality().table(path).splitlines()
     assert lines[2] == ("| base | recipe defaults | 2 | 1,050 (1,000..1,100) | 100 (100..100) | 25 | 1 | 25.0% (20.0%..30.0%) | "
-                        "19.00 (18.00..20.00) | 0.050 (0.050..0.050) |")
+                        "19.00 (18.00..20.00) | 0.050 (0.050..0.050) | 15.0% (10.0%..20.0%) | 10.0% (10.0%..10.0%) |")
     assert lines[3].startswith("| wide | unet={'base_channels': 32} | 1 | 1,000 |") and "| n/a |" in lines[3]
