@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .schedules import Schedule, table_on
 
 PREDICTIONS = ("eps", "x0", "v")
-WEIGHTINGS = ("none", "min_snr")
+WEIGHTINGS = ("none", "min_snr", "level_mean")
 TIMESTEP_DISTRIBUTIONS = ("uniform", "logsnr_normal")
 
 
@@ -70,6 +70,46 @@ def check_weighting(weighting: str, schedule: Schedule) -> None:
             "min-SNR weighting gives the zero-SNR timestep a weight of exactly 0 (it weighs the x0 error "
             "by min(SNR, gamma)), so the step the zero-terminal-SNR rescale adds would never be trained. "
             "Use weighting 'none' (Lin et al.'s v loss), or turn the zero-SNR rescale off.")
+
+
+class LossPerLevel(torch.nn.Module):
+    """Weighting "level_mean": each noise level's loss divided by its own running mean.
+
+    The v loss is far larger where little of the image survives (at zero SNR it is the whole
+    variance of x0 that the class cannot explain) than where the image is nearly clean, so the
+    gradient of a batch is dominated by its noisiest draws, and giving the low-SNR band more draws
+    costs the shapes (docs/training.md). Karras et al. 2024 (EDM2) learn a per-level uncertainty
+    u(sigma) and minimise L / exp(u) + u, whose optimum is exp(u) = E[L | level]; this keeps that
+    optimum directly, as a running mean of the loss in each of `num_bins` bins of timesteps
+    (decay `decay` per update), so every level's loss enters the gradient at about the same size.
+    A buffer, not a parameter: it is saved in the checkpoint and needs no optimiser.
+    """
+
+    def __init__(self, num_timesteps: int = 1000, num_bins: int = 50, decay: float = 0.99):
+        super().__init__()
+        self.num_timesteps, self.num_bins, self.decay = num_timesteps, num_bins, decay
+        self.register_buffer("mean_loss", torch.zeros(num_bins, dtype=torch.float64))
+        self.register_buffer("seen", torch.zeros(num_bins, dtype=torch.bool))
+
+    def bins(self, t: torch.Tensor) -> torch.Tensor:
+        return (t * self.num_bins) // self.num_timesteps
+
+    def forward(self, per_sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """per_sample [B] losses at timesteps t [B] -> the same divided by their bins' running means
+        (updated with this batch first, so a level's first loss is divided by itself)."""
+        b = self.bins(t).to(self.mean_loss.device)
+        with torch.no_grad():
+            sums = torch.zeros_like(self.mean_loss).index_add_(0, b, per_sample.detach().double())
+            counts = torch.zeros_like(self.mean_loss).index_add_(0, b, torch.ones_like(sums[b]))
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(sums)  # every rank keeps the same means
+                torch.distributed.all_reduce(counts)
+            hit = counts > 0
+            batch_mean = sums[hit] / counts[hit]
+            old = self.mean_loss[hit]
+            self.mean_loss[hit] = torch.where(self.seen[hit], self.decay * old + (1 - self.decay) * batch_mean, batch_mean)
+            self.seen |= hit
+        return per_sample / self.mean_loss[b].to(per_sample.dtype).clamp(min=1e-12)
 
 
 LOW_SNR_BAND = (-6.0, 2.0)  # N(mean, std) of log-SNR over which a 32x32 image's brightness is decided
@@ -216,13 +256,15 @@ def diffusion_loss(
     min_snr_gamma: float = 5.0,
     offset_noise_strength: float = 0.0,
     timestep_probs: torch.Tensor | None = None,
+    loss_per_level: LossPerLevel | None = None,
 ) -> torch.Tensor:
     """The denoising loss: E_t,eps [ w_t |target - model(x_t, t, y)|^2 ] (Lin et al. eq. 12).
 
     t ~ Uniform{0..T-1} (or ~ `timestep_probs`, made once by timestep_probabilities) and
     eps ~ N(0, I) unless given. With prediction="v" and
-    weighting="none" this is the paper's v loss with lambda_t = 1. The mean is over all
-    elements, so the value does not depend on the image size.
+    weighting="none" this is the paper's v loss with lambda_t = 1. weighting="level_mean" divides
+    each sample's loss by the running mean of its noise level's loss (`loss_per_level`). The mean
+    is over all elements, so the value does not depend on the image size.
     """
     check_prediction(prediction, schedule)
     check_weighting(weighting, schedule)
@@ -243,4 +285,8 @@ def diffusion_loss(
     if weighting == "min_snr":
         w = min_snr_weight(table_on(schedule.snr, x0.device)[t], prediction, min_snr_gamma).float()
         per_sample = per_sample * w
+    if weighting == "level_mean":
+        if loss_per_level is None:
+            raise ValueError("weighting 'level_mean' needs loss_per_level=LossPerLevel(...), which keeps the running means")
+        per_sample = loss_per_level(per_sample, t)
     return per_sample.mean()

@@ -34,7 +34,7 @@ import torch
 from . import data as datasets
 from . import runtime
 from .ema import EMA
-from .objectives import diffusion_loss, logsnr_band_shares, timestep_probabilities
+from .objectives import LossPerLevel, diffusion_loss, logsnr_band_shares, timestep_probabilities
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .schedules import Schedule
 from .train_config import (IDENTITY, RECIPES, UNIFORM_SHARE, TrainConfig, build_model,  # noqa: F401 (re-exported)
@@ -59,12 +59,14 @@ def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator
 
 def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: TrainConfig,
                   x: torch.Tensor, y: torch.Tensor, step: int, noise_gen: torch.Generator,
-                  null_class: int, progress: float = 0.0, timestep_probs: torch.Tensor | None = None) -> torch.Tensor:
+                  null_class: int, progress: float = 0.0, timestep_probs: torch.Tensor | None = None,
+                  loss_per_level: LossPerLevel | None = None) -> torch.Tensor:
     """One step of DDPM's Algorithm 1 with Adam: loss, backward, clip, update, EMA.
 
     `forward` is what computes the loss (the model, or its compiled / DDP wrapper); `model` is
     the plain module whose weights the optimiser and the EMA hold. `timestep_probs` is p(t)
-    (made once by timestep_probabilities; None: uniform). Returns the loss (detached).
+    (made once by timestep_probabilities; None: uniform); `loss_per_level` holds the running
+    means of weighting "level_mean". Returns the loss (detached).
     """
     if cfg.class_cond:
         y = drop_labels(y, cfg.label_dropout, null_class, noise_gen)
@@ -74,7 +76,7 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
         loss = diffusion_loss(forward, x, schedule, cfg.prediction,
                               y=y if cfg.class_cond else None, generator=noise_gen,
                               weighting=cfg.weighting, offset_noise_strength=cfg.offset_noise,
-                              timestep_probs=timestep_probs)
+                              timestep_probs=timestep_probs, loss_per_level=loss_per_level)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -142,11 +144,14 @@ def train(cfg: TrainConfig) -> dict:
         bands = logsnr_band_shares(schedule, timestep_probs.double().cpu())
         print("training timesteps by log-SNR band: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in bands.items()))
     streams = {"noise": noise_gen}
+    loss_per_level = LossPerLevel(schedule.num_timesteps).to(device) if cfg.weighting == "level_mean" else None
 
     step = 0
     if saved is not None:
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"], saved.get("ema_updates"))
+        if loss_per_level is not None:
+            loss_per_level.load_state_dict(saved["loss_per_level"])
         optimizer.load_state_dict(saved["optimizer"])
         ranks = saved["rng_ranks"]
         if len(ranks) == world:
@@ -179,6 +184,7 @@ def train(cfg: TrainConfig) -> dict:
             runtime.save_checkpoint(ckpt_path, dict(
                 kind="pixel", model=model.state_dict(), ema=ema.state_dict(), ema_updates=ema.updates,
                 optimizer=optimizer.state_dict(), step=step, rng_ranks=ranks, config=plain_config(cfg),
+                loss_per_level=None if loss_per_level is None else loss_per_level.state_dict(),
                 model_config=_plain(model.config), channels=data.channels,
                 sampling=report_sampling(plain_config(cfg)),  # what `python -m minidiff.sample` defaults to
                 data_order="data.Batches: a function of (config.seed, step)"))
@@ -213,7 +219,7 @@ def train(cfg: TrainConfig) -> dict:
                 x = x.contiguous(memory_format=torch.channels_last)
             losses.append(training_step(forward, model, optimizer, ema, schedule, cfg, x, y, step,
                                         noise_gen, null_class=data.num_classes, progress=progress(),
-                                        timestep_probs=timestep_probs))
+                                        timestep_probs=timestep_probs, loss_per_level=loss_per_level))
             step += 1
             window_images += cfg.batch_size
             bar.update(min(bar.total, round(time.perf_counter() - start)) - bar.n if timed else 1)

@@ -76,7 +76,7 @@ class TrainConfig:
     warmup: int | None = None
     lr_decay: str = "constant"        # after the warm-up: constant (DDPM) or cosine to 0 at the run's end
     grad_clip: float = 1.0
-    weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss) or min-SNR
+    weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss), min-SNR, or level_mean
     timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
     timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
     timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (brightness)
@@ -173,7 +173,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay,
                      help="after the warm-up: constant, or cosine to 0 at the end (of --max-steps or --minutes)")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
-    opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting, help="loss weight per timestep")
+    opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
+                     help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's learned weighting)")
     opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS,
                      help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4), mixed with uniform)")
     opt.add_argument("--timesteps-uniform", type=float,

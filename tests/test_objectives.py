@@ -185,3 +185,22 @@ def test_logsnr_band_shares_match_the_normal_law_and_the_uniform_count():
     assert default["-9..-3"] < 0.05 < 0.15 < mixed["-9..-3"]
     with pytest.raises(ValueError, match="add up to at most 1"):
         timestep_probabilities(s, "logsnr_normal", uniform_share=0.5, low_snr_share=0.6)
+
+
+def test_loss_per_level_divides_each_level_by_its_running_mean():
+    """LossPerLevel keeps, per bin of timesteps, a running mean of the loss (the first batch sets
+    it, later ones move it by 1 - decay): a level whose loss is constant scores exactly 1 however
+    large its loss, so every level enters the gradient at the same size."""
+    from minidiff.objectives import LossPerLevel
+
+    w = LossPerLevel(num_timesteps=1000, num_bins=10, decay=0.9)
+    t = torch.tensor([0, 50, 999, 950, 500])          # bins 0, 0, 9, 9, 5
+    loss = torch.tensor([0.01, 0.03, 2.0, 2.0, 0.5])
+    out = w(loss, t)
+    assert out.tolist() == pytest.approx([0.5, 1.5, 1.0, 1.0, 1.0])
+    assert w.mean_loss[[0, 9, 5]].tolist() == pytest.approx([0.02, 2.0, 0.5]) and not w.seen[1]
+    w(torch.tensor([0.12]), torch.tensor([10]))          # bin 0 again: 0.9 * 0.02 + 0.1 * 0.12
+    assert w.mean_loss[0].item() == pytest.approx(0.03)
+    s = Schedule.make("linear", zero_snr=True)
+    with pytest.raises(ValueError, match="loss_per_level"):
+        diffusion_loss(lambda x, t, y=None: x, torch.zeros(2, 3, 4, 4), s, "v", weighting="level_mean")

@@ -71,12 +71,14 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
             assert not torch.equal(e, p0) and not torch.equal(e, p)
 
 
-def test_resume_is_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("weighting", ["none", "level_mean"])
+def test_resume_is_bit_for_bit(tmp_path, weighting):
     """N steps straight == N/2 steps, stop, resume for N/2 (same seed): every weight, EMA weight
-    and Adam moment equal exactly. Dropout, label dropout and flips are all on."""
-    straight = T.train(tiny(tmp_path / "a", max_steps=6))
-    T.train(tiny(tmp_path / "b", max_steps=3))
-    resumed = T.train(tiny(tmp_path / "b", max_steps=6, resume=True))
+    and Adam moment equal exactly (and the per-level loss means of --weighting level_mean).
+    Dropout, label dropout and flips are all on."""
+    straight = T.train(tiny(tmp_path / "a", max_steps=6, weighting=weighting))
+    T.train(tiny(tmp_path / "b", max_steps=3, weighting=weighting))
+    resumed = T.train(tiny(tmp_path / "b", max_steps=6, resume=True, weighting=weighting))
     assert resumed["step"] == straight["step"] == 6
     for name in ("model", "ema"):
         a, b = straight[name].state_dict(), resumed[name].state_dict()
@@ -86,6 +88,8 @@ def test_resume_is_bit_for_bit(tmp_path):
     a = T.load_checkpoint(tmp_path / "a" / T.CHECKPOINT)["optimizer"]["state"]
     b = T.load_checkpoint(tmp_path / "b" / T.CHECKPOINT)["optimizer"]["state"]
     assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
+    levels = [T.load_checkpoint(tmp_path / r / T.CHECKPOINT)["loss_per_level"] for r in "ab"]
+    assert levels[0] is None if weighting == "none" else torch.equal(levels[0]["mean_loss"], levels[1]["mean_loss"])
     # The metrics log continues: one line per log_every steps, no gap and no repeat.
     steps = [int(line.split('"step": ')[1].split(",")[0])
              for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
