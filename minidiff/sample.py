@@ -92,7 +92,8 @@ def class_labels(classes: list[str] | None, num: int, num_classes: int | None) -
 @torch.no_grad()
 def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", steps: int = 50,
              spacing: str | None = None, eta: float = 0.0, guidance: float = 1.0,
-             guidance_rescale: float = 0.0, labels: torch.Tensor | None = None, seed: int = 0,
+             guidance_rescale: float = 0.0, guidance_interval: tuple[float, float] | None = None,
+             labels: torch.Tensor | None = None, seed: int = 0,
              batch_size: int = 256, device="cpu", progress: bool = True) -> torch.Tensor:
     """`num` samples as uint8 [num, C, H, W] (the checkpoint's channels and size), drawn in batches (one seed per batch index, so the
     same seed and batch size give the same images)."""
@@ -113,7 +114,8 @@ def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", step
         x = sample(model, (n, channels, size, size), schedule, prediction=config["prediction"], steps=steps,
                    spacing=spacing or config.get("spacing", "trailing"), sampler=sampler, eta=eta,
                    y=y, uncond_y=uncond if guidance != 1.0 else None, guidance=guidance,
-                   guidance_rescale=guidance_rescale, generator=gen, device=device, progress=False)
+                   guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, generator=gen,
+                   device=device, progress=False)
         out[start:start + n] = to_uint8(x).cpu()
     return out
 

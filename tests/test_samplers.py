@@ -187,3 +187,24 @@ def test_each_ddim_step_lands_on_the_next_listed_timestep():
     assert ts[1] == 856  # listed; 999 - 1000 // 7 = 857 is not
     for i, t in enumerate(ts[1:], start=1):
         assert torch.allclose(res.xs[i], q_sample(x0, s.alphas_cumprod[t].item(), x_T), atol=1e-12), t
+
+
+def test_guidance_interval_guides_only_inside_its_log_snr_band():
+    """guidance_interval=(lo, hi): an interval holding every visited log-SNR gives the guided
+    sample, one holding none gives the unguided one, and one holding some gives neither."""
+    from minidiff.samplers import sample
+
+    s = Schedule.make("linear", zero_snr=True)
+    model = lambda x, t, y=None: 0.5 * x + (0.0 if y is None else (y.float() - 1.5).view(-1, 1, 1, 1)) * 0.3
+    y, null = torch.tensor([0, 3]), torch.tensor([4, 4])
+
+    def draw(**kw):
+        return sample(model, (2, 1, 4, 4), s, steps=10, y=y, uncond_y=null, generator=torch.Generator().manual_seed(0),
+                      progress=False, guidance_rescale=0.7, **kw)
+
+    guided, unguided = draw(guidance=4.0), draw(guidance=1.0)
+    assert not torch.allclose(guided, unguided)
+    assert torch.equal(draw(guidance=4.0, guidance_interval=(-float("inf"), float("inf"))), guided)
+    assert torch.equal(draw(guidance=4.0, guidance_interval=(50.0, 60.0)), unguided)
+    part = draw(guidance=4.0, guidance_interval=(-5.0, 30.0))
+    assert not torch.allclose(part, guided) and not torch.allclose(part, unguided)
