@@ -241,7 +241,7 @@ def reconstruct(vae, images: torch.Tensor) -> torch.Tensor:
 
 def pretrain_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], *, steps: int,
                   batch_size: int = 64, lr: float = 1e-3, caption_dropout: float = 0.1, ema_decay: float = 0.995,
-                  seed: int = 0, progress: bool = True):
+                  train_text_encoder: bool = True, seed: int = 0, progress: bool = True):
     """Stable Diffusion's pre-training recipe, flaws included: eps prediction on the scaled-linear
     schedule as it is (SNR(T) = 0.0047), t uniform, 10% empty captions (for guidance). The text
     encoder is trained with the UNet (at this size that measured better than keeping it at its
@@ -259,7 +259,8 @@ def pretrain_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions
     ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    text_encoder.requires_grad_(train_text_encoder)
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps))
     unet.train(), text_encoder.train()

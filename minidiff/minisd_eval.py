@@ -137,8 +137,10 @@ def comparison_figure(images: dict, result: dict, path: Path) -> None:
         ax.set_title(f"{key[0]}, \"... on a {key[1]} background\": background {row['mean']:+.2f} "
                      f"(training captions {row['captions_mean']:+.2f})", fontsize=9)
         ax.axis("off")
-    fig.suptitle("miniature SD: base (eps, SD schedule, leading) vs fine-tune (zero SNR, v, trailing, phi 0.7); "
-                 "brightness in [-1, 1]", fontsize=9)
+    w = result["guidance"]
+    guidance = f"guidance {w:g}, fine-tune's rescale phi 0.7" if w != 1 else "no guidance"
+    fig.suptitle(f"miniature SD, {result['steps']} steps, {guidance}: base (eps, SD schedule, leading) vs fine-tune "
+                 "(zero SNR, v, trailing); brightness in [-1, 1]", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
