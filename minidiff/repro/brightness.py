@@ -20,6 +20,7 @@ brightness laws, and the share of images darker than -0.7 and brighter than 0.7 
 
     python -m minidiff.repro brightness                  # CPU defaults (trains 3 small models)
     python -m minidiff.repro brightness --scale cifar10  # the same on CIFAR-10, on a GPU
+    python -m minidiff.repro brightness --recipe main    # the main job's recipe, fixed vs flawed (brightness_main.py)
 """
 
 from __future__ import annotations
@@ -139,7 +140,22 @@ def main(argv=None):
                    help="guidance rescale (Algorithm 2) of 'all fixes' when guided")
     p.add_argument("--offset-noise", action=argparse.BooleanOptionalAction, default=False,
                    help="add the offset-noise comparison (one model more to train)")
+    p.add_argument("--recipe", choices=("small", "main"), default="small",
+                   help="small: one small model per fix; main: `python train_cifar.py` with and without the fixes")
+    p.add_argument("--main-steps", type=int, default=2000, help="with --recipe main: training steps of each run")
     a = p.parse_args(argv)
+    if a.recipe == "main":
+        from . import brightness_main
+
+        if a.main_steps < 1:
+            p.error(f"--main-steps must be at least 1, got {a.main_steps}")
+        res = brightness_main.run(Path(a.out), Path(a.models), max_steps=a.main_steps, num_samples=a.num_samples or 500,
+                                  seed=a.seed, device=a.device, threads=a.threads)
+        print(f"brightness W1: flawed {res['runs']['flawed']['brightness_w1']:.3f}, fixed "
+              f"{res['runs']['fixed']['brightness_w1']:.3f} ({res['w1_ratio']:.1f}x); "
+              f"wrote {a.out}/brightness_main.json and brightness_main.png")
+        publish_figures(Path(a.out), a.figures_dir, ["brightness_main.png"])
+        return
     res = run(scale_of(a), Path(a.out), Path(a.models), steps=a.steps, guidance=a.guidance,
               guidance_rescale=a.guidance_rescale, offset_noise=a.offset_noise, seed=a.seed)
     fresh = sum(res["train_seconds"][m] for m in res["trained_now"])

@@ -1,0 +1,85 @@
+"""Flawed against fixed on the main job's own recipe: `python -m minidiff.repro brightness --recipe main`.
+
+The brightness experiment's small models (brightness.py) isolate each fix. This one asks the
+course's central question of the model a student actually trains: `python train_cifar.py` with
+every default (zero terminal SNR, v prediction, trailing steps, guidance rescale 0.7), against the
+same command with Lin et al.'s fixes turned off and nothing else changed:
+
+    fixed    python train_cifar.py --max-steps N
+    flawed   python train_cifar.py --max-steps N --no-zero-snr --prediction eps --spacing leading
+                                   --guidance-rescale 0
+
+Both runs train for the same number of steps with the same seed, timestep law and network, and
+both are judged by the same report (minidiff.metrics: class accuracy, Frechet distance, brightness
+W1, and the shares of near-black and near-white backgrounds beside the real images'), each drawn
+with the settings its run would use. The figure puts the two runs' samples side by side, ordered by
+brightness, under the real images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .common import by_brightness, mosaic, pyplot, save_figure, write_json
+
+RUNS = {
+    "fixed": dict(),
+    "flawed": dict(zero_snr=False, prediction="eps", spacing="leading", guidance_rescale=0.0),
+}
+FLAGS = {"fixed": "", "flawed": "--no-zero-snr --prediction eps --spacing leading --guidance-rescale 0"}
+
+
+def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: int = 0,
+        device: str | None = None, threads: int | None = None, judge=None) -> dict:
+    """Train (or finish) both runs in models_dir/main-{fixed,flawed}, judge `num_samples` of each
+    (with `judge`, default the built-in set's metrics.Judge), and write brightness_main.json and
+    brightness_main.png to `out`."""
+    from .. import metrics
+    from .. import train as T
+    from ..sample import generate, load_run
+
+    results, images = {}, {}
+    for name, changes in RUNS.items():
+        cfg = T.TrainConfig(max_steps=max_steps, minutes=0, seed=seed, device=device, threads=threads,
+                            judge_samples=0, sample_every=0, out=str(models_dir / f"main-{name}"), **changes)
+        ckpt = Path(cfg.out) / T.CHECKPOINT
+        cfg.resume = ckpt.exists()
+        print(f"== {name}: python train_cifar.py --max-steps {max_steps} {FLAGS[name]}".rstrip())
+        T.train(cfg)
+        model, config, settings = load_run(ckpt, device=cfg.resolved().device)
+        judge = judge or metrics.Judge.for_dataset("builtin", resolution=config["resolution"])
+        labels = torch.arange(num_samples) % len(judge.real.classes)
+        images[name] = generate(model, config, num_samples, labels=labels, seed=seed + 777, progress=False,
+                                device=str(next(model.parameters()).device), **settings)
+        score = judge.score(images[name], labels)
+        results[name] = dict(score, sampling=settings, flags=FLAGS[name], steps=max_steps)
+        print(metrics.format_table(score, judge.calibration(score["num"]), judge.describe()))
+    calibration = judge.calibration(num_samples)
+    result = dict(experiment="brightness --recipe main", max_steps=max_steps, num_samples=num_samples, seed=seed,
+                  runs=results, calibration=calibration,
+                  w1_ratio=results["flawed"]["brightness_w1"] / max(results["fixed"]["brightness_w1"], 1e-12))
+    write_json(out, "brightness_main", result)
+    plot(result, images, judge.real.other[0], out / "brightness_main.png")
+    return result
+
+
+def plot(result: dict, images: dict, real: torch.Tensor, path: Path, k: int = 16) -> None:
+    """Rows: real images, then each run, k images at evenly spaced brightness quantiles."""
+    plt = pyplot()
+    real_row = result["calibration"]["real"]
+    rows = [(f"real images\nnear-black {real_row['black_backgrounds']:.0%}, near-white {real_row['white_backgrounds']:.0%}",
+             real)]
+    for name, x in images.items():
+        r = result["runs"][name]
+        rows.append((f"{name}: W1 {r['brightness_w1']:.3f}, class acc. {r['accuracy']:.0%}\n"
+                     f"near-black {r['black_backgrounds']:.0%}, near-white {r['white_backgrounds']:.0%}", x))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(k * 0.55 + 3.6, len(rows) * 0.85))
+    for ax, (label, x) in zip(axes, rows):
+        ax.imshow(mosaic(by_brightness(x, k), nrow=k).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    axes[0].set_title(f"the main job's recipe, {result['max_steps']:,} steps: darkest -> brightest", fontsize=8)
+    save_figure(fig, path, dpi=110)
