@@ -20,7 +20,8 @@ StableDiffusionPipeline load it unchanged:
 The UNet is pre-trained with that flawed recipe on purpose: the base then stands where Stable
 Diffusion stood before Lin et al., and `train_latent.py` fine-tunes it with the fixes. Captions
 are made with the images ("a red disc on a nearly black background"), so nothing is downloaded.
-Measuring what the base and the fine-tune draw is `minisd_eval.py`.
+Captions and tokenizer are `minisd_text.py`; measuring what the base and the fine-tune draw is
+`minisd_eval.py`.
 """
 
 from __future__ import annotations
@@ -31,114 +32,14 @@ import math
 import os
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .data import BUILTIN_CLASSES, ImageSet, builtin_shapes, to_float
+from .data import ImageSet, builtin_shapes, to_float
+from .minisd_text import MAX_TOKENS, all_captions, captions_of, write_tokenizer
 from .runtime import UsageError, check_output_folder, require, run_command
-
-# ------------------------------------------------------------------------------------ captions
-
-# The words for data.py's classes (BUILTIN_CLASSES, BUILTIN_COLOURS), in its order.
-COLOUR_WORDS = ("red", "blue", "green", "yellow", "purple", "cyan", "orange", "pink", "silver", "lime")
-SHAPE_WORDS = ("disc", "square", "triangle", "ring", "cross", "diamond", "striped square", "pair of bars",
-               "checkerboard", "pair of dots")
-# Five equal bins of the image's mean brightness, which data.py draws uniform on [-0.9, 0.9].
-BACKGROUND_WORDS = ("nearly black", "dark grey", "mid grey", "light grey", "nearly white")
-BACKGROUND_EDGES = (-0.54, -0.18, 0.18, 0.54)
-MAX_TOKENS = 16  # the longest caption is 12 tokens with <|startoftext|> and <|endoftext|>
-
-
-def background_word(brightness: float) -> str:
-    """"nearly black" ... "nearly white" for a mean brightness in [-1, 1]."""
-    return BACKGROUND_WORDS[sum(brightness >= edge for edge in BACKGROUND_EDGES)]
-
-
-def caption(label: int, brightness: float) -> str:
-    """The caption of a built-in image: "a red disc on a nearly black background"."""
-    return f"a {COLOUR_WORDS[label]} {SHAPE_WORDS[label]} on a {background_word(brightness)} background"
-
-
-def captions_of(data: ImageSet) -> list[str]:
-    """One caption per image, from its class and its measured mean brightness."""
-    brightness = to_float(data.images).mean((1, 2, 3))
-    return [caption(label, b) for label, b in zip(data.labels.tolist(), brightness.tolist())]
-
-
-def all_captions() -> list[str]:
-    """Every caption the built-in set can have (10 classes x 5 backgrounds)."""
-    mids = [-0.72, -0.36, 0.0, 0.36, 0.72]
-    return [caption(label, b) for label in range(len(BUILTIN_CLASSES)) for b in mids]
-
-
-# ----------------------------------------------------------------------------------- tokenizer
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's byte-level alphabet: each of the 256 bytes as a printable character."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return dict(zip(range(256), chars))
-
-
-def learn_bpe(words: list[str]) -> list[tuple[str, str]]:
-    """Byte-pair encoding (Sennrich et al. 2016) as CLIP learnt it, on our caption words: start
-    from characters (the last one marked </w>), merge the most frequent adjacent pair, repeat
-    until every word is a single token. Ties go to the alphabetically first pair, so it is
-    deterministic. Returns the merges in order: the tokenizer replays them in that order."""
-    counts = Counter(words)
-    spelled = {w: tuple(w[:-1]) + (w[-1] + "</w>",) for w in counts}
-    merges = []
-    while True:
-        pairs = Counter()
-        for w, symbols in spelled.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] += counts[w]
-        if not pairs:
-            return merges
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        for w, symbols in spelled.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if symbols[i:i + 2] == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            spelled[w] = tuple(out)
-
-
-def write_tokenizer(folder: Path, captions: list[str]):
-    """A CLIP tokenizer (vocab.json + merges.txt) whose BPE is learnt from `captions`: the 512
-    byte-level characters (with and without </w>) as in CLIP, so any text tokenizes, then one
-    token per merge, then <|startoftext|> and <|endoftext|> last, as in CLIP's own vocabulary."""
-    from transformers import CLIPTokenizer
-
-    alphabet = list(bytes_to_unicode().values())
-    vocab = {ch: i for i, ch in enumerate(alphabet + [ch + "</w>" for ch in alphabet])}
-    merges = learn_bpe([w for text in captions for w in text.lower().split()])
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_TOKENS)
-    tokenizer.save_pretrained(folder)
-    return tokenizer
-
 
 # ------------------------------------------------------------------------------------ networks
 

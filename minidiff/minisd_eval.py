@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import BUILTIN_CLASSES, to_float
-from .minisd import BACKGROUND_WORDS, caption
+from .minisd_text import BACKGROUND_WORDS, caption
 
 FRAME = 2  # pixels: the border that the shapes (radius <= 11 px, centre within 3 px) do not reach
 
@@ -46,11 +46,11 @@ def caption_brightness(images: torch.Tensor, captions: list[str]) -> dict:
 
 
 def reconstruction_figure(real: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
-    """Originals (top row) over their VAE reconstructions (bottom row)."""
+    """Originals (top row) over their VAE reconstructions (bottom row), pixels shown 4 x 4."""
     from torchvision.utils import save_image
 
-    grid = torch.cat([real, recon]).cpu()
-    save_image((grid + 1) / 2, path, nrow=len(real), padding=1)
+    grid = torch.nn.functional.interpolate(torch.cat([real, recon]).cpu(), scale_factor=4, mode="nearest")
+    save_image((grid + 1) / 2, path, nrow=len(real), padding=4, pad_value=0.5)
 
 
 def draw(folder: str | Path, prompts: list[str], *, steps: int, guidance: float, guidance_rescale: float,

@@ -24,7 +24,7 @@ pytest.importorskip("transformers")
 from diffusers import StableDiffusionPipeline  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
-from minidiff import latent, latent_train, minisd, minisd_eval  # noqa: E402
+from minidiff import latent, latent_train, minisd, minisd_eval, minisd_text  # noqa: E402
 from minidiff.data import builtin_shapes, to_float  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,21 +63,22 @@ def tuned(built, tmp_path_factory):
 
 
 def test_captions_name_colour_shape_and_the_background_brightness():
-    assert minisd.caption(0, -0.8) == "a red disc on a nearly black background"
-    assert minisd.caption(9, 0.8) == "a lime pair of dots on a nearly white background"
-    words = [minisd.background_word(b) for b in (-0.9, -0.55, -0.54, -0.2, 0.0, 0.2, 0.53, 0.54, 0.9)]
+    assert minisd_text.caption(0, -0.8) == "a red disc on a nearly black background"
+    assert minisd_text.caption(9, 0.8) == "a lime pair of dots on a nearly white background"
+    assert minisd_text.caption(6, 0.0) == "an orange striped square on a mid grey background"
+    words = [minisd_text.background_word(b) for b in (-0.9, -0.55, -0.54, -0.2, 0.0, 0.2, 0.53, 0.54, 0.9)]
     assert words == ["nearly black", "nearly black", "dark grey", "dark grey", "mid grey", "light grey",
                      "light grey", "nearly white", "nearly white"]
     data = builtin_shapes(200, seed=3)
     brightness = to_float(data.images).mean((1, 2, 3))
-    for text, b in zip(minisd.captions_of(data), brightness.tolist()):
-        assert text.endswith(f"on a {minisd.background_word(b)} background")
-    assert len(set(minisd.all_captions())) == 50
+    for text, b in zip(minisd_text.captions_of(data), brightness.tolist()):
+        assert text.endswith(f"on a {minisd_text.background_word(b)} background")
+    assert len(set(minisd_text.all_captions())) == 50
 
 
 def test_bpe_merges_the_most_frequent_pair_first():
     """Sennrich et al.'s example: "est" is the commonest ending, so e+s then es+t</w> come first."""
-    merges = minisd.learn_bpe(["low"] * 5 + ["lower"] * 2 + ["newest"] * 6 + ["widest"] * 3)
+    merges = minisd_text.learn_bpe(["low"] * 5 + ["lower"] * 2 + ["newest"] * 6 + ["widest"] * 3)
     assert merges[:2] == [("e", "s"), ("es", "t</w>")]
     assert ("low", "er</w>") in merges or ("lo", "wer</w>") in merges or ("l", "ower</w>") in merges
 
@@ -86,9 +87,9 @@ def test_stock_clip_tokenizer_reads_the_vocabulary_one_token_per_word(built):
     folder, _ = built
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    for text in minisd.all_captions():
+    for text in minisd_text.all_captions():
         ids = tokenizer(text).input_ids
-        assert len(ids) == len(text.split()) + 2 <= minisd.MAX_TOKENS  # one per word, plus start and end
+        assert len(ids) == len(text.split()) + 2 <= minisd_text.MAX_TOKENS  # one per word, plus start and end
         assert end not in ids[1:-1]  # <|endoftext|> is also the unknown token: none inside
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
     assert len(tokenizer("a zebra").input_ids) == 2 + 1 + 5  # unseen words fall back to characters
