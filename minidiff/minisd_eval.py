@@ -97,8 +97,13 @@ def compare(base: str | Path, tuned: str | Path, out: str | Path, *, steps: int 
     background and write compare.png and compare.json to `out`. The base is sampled as Stable
     Diffusion was before the paper (its own eps / leading config, plain guidance); the fine-tune
     with all four fixes (its config's zero SNR, v and trailing, guidance rescale 0.7)."""
-    out = Path(out)
-    own = json.loads((Path(base) / "minisd.json").read_text())["caption_background"]
+    from .runtime import check_output_folder, require
+
+    out = check_output_folder(out, "--out")
+    report = Path(base) / "minisd.json"
+    require(report.is_file(), f"--base {base} has no minisd.json: pass a folder written by "
+            "`python -m minidiff.minisd build` (its report holds the captions' own brightness)")
+    own = json.loads(report.read_text())["caption_background"]
     result, images = {"steps": steps, "guidance": guidance, "seed": seed, "captions": own}, {}
     for name, folder, phi in (("base", base, 0.0), ("fine-tuned", tuned, 0.7)):
         for word in ("nearly black", "nearly white"):
