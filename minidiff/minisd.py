@@ -1,6 +1,7 @@
 """Stable Diffusion in miniature: the same four parts, trained here on the built-in shapes.
 
-    python -m minidiff.minisd build --out runs/minisd            # about 5 minutes on one CPU core
+    python -m minidiff.minisd build --out runs/minisd --threads 1   # 8 minutes on one busy CPU core
+    python -m minidiff.minisd compare --base runs/minisd --tuned runs/minisd-fixed --guidance 1
 
 Stable Diffusion is an autoencoder (pixels <-> latents), a text encoder (caption -> one vector
 per token), a UNet that denoises latents while attending to those vectors, and a noise schedule.
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 
 from .data import ImageSet, builtin_shapes, to_float
 from .minisd_text import MAX_TOKENS, all_captions, captions_of, write_tokenizer
-from .runtime import UsageError, check_output_folder, require, run_command
+from .runtime import check_output_folder, require, run_command
 
 # ------------------------------------------------------------------------------------ networks
 
@@ -111,6 +112,7 @@ def train_vae(vae, images: torch.Tensor, *, steps: int, batch_size: int = 32, lr
         x = to_float(images[index])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
+        # both terms per pixel: SD's are both per image, so the ratio kl_weight is the same
         loss = F.mse_loss(recon, x) + kl_weight * posterior.kl().mean() / x[0].numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -264,7 +266,8 @@ def build(out: str | Path, *, vae_steps: int = 600, unet_steps: int = 1200, imag
         "parameters": {name: sum(p.numel() for p in net.parameters())
                        for name, net in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet))},
         "vae_heldout_mse": mse, "vae_heldout_psnr_db": 10 * torch.log10(torch.tensor(4.0 / mse)).item(),
-        "vae_heldout_background_error": (background_brightness(recon) - background_brightness(real)).abs().mean().item(),
+        "vae_heldout_background_error":
+            (background_brightness(recon) - background_brightness(real)).abs().mean().item(),
         "scaling_factor": scaling, "vae_final_loss": sum(vae_losses[-50:]) / len(vae_losses[-50:]),
         "unet_final_loss": sum(unet_losses[-100:]) / len(unet_losses[-100:]),
         "caption_background": caption_brightness(train.images, captions),
@@ -306,6 +309,9 @@ def run(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     if args.command == "compare":
         from .minisd_eval import compare
+
+        require(1 <= args.steps <= 1000, f"--steps must be from 1 to 1000, got {args.steps}")
+        require(args.guidance >= 0, f"--guidance must be 0 or more, got {args.guidance}")
 
         return compare(args.base, args.tuned, args.out, steps=args.steps, guidance=args.guidance, seed=args.seed)
     report = build(args.out, vae_steps=args.vae_steps, unet_steps=args.unet_steps, images=args.images,

@@ -107,7 +107,8 @@ def compare(base: str | Path, tuned: str | Path, out: str | Path, *, steps: int 
     result, images = {"steps": steps, "guidance": guidance, "seed": seed, "captions": own}, {}
     for name, folder, phi in (("base", base, 0.0), ("fine-tuned", tuned, 0.7)):
         for word in ("nearly black", "nearly white"):
-            x = draw(folder, prompts_for(word, repeats), steps=steps, guidance=guidance, guidance_rescale=phi, seed=seed)
+            x = draw(folder, prompts_for(word, repeats), steps=steps, guidance=guidance, guidance_rescale=phi,
+                     seed=seed)
             bg = background_brightness(x)
             images[name, word] = x
             result[f"{name} / {word}"] = {"mean": bg.mean().item(), "min": bg.min().item(), "max": bg.max().item(),

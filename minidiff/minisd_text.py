@@ -57,7 +57,7 @@ def all_captions() -> list[str]:
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's byte-level alphabet: each of the 256 bytes as a printable character."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = [], 0
     for b in range(256):
         if b in keep:
