@@ -41,12 +41,16 @@ from minidiff.unet import PRESETS, UNet  # noqa: E402
 class DiffusersUNet(torch.nn.Module):
     """diffusers.UNet2DModel with minidiff's call signature model(x, t, y=None) -> tensor."""
 
-    def __init__(self, net):
+    def __init__(self, net, patch_size: int = 1):
         super().__init__()
-        self.net = net
+        self.net, self.patch_size = net, patch_size
 
     def forward(self, x, t, y=None):
-        return self.net(x, t).sample
+        p = self.patch_size
+        if p == 1:
+            return self.net(x, t).sample
+        # minidiff's space-to-depth stem, around a UNet2DModel on the p*p*C-channel image
+        return torch.nn.functional.pixel_shuffle(self.net(torch.nn.functional.pixel_unshuffle(x, p), t).sample, p)
 
 
 def diffusers_unet(config: dict) -> torch.nn.Module | None:
@@ -55,14 +59,17 @@ def diffusers_unet(config: dict) -> torch.nn.Module | None:
     resolutions, heads, GroupNorm groups and dropout, so the two have equal parameter counts;
     DDPM's conventions for the rest (GroupNorm eps 1e-6, stride-2 downsampling convs padded on the
     bottom and right, the timestep sinusoid as [sin, cos] with frequency shift 1). With
-    PRESETS["ddpm-cifar10"] this is google/ddpm-cifar10-32's configuration."""
+    PRESETS["ddpm-cifar10"] this is google/ddpm-cifar10-32's configuration. A preset with a
+    space-to-depth stem (patch_size p) becomes UNet2DModel on the p*p*C-channel image of side
+    size/p, between pixel_unshuffle and pixel_shuffle."""
     try:
         from diffusers import UNet2DModel
     except ImportError:
         return None
     if config.get("num_classes"):
         raise ValueError("the diffusers comparison is for unconditional presets (num_classes=None)")
-    size, ch, mults = config["image_size"], config["base_channels"], config["channel_mults"]
+    patch = config.get("patch_size", 1)
+    size, ch, mults = config["image_size"] // patch, config["base_channels"], config["channel_mults"]
     widths = [ch * m for m in mults]
     attn = [size // 2**level in config["attn_resolutions"] for level in range(len(mults))]
     heads = config["num_heads"]
@@ -74,14 +81,14 @@ def diffusers_unet(config: dict) -> torch.nn.Module | None:
                              "needs one head width for all of them")
         head_dim = dims.pop()
     net = UNet2DModel(
-        sample_size=size, in_channels=config["in_channels"], out_channels=config["out_channels"],
+        sample_size=size, in_channels=config["in_channels"] * patch**2, out_channels=config["out_channels"] * patch**2,
         layers_per_block=config["num_res_blocks"], block_out_channels=tuple(widths),
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         dropout=config["dropout"], attention_head_dim=head_dim, norm_num_groups=config["norm_groups"],
         norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
     )
-    return DiffusersUNet(net)
+    return DiffusersUNet(net, patch)
 
 
 def diffusers_ddpm_cifar10() -> torch.nn.Module | None:

@@ -8,7 +8,7 @@ report used (stored in the checkpoint), so with no flags this draws what the run
 the first line printed says which settings were used. The EMA weights are used unless --no-ema. Output: a PNG grid and/or
 an .npz holding `images`, uint8 [N, H, W, 3], and `labels` (what minidiff.fid reads).
 
-    python -m minidiff.sample runs/builtin-small-linear-zsnr-v/checkpoint.pt --num 100
+    python -m minidiff.sample runs/builtin-small-patch2-linear-zsnr-v/checkpoint.pt --num 100
     python -m minidiff.sample CKPT --sampler dpmpp_2m --steps 10                # faster, same model
     python -m minidiff.sample CKPT --num 50000 --npz samples.npz --png ""      # for FID
 """

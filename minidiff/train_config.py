@@ -38,15 +38,18 @@ RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
-                    timesteps_uniform=1.0, timesteps_low_snr=0.0, guidance=1.0),
-    "builtin": dict(preset="small", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
+                    timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0),
+    # The built-in recipe (docs/training.md, "the brightness study"): the space-to-depth network,
+    # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
+    # noise level's loss over its running mean so that the noisy levels do not drown the shapes.
+    "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=500, timesteps="logsnr_normal",
-                    timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, guidance=3.0),
+                    timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", guidance=3.0),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
                    ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
-                   timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, guidance=1.0),
+                   timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, weighting="none", guidance=1.0),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
@@ -76,7 +79,7 @@ class TrainConfig:
     warmup: int | None = None
     lr_decay: str = "constant"        # after the warm-up: constant (DDPM) or cosine to 0 at the run's end
     grad_clip: float = 1.0
-    weighting: str = "none"           # loss weight per timestep: none (Lin et al.'s v loss), min-SNR, or level_mean
+    weighting: str | None = None      # loss weight per timestep: none (Lin et al.'s v loss), min_snr, or level_mean
     timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
     timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
     timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (brightness)
@@ -137,7 +140,7 @@ def native_resolution(cfg: TrainConfig) -> int | None:
 
 
 def default_run_name(cfg: TrainConfig) -> str:
-    """e.g. builtin-small-linear-zsnr-v: the choices that the two papers are about."""
+    """e.g. builtin-small-patch2-linear-zsnr-v: the choices that the two papers are about."""
     snr = "zsnr" if cfg.zero_snr else "snr"
     return f"{cfg.dataset}-{cfg.preset}-{cfg.schedule}-{snr}-{cfg.prediction}"
 
@@ -174,7 +177,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="after the warm-up: constant, or cosine to 0 at the end (of --max-steps or --minutes)")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
-                     help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's learned weighting)")
+                     help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "
+                          "learned weighting; recipe: level_mean builtin, none else)")
     opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS,
                      help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4), mixed with uniform)")
     opt.add_argument("--timesteps-uniform", type=float,

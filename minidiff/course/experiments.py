@@ -28,7 +28,7 @@ LAM_B, LAM_PIX = 0.3**2 + D * 0.5**2, 0.3**2   # variance along the brightness d
 MU = torch.tensor([0.2 * math.sqrt(D), 0.0], dtype=torch.float64)  # mean brightness 0.2
 LAM = torch.tensor([LAM_B, LAM_PIX], dtype=torch.float64)
 SD, SD_ZERO = Schedule.make("scaled_linear"), Schedule.make("scaled_linear", zero_snr=True)
-CHECKPOINT = Path("runs/builtin-small-linear-zsnr-v/checkpoint.pt")  # the main job's
+CHECKPOINT = Path("runs/builtin-small-patch2-linear-zsnr-v/checkpoint.pt")  # the main job's
 
 
 def exact_x0(x, a):

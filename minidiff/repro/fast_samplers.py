@@ -16,7 +16,7 @@ Two figures:
 
     python -m minidiff.repro fast-samplers                                 # seconds, no training
     python -m minidiff.repro fast-samplers --figures-dir docs/figures      # refresh the course's figures
-    python -m minidiff.repro fast-samplers --checkpoint runs/builtin-small-linear-zsnr-v/checkpoint.pt
+    python -m minidiff.repro fast-samplers --checkpoint runs/builtin-small-patch2-linear-zsnr-v/checkpoint.pt
 
 With --checkpoint (a model trained on the built-in shapes by train_cifar.py) it also draws
 --num-samples images per sampler and NFE from that model, every class in turn, and scores them with
