@@ -3,7 +3,7 @@
 FID needs Inception weights from the internet and 50,000 samples; a student's ten-minute CPU run
 has neither. This file measures samples against a labelled set (the built-in shapes, or a folder
 with one sub-folder per class) with a classifier trained on that set's own real images, once, in
-seconds, and cached on disk by a fingerprint of the data it describes. Three measures:
+seconds, and cached on disk by a fingerprint of the data it describes. The measures:
 
 - **Frechet distance** between the samples and held-out real images in the classifier's
   penultimate features (64 numbers an image): Heusel et al.'s FID formula, computed by
