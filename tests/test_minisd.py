@@ -6,7 +6,7 @@ captions say the background, does the folder load as Stable Diffusion's does, ha
 to reconstruct, does the fine-tune lower the held-out loss, does its export load in a stock
 pipeline. Whether the fine-tune follows "nearly black" and "nearly white" better than the base
 needs a base that has learnt to read its captions, which takes the full build: that test is
-marked slow (about 15 minutes on one core: the README's three commands).
+marked slow (12 minutes on one core: the README's build and fine-tune, then the comparison).
 """
 
 from __future__ import annotations
