@@ -146,7 +146,6 @@ def dpm_checks():
 
     def second_order(fn):
         # x0(lambda) linear in lambda: the 2M step's error is O(h^3) per step, DDIM's O(h^2)
-        lam = solvers.half_log_snr
         ab = lambda l: 1 / (1 + math.exp(-2 * l))
         errs = []
         for h in (0.2, 0.1):

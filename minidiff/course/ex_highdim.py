@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..interpolants import DilatedTime, make_interpolant
-from .core import Exercise, Fail, call, explain, random_inputs, same, tensor_like, tolerance
+from .core import Exercise, Fail, call, explain, random_inputs, tensor_like, tolerance
 
 ARANGURI = "Aranguri et al. 2025"
 

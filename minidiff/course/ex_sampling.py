@@ -10,7 +10,7 @@ import torch
 from .. import objectives, samplers
 from ..analytic import GaussianDenoiser
 from ..schedules import Schedule
-from .core import Exercise, Fail, call, explain, fmt, random_inputs, same, tensor_like, tolerance
+from .core import Exercise, Fail, call, explain, random_inputs, same, tensor_like, tolerance
 
 LIN = "Lin et al. 2023"
 

@@ -199,7 +199,7 @@ def rescale_checks():
         if abs(a) < 1e-15:
             return
         if abs(a - 0.068265**2) < 1e-6:
-            raise Fail(f"the terminal SNR is 0.0047, not 0: the rescale was not applied")
+            raise Fail("the terminal SNR is 0.0047, not 0: the rescale was not applied")
         raise Fail(f"alpha_bar_T is {fmt(a)}, not 0: subtract the last sqrt(alpha_bar) from every sqrt(alpha_bar)")
 
     def first(fn):

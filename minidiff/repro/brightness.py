@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .common import (DARK, BRIGHT, MODELS, brightness_stats, by_brightness, data_brightness_stats, draw,
-                     experiment_parser, image_brightness, mosaic, publish_figures, pyplot, save_figure, scale_of, timer,
+from .common import (DARK, BRIGHT, MODELS, brightness_stats, brightness_strips, data_brightness_stats, draw,
+                     experiment_parser, image_brightness, publish_figures, pyplot, save_figure, scale_of, timer,
                      trained_model, training_data, write_json)
 
 # (key, label, model, spacing): each setup adds one fix to the flawed one, then all together.
@@ -120,16 +120,8 @@ def plot_histograms(result: dict, samples: dict, data_b: torch.Tensor, path: Pat
 
 def plot_ranges(result: dict, samples: dict, data_images: torch.Tensor, path: Path, k: int = 12) -> None:
     """One row per setup: k samples at evenly spaced brightness quantiles, darkest to brightest."""
-    plt = pyplot()
     rows = [("data", data_images)] + [(r["label"], samples[r["setup"]]) for r in result["setups"]]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(k * 0.55 + 3.2, len(rows) * 0.68))
-    for ax, (label, images) in zip(axes, rows):
-        ax.imshow(mosaic(by_brightness(images, k), nrow=k).numpy(), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    axes[0].set_title("darkest -> brightest (images at evenly spaced brightness quantiles)", fontsize=8)
-    save_figure(fig, path, dpi=110)
+    brightness_strips(rows, path, "darkest -> brightest (images at evenly spaced brightness quantiles)", k)
 
 
 def main(argv=None):

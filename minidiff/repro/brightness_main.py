@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .common import by_brightness, mosaic, pyplot, save_figure, write_json
+from .common import brightness_strips, write_json
 
 RUNS = {
     "fixed": dict(),
@@ -67,7 +67,6 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
 
 def plot(result: dict, images: dict, real: torch.Tensor, path: Path, k: int = 16) -> None:
     """Rows: real images, then each run, k images at evenly spaced brightness quantiles."""
-    plt = pyplot()
     real_row = result["calibration"]["real"]
     rows = [(f"real images\nnear-black {real_row['black_backgrounds']:.0%}, near-white {real_row['white_backgrounds']:.0%}",
              real)]
@@ -75,11 +74,5 @@ def plot(result: dict, images: dict, real: torch.Tensor, path: Path, k: int = 16
         r = result["runs"][name]
         rows.append((f"{name}: W1 {r['brightness_w1']:.3f}, class acc. {r['accuracy']:.0%}\n"
                      f"near-black {r['black_backgrounds']:.0%}, near-white {r['white_backgrounds']:.0%}", x))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(k * 0.55 + 3.6, len(rows) * 0.85))
-    for ax, (label, x) in zip(axes, rows):
-        ax.imshow(mosaic(by_brightness(x, k), nrow=k).numpy(), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    axes[0].set_title(f"the main job's recipe, {result['max_steps']:,} steps: darkest -> brightest", fontsize=8)
-    save_figure(fig, path, dpi=110)
+    brightness_strips(rows, path, f"the main job's recipe, {result['max_steps']:,} steps: darkest -> brightest", k,
+                      row_height=0.85, label_width=3.6)

@@ -395,6 +395,21 @@ def by_brightness(images: torch.Tensor, k: int) -> torch.Tensor:
     return images[order[pick]]
 
 
+def brightness_strips(rows: list[tuple[str, torch.Tensor]], path: Path, title: str, k: int = 12,
+                      row_height: float = 0.68, label_width: float = 3.2) -> None:
+    """One labelled row per (label, images): k images at evenly spaced brightness quantiles,
+    darkest to brightest, so the range each set covers can be seen at a glance."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(k * 0.55 + label_width, len(rows) * row_height))
+    for ax, (label, images) in zip(axes, rows):
+        ax.imshow(mosaic(by_brightness(images, k), nrow=k).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    axes[0].set_title(title, fontsize=8)
+    save_figure(fig, path, dpi=110)
+
+
 def grid_figure(cells: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str], nrow: int,
                 path: Path, cell_size: tuple[float, float], dpi: int = 100) -> None:
     """A table of sample mosaics: cells[i][j] is a batch of images shown with `mosaic(.., nrow)`,
