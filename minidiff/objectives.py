@@ -83,6 +83,8 @@ class LossPerLevel(torch.nn.Module):
     optimum directly, as a running mean of the loss in each of `num_bins` bins of timesteps
     (decay `decay` per update), so every level's loss enters the gradient at about the same size.
     A buffer, not a parameter: it is saved in the checkpoint and needs no optimiser.
+    `last_unweighted` keeps the plain mean loss of the last batch: the weighted one hovers near 1
+    by construction, so the trainer logs this one, comparable across weightings.
     """
 
     def __init__(self, num_timesteps: int = 1000, num_bins: int = 50, decay: float = 0.99):
@@ -98,6 +100,7 @@ class LossPerLevel(torch.nn.Module):
         """per_sample [B] losses at timesteps t [B] -> the same divided by their bins' running means
         (updated with this batch first, so a level's first loss is divided by itself)."""
         b = self.bins(t).to(self.mean_loss.device)
+        self.last_unweighted = per_sample.detach().mean()
         with torch.no_grad():
             sums = torch.zeros_like(self.mean_loss).index_add_(0, b, per_sample.detach().double())
             counts = torch.zeros_like(self.mean_loss).index_add_(0, b, torch.ones_like(sums[b]))

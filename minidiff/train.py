@@ -66,7 +66,7 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
     `forward` is what computes the loss (the model, or its compiled / DDP wrapper); `model` is
     the plain module whose weights the optimiser and the EMA hold. `timestep_probs` is p(t)
     (made once by timestep_probabilities; None: uniform); `loss_per_level` holds the running
-    means of weighting "level_mean". Returns the loss (detached).
+    means of weighting "level_mean". Returns the plain (unweighted) loss, detached.
     """
     if cfg.class_cond:
         y = drop_labels(y, cfg.label_dropout, null_class, noise_gen)
@@ -82,7 +82,11 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     ema.update(model)
-    return loss.detach()
+    if loss_per_level is None:
+        return loss.detach()
+    # What the metrics log: the plain loss (level_mean's weighted one sits near 1 by construction),
+    # unless the optimised loss is not finite, so that the NaN check still sees it (no sync here).
+    return torch.where(torch.isfinite(loss), loss_per_level.last_unweighted, loss).detach()
 
 
 # ------------------------------------------------------------------------------- checkpoints

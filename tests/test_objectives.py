@@ -198,6 +198,7 @@ def test_loss_per_level_divides_each_level_by_its_running_mean():
     loss = torch.tensor([0.01, 0.03, 2.0, 2.0, 0.5])
     out = w(loss, t)
     assert out.tolist() == pytest.approx([0.5, 1.5, 1.0, 1.0, 1.0])
+    assert w.last_unweighted.item() == pytest.approx(loss.mean().item())  # what the trainer logs
     assert w.mean_loss[[0, 9, 5]].tolist() == pytest.approx([0.02, 2.0, 0.5]) and not w.seen[1]
     w(torch.tensor([0.12]), torch.tensor([10]))          # bin 0 again: 0.9 * 0.02 + 0.1 * 0.12
     assert w.mean_loss[0].item() == pytest.approx(0.03)
