@@ -302,7 +302,8 @@ def generate(components: LatentComponents, prompts: list[str], *, negative_promp
     if schedule is None:
         schedule = base_schedule(config, bool(config.get("rescale_betas_zero_snr", False)))
     prediction = prediction or prediction_of(config)
-    spacing = spacing or config.get("timestep_spacing", "trailing")
+    # a config without the key means diffusers' default, "leading" (Stable Diffusion 2.1-base's own)
+    spacing = spacing or config.get("timestep_spacing", "leading")
     steps_offset = int(config.get("steps_offset", 0)) if spacing == "leading" else 0
     device = components.unet.device
     y = encode_prompts(components, prompts)
