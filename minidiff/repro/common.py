@@ -375,9 +375,7 @@ def data_brightness_stats(data_brightness: torch.Tensor) -> dict:
 
 def to_display(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float or uint8 images -> float [0, 1], for plotting."""
-    if images.dtype == torch.uint8:
-        return images.float() / 255
-    return (images.float().clamp(-1, 1) + 1) / 2
+    return images.float() / 255 if images.dtype == torch.uint8 else (images.float().clamp(-1, 1) + 1) / 2
 
 
 def mosaic(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
@@ -397,14 +395,12 @@ def by_brightness(images: torch.Tensor, k: int) -> torch.Tensor:
 
 def brightness_strips(rows: list[tuple[str, torch.Tensor]], path: Path, title: str, k: int = 12,
                       row_height: float = 0.68, label_width: float = 3.2) -> None:
-    """One labelled row per (label, images): k images at evenly spaced brightness quantiles,
-    darkest to brightest, so the range each set covers can be seen at a glance."""
+    """One labelled row per (label, images): k images at evenly spaced brightness quantiles."""
     plt = pyplot()
     fig, axes = plt.subplots(len(rows), 1, figsize=(k * 0.55 + label_width, len(rows) * row_height))
     for ax, (label, images) in zip(axes, rows):
         ax.imshow(mosaic(by_brightness(images, k), nrow=k).numpy(), interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     axes[0].set_title(title, fontsize=8)
     save_figure(fig, path, dpi=110)
@@ -421,8 +417,7 @@ def grid_figure(cells: list[list[torch.Tensor]], row_labels: list[str], col_labe
         for j, images in enumerate(row):
             ax = axes[i, j]
             ax.imshow(mosaic(images, nrow=nrow).numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if i == 0:
                 ax.set_title(col_labels[j], fontsize=9)
             if j == 0:
