@@ -82,3 +82,10 @@ def test_importing_the_sampling_command_does_not_import_the_trainer():
     code = "import sys, minidiff.sample; assert 'minidiff.train' not in sys.modules, 'minidiff.train was imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_library_file_reads_in_one_sitting():
+    """No file in minidiff/ is over 450 lines (issue 19: split along the ideas, not at a line count)."""
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 450}
+    assert not long, f"files over 450 lines: {long}"
