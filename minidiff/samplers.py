@@ -207,12 +207,12 @@ def sample(
     stochastic = sampler == "ddpm" or eta > 0
     xs, x0s = ([x.cpu()], []) if return_trajectory else (None, None)
 
-    log_snr = schedule.log_snr.tolist()
+    log_snr = None if guidance_interval is None else schedule.log_snr.tolist()
 
     def denoise(x, t):
         """(x0, eps) predicted at (x, t), guided (inside guidance_interval, if one is given)."""
         t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=device)
-        w = guidance if guidance_interval is None or guidance_interval[0] <= log_snr[t] <= guidance_interval[1] else 1.0
+        w = guidance if log_snr is None or guidance_interval[0] <= log_snr[t] <= guidance_interval[1] else 1.0
         out = guided_output(model, x, t_batch, y=y, uncond_y=uncond_y, guidance=w, guidance_rescale=guidance_rescale)
         return to_x0_eps(prediction, out.to(dtype), x, ab[t])
 

@@ -40,12 +40,12 @@ def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, p
     y = (torch.arange(n, device=device) // nrow) % num_classes if cfg.class_cond else None
     shape = (n, channels, cfg.resolution, cfg.resolution)
     gen = torch.Generator(device).manual_seed(cfg.seed + 12345)
+    settings = report_sampling(plain_config(cfg))  # the grids draw as the report does
     with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
-        guided = cfg.class_cond and cfg.guidance != 1.0
-        x = sample(model, shape, schedule, prediction=cfg.prediction, steps=cfg.sample_steps,
-                   spacing=cfg.spacing, y=y, uncond_y=torch.full_like(y, num_classes) if guided else None,
-                   guidance=cfg.guidance if guided else 1.0, guidance_rescale=cfg.guidance_rescale,
-                   generator=gen, device=device, progress=False)
+        guided = settings["guidance"] != 1.0
+        x = sample(model, shape, schedule, prediction=cfg.prediction, y=y,
+                   uncond_y=torch.full_like(y, num_classes) if guided else None, generator=gen, device=device,
+                   progress=False, **settings)
     images = datasets.to_uint8(x.float()).cpu()
     torchvision.utils.save_image(images.float() / 255, path, nrow=nrow, padding=1)
     return images
