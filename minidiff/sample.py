@@ -43,11 +43,12 @@ def load_model(checkpoint: str | Path, *, ema: bool = True, device="cpu") -> tup
 
 def load_run(checkpoint: str | Path, *, ema: bool = True, device="cpu") -> tuple[UNet, dict, dict]:
     """load_model's (UNet, config), and the sampler settings the run's own report used
-    (checkpoints written before they were stored: the same settings, rebuilt from the config)."""
+    (what checkpoints written before a setting was stored lack is rebuilt from the config)."""
     ckpt = load_checkpoint(checkpoint, kind="pixel")
     model = UNet(**ckpt["model_config"])
     model.load_state_dict(ckpt["ema" if ema else "model"])
-    return model.to(device).eval(), ckpt["config"], ckpt.get("sampling") or report_sampling(ckpt["config"])
+    settings = {**report_sampling(ckpt["config"]), **(ckpt.get("sampling") or {})}  # keys added since: from the config
+    return model.to(device).eval(), ckpt["config"], settings
 
 
 def schedule_of(config: dict) -> Schedule:
@@ -58,17 +59,19 @@ def schedule_of(config: dict) -> Schedule:
 def report_sampling(config: dict) -> dict:
     """The sampler settings a run's own report (and its grids) use, from the run's config (a plain
     dict): DDIM at `sample_steps` with the run's spacing, and, for a class-conditional model, its
-    guidance weight and rescale. Stored in the checkpoint as "sampling"."""
+    guidance weight and rescale, and whether x0 is clipped. Stored in the checkpoint as "sampling"."""
     guided = bool(config.get("class_cond")) and config.get("guidance", 1.0) != 1.0
     return dict(sampler="ddim", steps=config["sample_steps"], spacing=config.get("spacing", "trailing"),
                 guidance=config["guidance"] if guided else 1.0,
-                guidance_rescale=config.get("guidance_rescale", 0.0) if guided else 0.0)
+                guidance_rescale=config.get("guidance_rescale", 0.0) if guided else 0.0,
+                clip_x0=bool(config.get("clip_x0", False)))
 
 
 def describe_sampling(settings: dict) -> str:
-    """e.g. "ddim, 25 trailing steps, guidance 3, rescale 0.7"."""
+    """e.g. "ddim, 25 trailing steps, guidance 2, rescale 0"."""
     text = f"{settings['sampler']}, {settings['steps']} {settings['spacing']} steps, guidance {settings['guidance']:g}"
-    return text + (f", rescale {settings['guidance_rescale']:g}" if settings["guidance"] != 1.0 else "")
+    text += f", rescale {settings['guidance_rescale']:g}" if settings["guidance"] != 1.0 else ""
+    return text + (", x0 clipped to [-1, 1]" if settings.get("clip_x0") else "")
 
 
 def class_labels(classes: list[str] | None, num: int, num_classes: int | None) -> torch.Tensor | None:
@@ -93,7 +96,7 @@ def class_labels(classes: list[str] | None, num: int, num_classes: int | None) -
 def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", steps: int = 50,
              spacing: str | None = None, eta: float = 0.0, guidance: float = 1.0,
              guidance_rescale: float = 0.0, guidance_interval: tuple[float, float] | None = None,
-             labels: torch.Tensor | None = None, seed: int = 0,
+             clip_x0: bool = False, labels: torch.Tensor | None = None, seed: int = 0,
              batch_size: int = 256, device="cpu", progress: bool = True) -> torch.Tensor:
     """`num` samples as uint8 [num, C, H, W] (the checkpoint's channels and size), drawn in batches (one seed per batch index, so the
     same seed and batch size give the same images)."""
@@ -114,7 +117,8 @@ def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", step
         x = sample(model, (n, channels, size, size), schedule, prediction=config["prediction"], steps=steps,
                    spacing=spacing or config.get("spacing", "trailing"), sampler=sampler, eta=eta,
                    y=y, uncond_y=uncond if guidance != 1.0 else None, guidance=guidance,
-                   guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, generator=gen,
+                   guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, clip_x0=clip_x0,
+                   generator=gen,
                    device=device, progress=False)
         out[start:start + n] = to_uint8(x).cpu()
     return out
@@ -156,6 +160,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="classifier-free guidance weight w, 1: none (default: the run's report's)")
     p.add_argument("--guidance-rescale", type=float,
                    help="phi of Lin et al. Alg. 2, 0.7 in the paper (default: the run's report's)")
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
+                   help="clip each predicted x0 to [-1, 1] (default: as the run's report)")
     p.add_argument("--class", dest="classes", nargs="+", metavar="K",
                    help="class label(s) to draw, in turn; 'null' for unconditional (default: every class)")
     p.add_argument("--num", type=int, default=64, help="number of images")
@@ -202,7 +208,7 @@ def run(args: argparse.Namespace) -> None:
             "--guidance needs a class-conditional model (train with --class-cond); this one has no labels to guide towards")
     images = generate(model, config, args.num, sampler=args.sampler, steps=args.steps,
                       spacing=args.spacing, eta=args.eta, guidance=args.guidance,
-                      guidance_rescale=args.guidance_rescale, labels=labels, seed=args.seed,
+                      guidance_rescale=args.guidance_rescale, clip_x0=args.clip_x0, labels=labels, seed=args.seed,
                       batch_size=args.batch_size, device=args.device)
     png = Path(args.checkpoint).with_name("samples.png") if args.png is None else args.png
     if png:

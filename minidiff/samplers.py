@@ -173,6 +173,7 @@ def sample(
     guidance: float = 1.0,
     guidance_rescale: float = 0.0,
     guidance_interval: tuple[float, float] | None = None,
+    clip_x0: bool = False,
     generator: torch.Generator | None = None,
     device=None,
     dtype: torch.dtype = torch.float32,
@@ -191,6 +192,11 @@ def sample(
     `guidance_interval` = (lo, hi) applies the guidance only at timesteps whose log-SNR lies in
     [lo, hi] and samples unguided elsewhere (Kynkaanniemi et al. 2024: guidance at high noise
     levels narrows what is drawn, at low noise levels it does little).
+
+    `clip_x0` clips every predicted x0 to the data range [-1, 1] and takes eps from the clipped x0
+    (DDPM's sampler does; diffusers' clip_sample). It rescues eps prediction where x0 = (x_t -
+    sqrt(1 - a) eps) / sqrt(a) magnifies the network's error by 1 / sqrt(a), 157 at the last step
+    of DDPM's linear schedule; with v prediction it is rarely needed.
     """
     check_prediction(prediction, schedule)
     if sampler not in SAMPLERS:
@@ -214,7 +220,12 @@ def sample(
         t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=device)
         w = guidance if log_snr is None or guidance_interval[0] <= log_snr[t] <= guidance_interval[1] else 1.0
         out = guided_output(model, x, t_batch, y=y, uncond_y=uncond_y, guidance=w, guidance_rescale=guidance_rescale)
-        return to_x0_eps(prediction, out.to(dtype), x, ab[t])
+        x0, eps = to_x0_eps(prediction, out.to(dtype), x, ab[t])
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            if ab[t] < 1:
+                eps = (x - ab[t] ** 0.5 * x0) / (1 - ab[t]) ** 0.5
+        return x0, eps
 
     history = []  # the multistep solvers' past (x0, alpha_bar), newest first
     ts = timesteps.tolist()

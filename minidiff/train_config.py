@@ -38,18 +38,23 @@ RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
-                    timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0),
+                    timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
+                    guidance_rescale=0.7),
     # The built-in recipe (docs/training.md, "the brightness study"): the space-to-depth network,
     # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
     # noise level's loss over its running mean so that the noisy levels do not drown the shapes.
+    # Its report samples with guidance 2 and no guidance rescale: at w = 3 the rescale of 0.7
+    # squeezed the brightness (W1 0.19 against 0.11 without it, docs/06_guidance.md).
     "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=500, timesteps="logsnr_normal",
-                    timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", guidance=3.0),
+                    timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", guidance=2.0,
+                    guidance_rescale=0.0),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
                    ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
-                   timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, weighting="none", guidance=1.0),
+                   timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
+                   guidance_rescale=0.7),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
@@ -101,7 +106,8 @@ class TrainConfig:
     log_every: int = 10
     num_samples: int = 100
     guidance: float | None = None     # classifier-free guidance of the grids and the quality measure (1: none)
-    guidance_rescale: float = 0.7     # Lin et al.'s rescale of guided samples (phi of Algorithm 2)
+    guidance_rescale: float | None = None  # Lin et al.'s rescale of guided samples (phi of Algorithm 2)
+    clip_x0: bool = False             # clip each predicted x0 to [-1, 1] when the grids and report sample
     judge_samples: int | None = None  # samples the end-of-run quality measure draws (minidiff.metrics); 0: none
     out: str | None = None
     resume: bool = False
@@ -204,9 +210,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     run.add_argument("--spacing", choices=SPACINGS, default=d.spacing, help="timestep spacing for those grids")
     run.add_argument("--num-samples", type=int, default=d.num_samples, help="images per grid")
     run.add_argument("--guidance", type=float,
-                     help="classifier-free guidance weight of the grids and the quality measure (recipe: 3 builtin, else 1)")
-    run.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale,
-                     help="Lin et al.'s rescale of guided samples")
+                     help="classifier-free guidance weight of the grids and the quality measure (recipe: 2 builtin, else 1)")
+    run.add_argument("--guidance-rescale", type=float,
+                     help="Lin et al.'s rescale of guided samples (recipe: 0 builtin, 0.7 else)")
+    run.add_argument("--clip-x0", action=flag, default=d.clip_x0,
+                     help="clip each predicted x0 to [-1, 1] when the grids and the report sample (DDPM's sampler "
+                          "does; eps prediction without zero SNR needs it)")
     run.add_argument("--judge-samples", type=int,
                      help="samples scored at the end by minidiff.metrics (recipe: 500 builtin and labelled folders; 0: none)")
     run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")

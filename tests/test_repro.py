@@ -258,8 +258,8 @@ def test_highdim_bridge_dilated_ddim_recovers_the_mode_weight(tmp_path):
 
 def test_brightness_main_recipe_trains_fixed_and_flawed_one_flag_set_apart(tmp_path):
     """--recipe main: the two runs differ only in Lin et al.'s fixes, each is judged with the
-    sampler settings its own run reports (flawed: leading steps, no rescale), and the JSON's ratio
-    is the two W1s' ratio."""
+    sampler settings its own run reports (flawed: leading steps, x0 clipped as DDPM's sampler
+    does), and the JSON's ratio is the two W1s' ratio."""
     from minidiff.repro import brightness_main
     from minidiff import train as T
 
@@ -268,10 +268,11 @@ def test_brightness_main_recipe_trains_fixed_and_flawed_one_flag_set_apart(tmp_p
     judge = metrics.Judge.for_dataset("builtin", resolution=32, num=500, num_reference=200, cache_dir=None, progress=False)
     res = brightness_main.run(tmp_path / "out", tmp_path / "models", max_steps=1, num_samples=10, threads=1, judge=judge)
     fixed, flawed = res["runs"]["fixed"], res["runs"]["flawed"]
-    assert fixed["sampling"]["spacing"] == "trailing" and fixed["sampling"]["guidance_rescale"] == 0.7
-    assert flawed["sampling"]["spacing"] == "leading" and flawed["sampling"]["guidance_rescale"] == 0.0
+    assert fixed["sampling"]["spacing"] == "trailing" and not fixed["sampling"]["clip_x0"]
+    assert flawed["sampling"]["spacing"] == "leading" and flawed["sampling"]["clip_x0"]
+    assert fixed["sampling"]["guidance"] == flawed["sampling"]["guidance"] == 2.0
     configs = [T.load_checkpoint(tmp_path / "models" / f"main-{n}" / T.CHECKPOINT)["config"] for n in ("fixed", "flawed")]
     differ = {k for k in configs[0] if configs[0][k] != configs[1][k]}
-    assert differ == {"zero_snr", "prediction", "spacing", "guidance_rescale", "out"}
+    assert differ == {"zero_snr", "prediction", "spacing", "clip_x0", "out"}
     assert res["w1_ratio"] == pytest.approx(flawed["brightness_w1"] / fixed["brightness_w1"])
     assert (tmp_path / "out" / "brightness_main.png").stat().st_size > 0

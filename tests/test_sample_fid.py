@@ -165,15 +165,16 @@ def test_sample_rejects_bad_classes(tiny_checkpoint, capsys):
 
 def test_sample_cli_defaults_to_the_run_report_settings(tiny_checkpoint, tmp_path, capsys):
     """No sampler flags: the checkpoint's stored report settings (the builtin recipe: DDIM at its
-    sample_steps, guidance 3, rescale 0.7), image for image; a flag overrides only itself; a
+    sample_steps, guidance 2, no rescale, no clipping), image for image; a flag overrides only itself; a
     checkpoint written before the settings were stored gets the same ones from its config."""
     ckpt = T.load_checkpoint(tiny_checkpoint)
-    assert ckpt["sampling"] == dict(sampler="ddim", steps=2, spacing="trailing", guidance=3.0, guidance_rescale=0.7)
+    assert ckpt["sampling"] == dict(sampler="ddim", steps=2, spacing="trailing", guidance=2.0, guidance_rescale=0.0,
+                                   clip_x0=False)
     model, config = sample.load_model(tiny_checkpoint)
     labels = torch.arange(6) % 10
     npz = tmp_path / "s.npz"
     sample.main([str(tiny_checkpoint), "--num", "6", "--png", "", "--npz", str(npz)])
-    assert "sampling with ddim, 2 trailing steps, guidance 3, rescale 0.7 (the run's report" in capsys.readouterr().out
+    assert "sampling with ddim, 2 trailing steps, guidance 2, rescale 0 (the run's report" in capsys.readouterr().out
     expected = sample.generate(model, config, 6, labels=labels, seed=0, progress=False, **ckpt["sampling"])
     with np.load(npz) as f:
         assert np.array_equal(f["images"], expected.permute(0, 2, 3, 1).numpy())
@@ -183,6 +184,12 @@ def test_sample_cli_defaults_to_the_run_report_settings(tiny_checkpoint, tmp_pat
     unguided = sample.generate(model, config, 6, labels=labels, seed=0, progress=False, sampler="ddim", steps=2)
     with np.load(npz) as f:
         assert np.array_equal(f["images"], unguided.permute(0, 2, 3, 1).numpy())
+
+    sample.main([str(tiny_checkpoint), "--num", "6", "--png", "", "--npz", str(npz), "--clip-x0"])
+    assert "guidance 2, rescale 0, x0 clipped to [-1, 1] (flags: --clip-x0;" in capsys.readouterr().out
+    clipped = sample.generate(model, config, 6, labels=labels, seed=0, progress=False, **{**ckpt["sampling"], "clip_x0": True})
+    with np.load(npz) as f:
+        assert np.array_equal(f["images"], clipped.permute(0, 2, 3, 1).numpy())
 
     old = {k: v for k, v in ckpt.items() if k != "sampling"}
     torch.save(old, tmp_path / "old.pt")

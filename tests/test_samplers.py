@@ -208,3 +208,24 @@ def test_guidance_interval_guides_only_inside_its_log_snr_band():
     assert torch.equal(draw(guidance=4.0, guidance_interval=(50.0, 60.0)), unguided)
     part = draw(guidance=4.0, guidance_interval=(-5.0, 30.0))
     assert not torch.allclose(part, guided) and not torch.allclose(part, unguided)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp_2m"])
+def test_clip_x0_keeps_every_predicted_x0_in_the_data_range(sampler):
+    """An eps model whose x0 is 5 everywhere ends at 5 unclipped and at exactly 1 clipped; a model
+    whose x0 lies inside [-1, 1] is not changed by the clip."""
+    s = Schedule.make("linear")
+
+    def eps_for(x0_value):
+        def model(x, t, y=None):
+            ab = s.alphas_cumprod[t].to(x.dtype).reshape(-1, 1, 1, 1)
+            return (x - ab.sqrt() * x0_value) / (1 - ab).sqrt()
+        return model
+
+    def run(model, clip):
+        return sample(model, (2, 1, 4, 4), s, prediction="eps", steps=5, spacing="leading", sampler=sampler,
+                      clip_x0=clip, generator=torch.Generator().manual_seed(0), progress=False)
+
+    torch.testing.assert_close(run(eps_for(5.0), False), torch.full((2, 1, 4, 4), 5.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(run(eps_for(5.0), True), torch.full((2, 1, 4, 4), 1.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(run(eps_for(-0.3), True), run(eps_for(-0.3), False), rtol=0, atol=1e-6)

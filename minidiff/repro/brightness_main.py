@@ -2,12 +2,16 @@
 
 The brightness experiment's small models (brightness.py) isolate each fix. This one asks the
 course's central question of the model a student actually trains: `python train_cifar.py` with
-every default (zero terminal SNR, v prediction, trailing steps, guidance rescale 0.7), against the
-same command with Lin et al.'s fixes turned off and nothing else changed:
+every default (zero terminal SNR, v prediction, trailing steps), against the same command with Lin
+et al.'s fixes turned off and nothing else changed:
 
     fixed    python train_cifar.py --max-steps N
-    flawed   python train_cifar.py --max-steps N --no-zero-snr --prediction eps --spacing leading
-                                   --guidance-rescale 0
+    flawed   python train_cifar.py --max-steps N --no-zero-snr --prediction eps --spacing leading --clip-x0
+
+`--clip-x0` clips each predicted x0 to [-1, 1] while sampling, as DDPM's own sampler does: an eps
+model's x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) multiplies the network's error by up to 1 / sqrt(a),
+107 at the first of 25 leading steps, and unclipped the flawed run collapses instead of showing the
+squeeze (docs/07). The fixed run's v prediction needs no clipping.
 
 Both runs train for the same number of steps with the same seed, timestep law and network, and
 both are judged by the same report (minidiff.metrics: class accuracy, Frechet distance, brightness
@@ -26,9 +30,9 @@ from .common import brightness_strips, write_json
 
 RUNS = {
     "fixed": dict(),
-    "flawed": dict(zero_snr=False, prediction="eps", spacing="leading", guidance_rescale=0.0),
+    "flawed": dict(zero_snr=False, prediction="eps", spacing="leading", clip_x0=True),
 }
-FLAGS = {"fixed": "", "flawed": "--no-zero-snr --prediction eps --spacing leading --guidance-rescale 0"}
+FLAGS = {"fixed": "", "flawed": "--no-zero-snr --prediction eps --spacing leading --clip-x0"}
 
 
 def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: int = 0,
