@@ -1,0 +1,53 @@
+"""The brightness gain: the slope of a network's predicted image mean on the exact posterior mean."""
+
+import math
+
+import pytest
+import torch
+
+from minidiff.brightness_gain import brightness_gain, main, posterior_mean, timesteps_at
+from minidiff.objectives import from_x0_eps
+from minidiff.schedules import Schedule
+
+S = 0.5  # brightness m ~ N(0, S^2): flat images, so the image mean is all there is
+
+
+def gaussian_oracle(schedule, shrink=1.0, prediction="v"):
+    """The exact denoiser of flat images with m ~ N(0, S^2), written in closed form:
+    E[m | d] = sqrt(a) S^2 d / (a S^2 + (1 - a) / D), times `shrink`."""
+    def model(x, t, y=None):
+        ab = schedule.alphas_cumprod[t].double().reshape(-1, 1, 1, 1)
+        d = x.double().mean(dim=(1, 2, 3), keepdim=True)
+        m = shrink * ab.sqrt() * S ** 2 * d / (ab * S ** 2 + (1 - ab) / x[0].numel())
+        x0 = m.expand_as(x)
+        eps = (x.double() - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return from_x0_eps(prediction, x0, eps, ab).float()
+    return model
+
+
+@pytest.mark.parametrize("shrink", [1.0, 0.8])
+def test_slope_is_one_for_the_exact_denoiser_and_its_shrink_otherwise(shrink):
+    s = Schedule.make("linear", zero_snr=True)
+    gen = torch.Generator().manual_seed(0)
+    images = (S * torch.randn(1024, 1, 1, 1, generator=gen)).expand(1024, 3, 4, 4).contiguous()
+    prior = S * torch.randn(50_000, generator=gen, dtype=torch.float64)
+    rows = brightness_gain(gaussian_oracle(s, shrink), s, "v", images, prior=prior, timesteps=timesteps_at(s, (-6.0, -4.0, -2.0)))
+    for r in rows:
+        assert r["slope"] == pytest.approx(shrink, abs=0.03)
+    # The posterior spreads out as the SNR grows: Var E[m | d] = S^4 a / (a S^2 + (1 - a) / D).
+    for r in rows:
+        ab = float(s.alphas_cumprod[r["t"]])
+        assert r["posterior_std"] == pytest.approx(math.sqrt(S ** 4 * ab / (ab * S ** 2 + (1 - ab) / 48)), rel=0.08)
+
+
+def test_posterior_mean_of_a_gaussian_prior_is_the_linear_shrink():
+    prior = 0.5 * torch.randn(200_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    d, ab, dim = torch.tensor([-0.02, 0.0, 0.01, 0.03]), 0.001, 100
+    expected = math.sqrt(ab) * 0.25 * d / (ab * 0.25 + (1 - ab) / dim)
+    torch.testing.assert_close(posterior_mean(d, prior, ab, dim), expected.double(), rtol=0.02, atol=2e-3)
+
+
+def test_command_refuses_a_missing_checkpoint(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "none.pt")])
+    assert exit_.value.code == 2 and "no checkpoint" in capsys.readouterr().err
