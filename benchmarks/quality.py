@@ -82,13 +82,15 @@ def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:
     evals = [(steps, w) for steps in args.eval_steps for w in args.eval_guidance if labels is not None or w == 1.0]
     for steps, guidance in evals:
         start = time.perf_counter()
+        rescale = args.guidance_rescale if args.guidance_rescale is not None else resolved.guidance_rescale
         images = generate(model, T.plain_config(resolved), args.judge_samples, steps=steps, labels=labels,
-                          guidance=guidance, guidance_rescale=args.guidance_rescale if guidance != 1.0 else 0.0,
+                          guidance=guidance, guidance_rescale=rescale if guidance != 1.0 else 0.0,
                           seed=1234, progress=False)
         seconds = time.perf_counter() - start
         score = judge.score(images, labels)
         row = dict(name=args.name, seed=seed, sets=sets, minutes=args.minutes, steps=result["step"],
-                   images_per_s=_median_rate(out), sample_steps=steps, guidance=guidance, sampling_s=seconds,
+                   images_per_s=_median_rate(out), sample_steps=steps, guidance=guidance,
+                   guidance_rescale=rescale if guidance != 1.0 else 0.0, sampling_s=seconds,
                    frechet=score["frechet"], accuracy=score["accuracy"], brightness_w1=score["brightness_w1"],
                    black_backgrounds=score["black_backgrounds"], white_backgrounds=score["white_backgrounds"],
                    num=score["num"], parameters=sum(p.numel() for p in model.parameters()))
@@ -146,7 +148,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval-steps", type=int, nargs="+", default=[25], help="DDIM steps to sample with")
     p.add_argument("--eval-guidance", type=float, nargs="+", default=[1.0],
                    help="classifier-free guidance weights to sample with (1: none; class-conditional runs)")
-    p.add_argument("--guidance-rescale", type=float, default=0.7, help="Lin et al.'s rescale for guided samples")
+    p.add_argument("--guidance-rescale", type=float,
+                   help="Lin et al.'s rescale for guided samples (default: the recipe's, 0 for builtin)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", default="runs/quality", help="run folders and results.jsonl go here")
     p.add_argument("--resume", action="store_true", help="finish runs whose folder exists (e.g. after Ctrl-C)")
