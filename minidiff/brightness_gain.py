@@ -58,7 +58,7 @@ def brightness_gain(model, schedule: Schedule, prediction: str, images: torch.Te
     rows = []
     for t in timesteps if timesteps is not None else timesteps_at(schedule):
         ab = float(schedule.alphas_cumprod[t])
-        predicted, posts = [], []
+        predicted, noisy_means = [], []
         for start in range(0, len(images), batch_size):
             x0 = images[start:start + batch_size].float()
             eps = torch.randn(x0.shape, generator=gen)
@@ -67,8 +67,8 @@ def brightness_gain(model, schedule: Schedule, prediction: str, images: torch.Te
             t_batch = torch.full((len(x0),), t, dtype=torch.int64)
             x0_hat, _ = to_x0_eps(prediction, model(x_t, t_batch, y=y).float(), x_t, ab)
             predicted.append(x0_hat.double().mean(dim=(1, 2, 3)))
-            posts.append(posterior_mean(x_t.double().mean(dim=(1, 2, 3)), prior, ab, dim))
-        pred, post = torch.cat(predicted), torch.cat(posts)
+            noisy_means.append(x_t.double().mean(dim=(1, 2, 3)))
+        pred, post = torch.cat(predicted), posterior_mean(torch.cat(noisy_means), prior, ab, dim)
         centred = post - post.mean()
         rows.append(dict(t=t, log_snr=float(schedule.log_snr[t]), posterior_std=float(post.std()),
                          slope=float((centred * (pred - pred.mean())).sum() / centred.square().sum()),

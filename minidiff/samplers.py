@@ -223,8 +223,8 @@ def sample(
         x0, eps = to_x0_eps(prediction, out.to(dtype), x, ab[t])
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-            if ab[t] < 1:
-                eps = (x - ab[t] ** 0.5 * x0) / (1 - ab[t]) ** 0.5
+            if ab[t] < 1:  # eps from the clipped x0, as if the network had predicted it
+                _, eps = to_x0_eps("x0", x0, x, ab[t])
         return x0, eps
 
     history = []  # the multistep solvers' past (x0, alpha_bar), newest first
