@@ -58,10 +58,11 @@ def schedule_of(config: dict) -> Schedule:
 
 def report_sampling(config: dict) -> dict:
     """The sampler settings a run's own report (and its grids) use, from the run's config (a plain
-    dict): DDIM at `sample_steps` with the run's spacing, and, for a class-conditional model, its
-    guidance weight and rescale, and whether x0 is clipped. Stored in the checkpoint as "sampling"."""
+    dict): the run's sampler (DDIM for runs from before the setting existed) at `sample_steps` with the
+    run's spacing, and, for a class-conditional model, its guidance weight and rescale, and whether x0
+    is clipped. Stored in the checkpoint as "sampling"."""
     guided = bool(config.get("class_cond")) and config.get("guidance", 1.0) != 1.0
-    return dict(sampler="ddim", steps=config["sample_steps"], spacing=config.get("spacing", "trailing"),
+    return dict(sampler=config.get("sampler") or "ddim", steps=config["sample_steps"], spacing=config.get("spacing", "trailing"),
                 guidance=config["guidance"] if guided else 1.0,
                 guidance_rescale=config.get("guidance_rescale", 0.0) if guided else 0.0,
                 clip_x0=bool(config.get("clip_x0", False)))

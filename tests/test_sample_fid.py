@@ -165,23 +165,24 @@ def test_sample_rejects_bad_classes(tiny_checkpoint, capsys):
 
 def test_sample_cli_defaults_to_the_run_report_settings(tiny_checkpoint, tmp_path, capsys):
     """No sampler flags: the checkpoint's stored report settings (the builtin recipe: DDIM at its
-    sample_steps, guidance 2, no rescale, no clipping), image for image; a flag overrides only itself; a
-    checkpoint written before the settings were stored gets the same ones from its config."""
+    sample_steps with DPM-Solver++(2M), guidance 2, no rescale, no clipping), image for image; a flag
+    overrides only itself; a checkpoint written before the settings were stored gets the same ones from
+    its config, and one written before the recipe named a sampler gets DDIM, which the report used then."""
     ckpt = T.load_checkpoint(tiny_checkpoint)
-    assert ckpt["sampling"] == dict(sampler="ddim", steps=2, spacing="trailing", guidance=2.0, guidance_rescale=0.0,
+    assert ckpt["sampling"] == dict(sampler="dpmpp_2m", steps=2, spacing="trailing", guidance=2.0, guidance_rescale=0.0,
                                    clip_x0=False)
     model, config = sample.load_model(tiny_checkpoint)
     labels = torch.arange(6) % 10
     npz = tmp_path / "s.npz"
     sample.main([str(tiny_checkpoint), "--num", "6", "--png", "", "--npz", str(npz)])
-    assert "sampling with ddim, 2 trailing steps, guidance 2, rescale 0 (the run's report" in capsys.readouterr().out
+    assert "sampling with dpmpp_2m, 2 trailing steps, guidance 2, rescale 0 (the run's report" in capsys.readouterr().out
     expected = sample.generate(model, config, 6, labels=labels, seed=0, progress=False, **ckpt["sampling"])
     with np.load(npz) as f:
         assert np.array_equal(f["images"], expected.permute(0, 2, 3, 1).numpy())
 
     sample.main([str(tiny_checkpoint), "--num", "6", "--png", "", "--npz", str(npz), "--guidance", "1"])
-    assert "sampling with ddim, 2 trailing steps, guidance 1 (flags: --guidance;" in capsys.readouterr().out
-    unguided = sample.generate(model, config, 6, labels=labels, seed=0, progress=False, sampler="ddim", steps=2)
+    assert "sampling with dpmpp_2m, 2 trailing steps, guidance 1 (flags: --guidance;" in capsys.readouterr().out
+    unguided = sample.generate(model, config, 6, labels=labels, seed=0, progress=False, sampler="dpmpp_2m", steps=2)
     with np.load(npz) as f:
         assert np.array_equal(f["images"], unguided.permute(0, 2, 3, 1).numpy())
 
@@ -194,3 +195,6 @@ def test_sample_cli_defaults_to_the_run_report_settings(tiny_checkpoint, tmp_pat
     old = {k: v for k, v in ckpt.items() if k != "sampling"}
     torch.save(old, tmp_path / "old.pt")
     assert sample.load_run(tmp_path / "old.pt")[2] == ckpt["sampling"]
+    older = dict(old, config={k: v for k, v in ckpt["config"].items() if k != "sampler"})
+    torch.save(older, tmp_path / "older.pt")
+    assert sample.load_run(tmp_path / "older.pt")[2] == dict(ckpt["sampling"], sampler="ddim")
