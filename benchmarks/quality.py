@@ -8,7 +8,7 @@
 Each run is `minidiff.train` with the dataset's recipe and the `--set` overrides (any TrainConfig
 field), stopped by its wall-clock budget; then `--judge-samples` EMA samples, every class in turn,
 are scored by `minidiff.metrics` (Frechet distance in a small classifier's features, class accuracy,
-brightness W1) at each of `--eval-steps` DDIM steps. One JSON line per (run, sampling steps) goes to
+brightness W1) with `--eval-sampler` (the recipe's sampler unless given) at each of `--eval-steps` steps. One JSON line per (run, sampling steps) goes to
 results.jsonl; `--table` averages the seeds of each name and shows their spread (min..max), so a
 difference between two recipes can be told from seed noise. The recipe is chosen by these
 figures, not by the training loss. Run it on an otherwise idle machine: it measures time.
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from minidiff import data as datasets, metrics, train as T  # noqa: E402
 from minidiff.sample import generate  # noqa: E402
+from minidiff.samplers import SAMPLERS  # noqa: E402
 
 
 def check_args(args) -> None:
@@ -83,13 +84,14 @@ def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:
     for steps, guidance in evals:
         start = time.perf_counter()
         rescale = args.guidance_rescale if args.guidance_rescale is not None else resolved.guidance_rescale
-        images = generate(model, T.plain_config(resolved), args.judge_samples, steps=steps, labels=labels,
+        sampler = args.eval_sampler or resolved.sampler
+        images = generate(model, T.plain_config(resolved), args.judge_samples, sampler=sampler, steps=steps, labels=labels,
                           guidance=guidance, guidance_rescale=rescale if guidance != 1.0 else 0.0,
                           seed=1234, progress=False)
         seconds = time.perf_counter() - start
         score = judge.score(images, labels)
         row = dict(name=args.name, seed=seed, sets=sets, minutes=args.minutes, steps=result["step"],
-                   images_per_s=_median_rate(out), sample_steps=steps, guidance=guidance,
+                   images_per_s=_median_rate(out), sampler=sampler, sample_steps=steps, guidance=guidance,
                    guidance_rescale=rescale if guidance != 1.0 else 0.0, sampling_s=seconds,
                    frechet=score["frechet"], accuracy=score["accuracy"], brightness_w1=score["brightness_w1"],
                    black_backgrounds=score["black_backgrounds"], white_backgrounds=score["white_backgrounds"],
@@ -110,7 +112,8 @@ def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["name"], r["sample_steps"], r.get("guidance", 1.0)), []).append(r)
+        key = (r["name"], r.get("sampler", "ddim"), r["sample_steps"], r.get("guidance", 1.0))  # rows from before: DDIM
+        groups.setdefault(key, []).append(r)
 
     def cell(values, fmt):
         values = [v for v in values if v is not None]
@@ -119,14 +122,14 @@ def table(path: Path) -> str:
         mean = sum(values) / len(values)
         return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ({fmt(min(values))}..{fmt(max(values))})"
 
-    lines = ["| recipe | changes | seeds | steps trained | img/s | DDIM steps | guidance | class accuracy | Frechet | "
+    lines = ["| recipe | changes | seeds | steps trained | img/s | sampler, steps | guidance | class accuracy | Frechet | "
              "brightness W1 | near-black bg | near-white bg |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, sample_steps, guidance), rs in groups.items():
+    for (name, sampler, sample_steps, guidance), rs in groups.items():
         sets = ", ".join(f"{k}={v}" for k, v in rs[0]["sets"].items()) or "recipe defaults"
         lines.append(
             f"| {name} | {sets} | {len(rs)} | {cell([r['steps'] for r in rs], lambda v: f'{v:,.0f}')} | "
-            f"{cell([r['images_per_s'] for r in rs], lambda v: f'{v:.0f}')} | {sample_steps} | {guidance:g} | "
+            f"{cell([r['images_per_s'] for r in rs], lambda v: f'{v:.0f}')} | {sampler} {sample_steps} | {guidance:g} | "
             f"{cell([r['accuracy'] for r in rs], lambda v: f'{100 * v:.1f}%')} | "
             f"{cell([r['frechet'] for r in rs], lambda v: f'{v:.2f}')} | "
             f"{cell([r['brightness_w1'] for r in rs], lambda v: f'{v:.3f}')} | "
@@ -145,7 +148,8 @@ def main(argv=None) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a TrainConfig field (repeatable)")
     p.add_argument("--judge-samples", type=int, default=1000, help="samples scored per run")
-    p.add_argument("--eval-steps", type=int, nargs="+", default=[25], help="DDIM steps to sample with")
+    p.add_argument("--eval-sampler", choices=SAMPLERS, help="sampler to score with (default: the recipe's)")
+    p.add_argument("--eval-steps", type=int, nargs="+", default=[25], help="sampler steps to score at")
     p.add_argument("--eval-guidance", type=float, nargs="+", default=[1.0],
                    help="classifier-free guidance weights to sample with (1: none; class-conditional runs)")
     p.add_argument("--guidance-rescale", type=float,

@@ -31,9 +31,11 @@ def test_table_averages_seeds_and_shows_their_spread(tmp_path):
                  accuracy=acc, frechet=fr, brightness_w1=0.05, black_backgrounds=b, white_backgrounds=0.1)
             for s, st, acc, fr, b in ((0, 1000, 0.2, 20.0, 0.1), (1, 1100, 0.3, 18.0, 0.2))]
     rows.append(dict(rows[0], name="wide", sets={"unet": {"base_channels": 32}}, accuracy=None))
+    rows.append(dict(rows[0], sampler="dpmpp_2m", accuracy=0.9))  # same run, another sampler: a row of its own
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = quality().table(path).splitlines()
-    assert lines[2] == ("| base | recipe defaults | 2 | 1,050 (1,000..1,100) | 100 (100..100) | 25 | 1 | 25.0% (20.0%..30.0%) | "
+    assert lines[2] == ("| base | recipe defaults | 2 | 1,050 (1,000..1,100) | 100 (100..100) | ddim 25 | 1 | 25.0% (20.0%..30.0%) | "
                         "19.00 (18.00..20.00) | 0.050 (0.050..0.050) | 15.0% (10.0%..20.0%) | 10.0% (10.0%..10.0%) |")
     assert lines[3].startswith("| wide | unet={'base_channels': 32} | 1 | 1,000 |") and "| n/a |" in lines[3]
+    assert lines[4].startswith("| base | recipe defaults | 1 | 1,000 | 100 | dpmpp_2m 25 | 1 | 90.0% |")
