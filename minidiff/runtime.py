@@ -157,7 +157,8 @@ def gather_objects(obj, world: int) -> list:
 
 # ---------------------------------------------------------------------------- learning rate
 
-LR_DECAYS = ("constant", "cosine")
+LR_DECAYS = ("constant", "cosine", "wsd")
+WSD_COOLDOWN = 0.2  # decay="wsd": the share of the run, at its end, over which the rate falls to 0
 
 
 def learning_rate(step: int, *, lr: float, warmup: int, decay: str = "constant", progress: float = 0.0) -> float:
@@ -165,11 +166,16 @@ def learning_rate(step: int, *, lr: float, warmup: int, decay: str = "constant",
 
     Linear warm-up from lr / warmup to lr over `warmup` steps (DDPM, App. B), then constant, or
     with decay="cosine" down to 0 along lr * (1 + cos(pi * progress)) / 2, where progress in
-    [0, 1] is how much of the run is done (of its steps or of its wall-clock budget).
+    [0, 1] is how much of the run is done (of its steps or of its wall-clock budget), or with
+    decay="wsd" (warm-up, stable, decay) constant until the last WSD_COOLDOWN of the run and then
+    linearly down to 0 at its end.
     """
     rate = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+    progress = min(1.0, max(0.0, progress))
     if decay == "cosine":
-        rate *= 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+        rate *= 0.5 * (1 + math.cos(math.pi * progress))
+    elif decay == "wsd":
+        rate *= min(1.0, (1.0 - progress) / WSD_COOLDOWN)
     return rate
 
 

@@ -183,7 +183,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--lr", type=float, help="Adam learning rate")
     opt.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
     opt.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay,
-                     help="after the warm-up: constant, or cosine to 0 at the end (of --max-steps or --minutes)")
+                     help="after the warm-up: constant, cosine to 0 at the end (of --max-steps or --minutes), or wsd: "
+                          "constant, then linear to 0 over the last fifth of the run")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
                      help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "

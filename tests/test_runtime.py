@@ -208,6 +208,15 @@ def test_learning_rate_warmup_then_cosine_to_zero():
     assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="cosine", progress=1.0) == pytest.approx(0.0)
 
 
+def test_learning_rate_wsd_holds_then_falls_linearly_over_the_last_fifth():
+    assert runtime.WSD_COOLDOWN == 0.2
+    assert runtime.learning_rate(0, lr=1.0, warmup=4, decay="wsd", progress=0.0) == 0.25  # the warm-up is the same
+    assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=0.8) == pytest.approx(1.0)
+    assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=0.9) == pytest.approx(0.5)
+    assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=0.95) == pytest.approx(0.25)
+    assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=1.0) == pytest.approx(0.0)
+
+
 def test_step_order_is_the_same_for_both_trainers_and_covers_each_epoch():
     order = runtime.StepOrder(20, 4, seed=7)
     epoch = torch.cat([order.indices(k) for k in range(5)])
