@@ -8,8 +8,8 @@
 Each run is `minidiff.train` with the dataset's recipe and the `--set` overrides (any TrainConfig
 field), stopped by its wall-clock budget; then `--judge-samples` EMA samples, every class in turn,
 are scored by `minidiff.metrics` (Frechet distance in a small classifier's features, class accuracy,
-brightness W1) with `--eval-sampler` (the recipe's sampler unless given) at each of `--eval-steps` steps. One JSON line per (run, sampling steps) goes to
-results.jsonl; `--table` averages the seeds of each name and shows their spread (min..max), so a
+brightness W1) with `--eval-sampler` (the recipe's sampler unless given) at each of `--eval-steps`
+steps. One JSON line per (run, sampling steps) goes to results.jsonl; `--table` averages the seeds of each name and shows their spread (min..max), so a
 difference between two recipes can be told from seed noise. The recipe is chosen by these
 figures, not by the training loss. Run it on an otherwise idle machine: it measures time.
 """
@@ -85,8 +85,8 @@ def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:
         start = time.perf_counter()
         rescale = args.guidance_rescale if args.guidance_rescale is not None else resolved.guidance_rescale
         sampler = args.eval_sampler or resolved.sampler
-        images = generate(model, T.plain_config(resolved), args.judge_samples, sampler=sampler, steps=steps, labels=labels,
-                          guidance=guidance, guidance_rescale=rescale if guidance != 1.0 else 0.0,
+        images = generate(model, T.plain_config(resolved), args.judge_samples, sampler=sampler, steps=steps,
+                          labels=labels, guidance=guidance, guidance_rescale=rescale if guidance != 1.0 else 0.0,
                           seed=1234, progress=False)
         seconds = time.perf_counter() - start
         score = judge.score(images, labels)

@@ -62,7 +62,8 @@ def report_sampling(config: dict) -> dict:
     run's spacing, and, for a class-conditional model, its guidance weight and rescale, and whether x0
     is clipped. Stored in the checkpoint as "sampling"."""
     guided = bool(config.get("class_cond")) and config.get("guidance", 1.0) != 1.0
-    return dict(sampler=config.get("sampler") or "ddim", steps=config["sample_steps"], spacing=config.get("spacing", "trailing"),
+    return dict(sampler=config.get("sampler") or "ddim", steps=config["sample_steps"],
+                spacing=config.get("spacing", "trailing"),
                 guidance=config["guidance"] if guided else 1.0,
                 guidance_rescale=config.get("guidance_rescale", 0.0) if guided else 0.0,
                 clip_x0=bool(config.get("clip_x0", False)))
