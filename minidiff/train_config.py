@@ -39,24 +39,26 @@ RECIPES = {
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
                     timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
-                    guidance_rescale=0.7, sampler="ddim"),
+                    guidance_rescale=0.7, sampler="ddim", lr_decay="constant"),
     # The built-in recipe (docs/training.md, "the brightness study"): the space-to-depth network,
     # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
     # noise level's loss over its running mean so that the noisy levels do not drown the shapes.
     # Its report samples with guidance 2 and no guidance rescale: at w = 3 the rescale of 0.7
     # squeezed the brightness (W1 0.19 against 0.11 without it, docs/06_guidance.md). Its sampler is
     # DPM-Solver++(2M): one network call a step as DDIM, and a wider brightness range at 25 steps
-    # (W1 0.040 against DDIM's 0.063 on the same checkpoint, docs/training.md).
+    # (W1 0.040 against DDIM's 0.063 on the same checkpoint, docs/training.md). Its learning rate
+    # holds and then falls linearly to 0 over the last fifth of the run (wsd): at 10 minutes that
+    # drew the data's brightness range on both seeds where a constant rate squeezed it.
     "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=500, timesteps="logsnr_normal",
                     timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", guidance=2.0,
-                    guidance_rescale=0.0, sampler="dpmpp_2m"),
+                    guidance_rescale=0.0, sampler="dpmpp_2m", lr_decay="wsd"),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
                    ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
                    timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
-                   guidance_rescale=0.7, sampler="ddim"),
+                   guidance_rescale=0.7, sampler="ddim", lr_decay="constant"),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
@@ -85,7 +87,7 @@ class TrainConfig:
     batch_size: int | None = None     # global batch, split across DDP processes
     lr: float | None = None
     warmup: int | None = None
-    lr_decay: str = "constant"        # after the warm-up: constant (DDPM) or cosine to 0 at the run's end
+    lr_decay: str | None = None       # after the warm-up: constant (DDPM), cosine or wsd to 0 at the run's end
     grad_clip: float = 1.0
     weighting: str | None = None      # loss weight per timestep: none (Lin et al.'s v loss), min_snr, or level_mean
     timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
@@ -182,9 +184,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--batch-size", type=int, help="global batch size")
     opt.add_argument("--lr", type=float, help="Adam learning rate")
     opt.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
-    opt.add_argument("--lr-decay", choices=LR_DECAYS, default=d.lr_decay,
+    opt.add_argument("--lr-decay", choices=LR_DECAYS,
                      help="after the warm-up: constant, cosine to 0 at the end (of --max-steps or --minutes), or wsd: "
-                          "constant, then linear to 0 over the last fifth of the run")
+                          "constant, then linear to 0 over the last fifth of the run (recipe: wsd builtin, constant else)")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
                      help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "

@@ -31,7 +31,7 @@ def test_cifar10_defaults_are_ddpm_recipe():
     cfg = T.parse_args(["--dataset", "cifar10"]).resolved()
     assert (cfg.lr, cfg.warmup, cfg.batch_size, cfg.grad_clip, cfg.ema_decay) == (2e-4, 5000, 128, 1.0, 0.9999)
     assert cfg.preset == "ddpm-cifar10" and PRESETS[cfg.preset]["dropout"] == 0.1
-    assert cfg.class_cond is False and cfg.minutes is None
+    assert cfg.class_cond is False and cfg.minutes is None and cfg.lr_decay == "constant"
     # Lin et al.'s fixes are the default; each is one flag away.
     assert (cfg.zero_snr, cfg.prediction, cfg.spacing) == (True, "v", "trailing")
     flawed = T.parse_args(["--dataset", "cifar10", "--no-zero-snr", "--prediction", "eps"]).resolved()
@@ -44,6 +44,8 @@ def test_main_job_defaults():
     assert (cfg.dataset, cfg.preset, cfg.class_cond, cfg.minutes) == ("builtin", "small-patch2", True, 10.0)
     assert (cfg.weighting, cfg.timesteps, cfg.timesteps_low_snr, cfg.timesteps_uniform) == \
         ("level_mean", "logsnr_normal", 0.08, 0.05)
+    assert (cfg.lr_decay, cfg.sampler, cfg.guidance, cfg.guidance_rescale) == ("wsd", "dpmpp_2m", 2.0, 0.0)
+    assert T.parse_args(["--lr-decay", "constant"]).resolved().lr_decay == "constant"
     assert cfg.out == "runs/builtin-small-patch2-linear-zsnr-v"
 
 
