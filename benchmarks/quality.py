@@ -81,10 +81,10 @@ def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:
     labels = torch.arange(args.judge_samples) % len(judge.real.classes) if resolved.class_cond else None
     rows = []
     evals = [(steps, w) for steps in args.eval_steps for w in args.eval_guidance if labels is not None or w == 1.0]
+    rescale = args.guidance_rescale if args.guidance_rescale is not None else resolved.guidance_rescale
+    sampler = args.eval_sampler or resolved.sampler
     for steps, guidance in evals:
         start = time.perf_counter()
-        rescale = args.guidance_rescale if args.guidance_rescale is not None else resolved.guidance_rescale
-        sampler = args.eval_sampler or resolved.sampler
         images = generate(model, T.plain_config(resolved), args.judge_samples, sampler=sampler, steps=steps,
                           labels=labels, guidance=guidance, guidance_rescale=rescale if guidance != 1.0 else 0.0,
                           seed=1234, progress=False)
