@@ -276,3 +276,31 @@ def test_brightness_main_recipe_trains_fixed_and_flawed_one_flag_set_apart(tmp_p
     assert differ == {"zero_snr", "prediction", "spacing", "clip_x0", "out"}
     assert res["w1_ratio"] == pytest.approx(flawed["brightness_w1"] / fixed["brightness_w1"])
     assert (tmp_path / "out" / "brightness_main.png").stat().st_size > 0
+
+
+def test_last_step_mean_snr_from_ddpm_and_stable_diffusion_betas():
+    """The SNR of a 32x32x3 image's mean brightness at t = T without the rescale, from betas written
+    out here: DDPM's linspace(1e-4, 0.02) and Stable Diffusion's linspace(sqrt 0.00085, sqrt 0.012)^2.
+    The built-in mean brightness is uniform on [-0.9, 0.9] (variance 0.27): 0.033 and 3.88."""
+    from minidiff.repro.brightness_main import last_step_mean_snr
+
+    for name, betas in [("linear", torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)),
+                        ("scaled_linear", torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2)]:
+        ab = torch.prod(1 - betas).item()
+        assert last_step_mean_snr(name) == pytest.approx(ab / (1 - ab) * 0.27 * 3072, rel=1e-6)
+    assert last_step_mean_snr("linear") == pytest.approx(0.033, abs=0.001)
+    assert last_step_mean_snr("scaled_linear") == pytest.approx(3.88, abs=0.01)
+
+
+def test_brightness_main_with_another_schedule_keeps_its_own_runs(tmp_path):
+    from minidiff import metrics
+    from minidiff import train as T
+    from minidiff.repro import brightness_main
+
+    judge = metrics.Judge.for_dataset("builtin", resolution=32, num=500, num_reference=200, cache_dir=None, progress=False)
+    res = brightness_main.run(tmp_path / "out", tmp_path / "models", max_steps=1, num_samples=10, threads=1, judge=judge,
+                              schedule="scaled_linear")
+    assert res["schedule"] == "scaled_linear" and res["runs"]["flawed"]["flags"].startswith("--schedule scaled_linear")
+    for n in ("fixed", "flawed"):
+        assert T.load_checkpoint(tmp_path / "models" / f"main-{n}-scaled_linear" / T.CHECKPOINT)["config"]["schedule"] == "scaled_linear"
+    assert (tmp_path / "out" / "brightness_main-scaled_linear.png").stat().st_size > 0

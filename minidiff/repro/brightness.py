@@ -135,6 +135,9 @@ def main(argv=None):
     p.add_argument("--recipe", choices=("small", "main"), default="small",
                    help="small: one small model per fix; main: `python train_cifar.py` with and without the fixes")
     p.add_argument("--main-steps", type=int, default=2000, help="with --recipe main: training steps of each run")
+    p.add_argument("--main-schedule", default="linear", choices=("linear", "scaled_linear", "cosine"),
+                   help="with --recipe main: both runs' schedule (the recipe's is linear; scaled_linear is "
+                        "Stable Diffusion's, whose last step shows an image's brightness)")
     a = p.parse_args(argv)
     if a.recipe == "main":
         from . import brightness_main
@@ -142,11 +145,13 @@ def main(argv=None):
         if a.main_steps < 1:
             p.error(f"--main-steps must be at least 1, got {a.main_steps}")
         res = brightness_main.run(Path(a.out), Path(a.models), max_steps=a.main_steps, num_samples=a.num_samples or 500,
-                                  seed=a.seed, device=a.device, threads=a.threads)
+                                  seed=a.seed, schedule=a.main_schedule, device=a.device, threads=a.threads)
         print(f"brightness W1: flawed {res['runs']['flawed']['brightness_w1']:.3f}, fixed "
-              f"{res['runs']['fixed']['brightness_w1']:.3f} ({res['w1_ratio']:.1f}x); "
-              f"wrote {a.out}/brightness_main.json and brightness_main.png")
-        publish_figures(Path(a.out), a.figures_dir, ["brightness_main.png"])
+              f"{res['runs']['fixed']['brightness_w1']:.3f} ({res['w1_ratio']:.1f}x)"
+              f"; the last step's mean-brightness SNR without the rescale: {res['last_step_mean_snr']:.3g}"
+              f"; wrote {a.out}/brightness_main*.json and .png")
+        suffix = "" if a.main_schedule == "linear" else f"-{a.main_schedule}"
+        publish_figures(Path(a.out), a.figures_dir, [f"brightness_main{suffix}.png"])
         return
     res = run(scale_of(a), Path(a.out), Path(a.models), steps=a.steps, guidance=a.guidance,
               guidance_rescale=a.guidance_rescale, offset_noise=a.offset_noise, seed=a.seed)

@@ -36,7 +36,7 @@ FLAGS = {"fixed": "", "flawed": "--no-zero-snr --prediction eps --spacing leadin
 
 
 def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: int = 0,
-        device: str | None = None, threads: int | None = None, judge=None) -> dict:
+        schedule: str = "linear", device: str | None = None, threads: int | None = None, judge=None) -> dict:
     """Train (or finish) both runs in models_dir/main-{fixed,flawed}, judge `num_samples` of each
     (with `judge`, default the built-in set's metrics.Judge), and write brightness_main.json and
     brightness_main.png to `out`."""
@@ -45,12 +45,13 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
     from ..sample import generate, load_run
 
     results, images = {}, {}
+    suffix, schedule_flag = ("", "") if schedule == "linear" else (f"-{schedule}", f" --schedule {schedule}")
     for name, changes in RUNS.items():
-        cfg = T.TrainConfig(max_steps=max_steps, minutes=0, seed=seed, device=device, threads=threads,
-                            judge_samples=0, sample_every=0, out=str(models_dir / f"main-{name}"), **changes)
+        cfg = T.TrainConfig(max_steps=max_steps, minutes=0, seed=seed, device=device, threads=threads, schedule=schedule,
+                            judge_samples=0, sample_every=0, out=str(models_dir / f"main-{name}{suffix}"), **changes)
         ckpt = Path(cfg.out) / T.CHECKPOINT
         cfg.resume = ckpt.exists()
-        print(f"== {name}: python train_cifar.py --max-steps {max_steps} {FLAGS[name]}".rstrip())
+        print(f"== {name}: python train_cifar.py --max-steps {max_steps}{schedule_flag} {FLAGS[name]}".rstrip())
         T.train(cfg)
         model, config, settings = load_run(ckpt, device=cfg.resolved().device)
         judge = judge or metrics.Judge.for_dataset("builtin", resolution=config["resolution"])
@@ -58,15 +59,30 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
         images[name] = generate(model, config, num_samples, labels=labels, seed=seed + 777, progress=False,
                                 device=str(next(model.parameters()).device), **settings)
         score = judge.score(images[name], labels)
-        results[name] = dict(score, sampling=settings, flags=FLAGS[name], steps=max_steps)
+        results[name] = dict(score, sampling=settings, flags=(schedule_flag + " " + FLAGS[name]).strip(), steps=max_steps)
         print(metrics.format_table(score, judge.calibration(score["num"]), judge.describe()))
     calibration = judge.calibration(num_samples)
     result = dict(experiment="brightness --recipe main", max_steps=max_steps, num_samples=num_samples, seed=seed,
+                  schedule=schedule, last_step_mean_snr=last_step_mean_snr(schedule),
                   runs=results, calibration=calibration,
                   w1_ratio=results["flawed"]["brightness_w1"] / max(results["fixed"]["brightness_w1"], 1e-12))
-    write_json(out, "brightness_main", result)
-    plot(result, images, judge.real.other[0], out / "brightness_main.png")
+    name = "brightness_main" + suffix
+    write_json(out, name, result)
+    plot(result, images, judge.real.other[0], out / f"{name}.png")
     return result
+
+
+def last_step_mean_snr(schedule: str, image_shape=(3, 32, 32), brightness_var: float = 1.8 ** 2 / 12) -> float:
+    """The SNR of an image's mean brightness at the last training step without the rescale:
+    alpha_bar_T / (1 - alpha_bar_T) * Var(m) * d, for d pixel values whose noise averages down to
+    variance 1 / d, and the built-in set's mean brightness m uniform on [-0.9, 0.9]. Far below 1
+    the last step hides the brightness and there is little leak for a model to learn to rely on;
+    above 1 it shows it, which is Lin et al.'s flaw."""
+    from ..schedules import Schedule
+
+    ab = Schedule.make(schedule, 1000, zero_snr=False).alphas_cumprod[-1].item()
+    d = image_shape[0] * image_shape[1] * image_shape[2]
+    return ab / (1 - ab) * brightness_var * d
 
 
 def plot(result: dict, images: dict, real: torch.Tensor, path: Path, k: int = 16) -> None:
@@ -78,5 +94,6 @@ def plot(result: dict, images: dict, real: torch.Tensor, path: Path, k: int = 16
         r = result["runs"][name]
         rows.append((f"{name}: W1 {r['brightness_w1']:.3f}, class acc. {r['accuracy']:.0%}\n"
                      f"near-black {r['black_backgrounds']:.0%}, near-white {r['white_backgrounds']:.0%}", x))
-    brightness_strips(rows, path, f"the main job's recipe, {result['max_steps']:,} steps: darkest -> brightest", k,
+    sched = "" if result.get("schedule", "linear") == "linear" else f", {result['schedule']} schedule"
+    brightness_strips(rows, path, f"the main job's recipe{sched}, {result['max_steps']:,} steps: darkest -> brightest", k,
                       row_height=0.85, label_width=3.6)
