@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import statistics
 import sys
 import time
@@ -83,16 +84,18 @@ def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:
     evals = [(steps, w) for steps in args.eval_steps for w in args.eval_guidance if labels is not None or w == 1.0]
     rescale = args.guidance_rescale if args.guidance_rescale is not None else resolved.guidance_rescale
     sampler = args.eval_sampler or resolved.sampler
+    guidance_from = args.eval_guidance_from if args.eval_guidance_from is not None else resolved.guidance_from
     for steps, guidance in evals:
         start = time.perf_counter()
         images = generate(model, T.plain_config(resolved), args.judge_samples, sampler=sampler, steps=steps,
                           labels=labels, guidance=guidance, guidance_rescale=rescale if guidance != 1.0 else 0.0,
-                          seed=1234, progress=False)
+                          guidance_from=guidance_from, seed=1234, progress=False)
         seconds = time.perf_counter() - start
         score = judge.score(images, labels)
         row = dict(name=args.name, seed=seed, sets=sets, minutes=args.minutes, steps=result["step"],
                    images_per_s=_median_rate(out), sampler=sampler, sample_steps=steps, guidance=guidance,
-                   guidance_rescale=rescale if guidance != 1.0 else 0.0, sampling_s=seconds,
+                   guidance_rescale=rescale if guidance != 1.0 else 0.0,
+                   guidance_from=guidance_from if guidance != 1.0 else -math.inf, sampling_s=seconds,
                    frechet=score["frechet"], accuracy=score["accuracy"], brightness_w1=score["brightness_w1"],
                    black_backgrounds=score["black_backgrounds"], white_backgrounds=score["white_backgrounds"],
                    num=score["num"], parameters=sum(p.numel() for p in model.parameters()))
@@ -112,7 +115,8 @@ def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["name"], r.get("sampler", "ddim"), r["sample_steps"], r.get("guidance", 1.0))  # rows from before: DDIM
+        # rows from before these were recorded: DDIM, guided at every step
+        key = (r["name"], r.get("sampler", "ddim"), r["sample_steps"], r.get("guidance", 1.0), r.get("guidance_from", -math.inf))
         groups.setdefault(key, []).append(r)
 
     def cell(values, fmt):
@@ -125,11 +129,12 @@ def table(path: Path) -> str:
     lines = ["| recipe | changes | seeds | steps trained | img/s | sampler, steps | guidance | class accuracy | Frechet | "
              "brightness W1 | near-black bg | near-white bg |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, sampler, sample_steps, guidance), rs in groups.items():
+    for (name, sampler, sample_steps, guidance, guidance_from), rs in groups.items():
+        guided = f"{guidance:g}" + (f" (log-SNR >= {guidance_from:g})" if guidance != 1.0 and guidance_from > -math.inf else "")
         sets = ", ".join(f"{k}={v}" for k, v in rs[0]["sets"].items()) or "recipe defaults"
         lines.append(
             f"| {name} | {sets} | {len(rs)} | {cell([r['steps'] for r in rs], lambda v: f'{v:,.0f}')} | "
-            f"{cell([r['images_per_s'] for r in rs], lambda v: f'{v:.0f}')} | {sampler} {sample_steps} | {guidance:g} | "
+            f"{cell([r['images_per_s'] for r in rs], lambda v: f'{v:.0f}')} | {sampler} {sample_steps} | {guided} | "
             f"{cell([r['accuracy'] for r in rs], lambda v: f'{100 * v:.1f}%')} | "
             f"{cell([r['frechet'] for r in rs], lambda v: f'{v:.2f}')} | "
             f"{cell([r['brightness_w1'] for r in rs], lambda v: f'{v:.3f}')} | "
@@ -154,6 +159,8 @@ def main(argv=None) -> None:
                    help="classifier-free guidance weights to sample with (1: none; class-conditional runs)")
     p.add_argument("--guidance-rescale", type=float,
                    help="Lin et al.'s rescale for guided samples (default: the recipe's, 0 for builtin)")
+    p.add_argument("--eval-guidance-from", type=float,
+                   help="guide only at log-SNR >= this, --eval-guidance-from=-inf: every step (default: the recipe's, -3 for builtin)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", default="runs/quality", help="run folders and results.jsonl go here")
     p.add_argument("--resume", action="store_true", help="finish runs whose folder exists (e.g. after Ctrl-C)")

@@ -62,6 +62,9 @@ def check_sampling_flags(args: argparse.Namespace) -> None:
             f"--guidance must be 0 or more, got {args.guidance}")
     require(args.guidance_rescale is None or 0 <= args.guidance_rescale <= 1,
             f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
+    guidance_from = getattr(args, "guidance_from", None)
+    require(guidance_from is None or (not math.isnan(guidance_from) and guidance_from != math.inf),
+            f"--guidance-from must be a log-SNR (a number, or --guidance-from=-inf for every step), got {guidance_from}")
     require(0 <= args.eta <= 1, f"--eta must lie in [0, 1], got {args.eta}")
     require(not args.eta or args.sampler in ("ddim", "ddpm", None),
             f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")

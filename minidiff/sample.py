@@ -59,20 +59,30 @@ def schedule_of(config: dict) -> Schedule:
 def report_sampling(config: dict) -> dict:
     """The sampler settings a run's own report (and its grids) use, from the run's config (a plain
     dict): the run's sampler (DDIM for runs from before the setting existed) at `sample_steps` with the
-    run's spacing, and, for a class-conditional model, its guidance weight and rescale, and whether x0
-    is clipped. Stored in the checkpoint as "sampling"."""
+    run's spacing, and, for a class-conditional model, its guidance weight, rescale and the lowest
+    log-SNR it guides at (-inf: every step), and whether x0 is clipped. Stored in the checkpoint as
+    "sampling"."""
     guided = bool(config.get("class_cond")) and config.get("guidance", 1.0) != 1.0
+    guidance_from = config.get("guidance_from")
     return dict(sampler=config.get("sampler") or "ddim", steps=config["sample_steps"],
                 spacing=config.get("spacing", "trailing"),
                 guidance=config["guidance"] if guided else 1.0,
                 guidance_rescale=config.get("guidance_rescale", 0.0) if guided else 0.0,
+                guidance_from=float(guidance_from) if guided and guidance_from is not None else -math.inf,
                 clip_x0=bool(config.get("clip_x0", False)))
+
+
+def guidance_interval_from(guidance_from: float | None) -> tuple[float, float] | None:
+    """The sampler's guidance_interval for "guide only where log-SNR >= guidance_from" (None: every step)."""
+    return None if guidance_from is None or guidance_from == -math.inf else (float(guidance_from), math.inf)
 
 
 def describe_sampling(settings: dict) -> str:
     """e.g. "ddim, 25 trailing steps, guidance 2, rescale 0"."""
     text = f"{settings['sampler']}, {settings['steps']} {settings['spacing']} steps, guidance {settings['guidance']:g}"
     text += f", rescale {settings['guidance_rescale']:g}" if settings["guidance"] != 1.0 else ""
+    if settings["guidance"] != 1.0 and guidance_interval_from(settings.get("guidance_from")):
+        text += f", guided only at log-SNR >= {settings['guidance_from']:g}"
     return text + (", x0 clipped to [-1, 1]" if settings.get("clip_x0") else "")
 
 
@@ -98,11 +108,15 @@ def class_labels(classes: list[str] | None, num: int, num_classes: int | None) -
 def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", steps: int = 50,
              spacing: str | None = None, eta: float = 0.0, guidance: float = 1.0,
              guidance_rescale: float = 0.0, guidance_interval: tuple[float, float] | None = None,
-             clip_x0: bool = False, labels: torch.Tensor | None = None, seed: int = 0,
+             guidance_from: float = -math.inf, clip_x0: bool = False, labels: torch.Tensor | None = None, seed: int = 0,
              batch_size: int = 256, device="cpu", progress: bool = True) -> torch.Tensor:
     """`num` samples as uint8 [num, C, H, W] (the checkpoint's channels and size), drawn in batches (one seed per batch index, so the
-    same seed and batch size give the same images)."""
+    same seed and batch size give the same images). `guidance_from` = g guides only where log-SNR >= g
+    (the same as guidance_interval=(g, inf); the report's setting, stored in the checkpoint)."""
     from tqdm.auto import tqdm
+
+    if guidance_interval is None:
+        guidance_interval = guidance_interval_from(guidance_from)
 
     schedule, device = schedule_of(config), torch.device(device)
     size, channels = model.config["image_size"], model.config["in_channels"]
@@ -162,6 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="classifier-free guidance weight w, 1: none (default: the run's report's)")
     p.add_argument("--guidance-rescale", type=float,
                    help="phi of Lin et al. Alg. 2, 0.7 in the paper (default: the run's report's)")
+    p.add_argument("--guidance-from", type=float,
+                   help="guide only at log-SNR >= this (Kynkaenniemi et al. 2024), --guidance-from=-inf: every step "
+                        "(default: the run's report's)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
                    help="clip each predicted x0 to [-1, 1] (default: as the run's report)")
     p.add_argument("--class", dest="classes", nargs="+", metavar="K",
@@ -210,7 +227,8 @@ def run(args: argparse.Namespace) -> None:
             "--guidance needs a class-conditional model (train with --class-cond); this one has no labels to guide towards")
     images = generate(model, config, args.num, sampler=args.sampler, steps=args.steps,
                       spacing=args.spacing, eta=args.eta, guidance=args.guidance,
-                      guidance_rescale=args.guidance_rescale, clip_x0=args.clip_x0, labels=labels, seed=args.seed,
+                      guidance_rescale=args.guidance_rescale, guidance_from=args.guidance_from,
+                      clip_x0=args.clip_x0, labels=labels, seed=args.seed,
                       batch_size=args.batch_size, device=args.device)
     png = Path(args.checkpoint).with_name("samples.png") if args.png is None else args.png
     if png:

@@ -39,12 +39,15 @@ RECIPES = {
                     max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
                     timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
-                    guidance_rescale=0.7, sampler="ddim", lr_decay="constant"),
+                    guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
     # The built-in recipe (docs/training.md, "the brightness study"): the space-to-depth network,
     # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
     # noise level's loss over its running mean so that the noisy levels do not drown the shapes.
-    # Its report samples with guidance 2 and no guidance rescale: at w = 3 the rescale of 0.7
-    # squeezed the brightness (W1 0.19 against 0.11 without it, docs/06_guidance.md). Its sampler is
+    # Its report samples with guidance 2.5 and no guidance rescale (at w = 3 the rescale of 0.7
+    # squeezed the brightness: W1 0.19 against 0.11 without it, docs/06_guidance.md), guiding only at
+    # log-SNR >= -3: below it the brightness is decided, the data's brightness does not depend on the
+    # class, and guiding there only magnified the network's error (worst W1 of seven checkpoints
+    # 0.175 -> 0.099, docs/training.md, "guidance above the brightness band"). Its sampler is
     # DPM-Solver++(2M): one network call a step as DDIM, and a wider brightness range at 25 steps
     # (W1 0.040 against DDIM's 0.063 on the same checkpoint, docs/training.md). Its learning rate
     # holds and then falls linearly to 0 over the last fifth of the run (wsd): at 10 minutes that
@@ -52,13 +55,13 @@ RECIPES = {
     "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=500, timesteps="logsnr_normal",
-                    timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", guidance=2.0,
-                    guidance_rescale=0.0, sampler="dpmpp_2m", lr_decay="wsd"),
+                    timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", guidance=2.5,
+                    guidance_rescale=0.0, guidance_from=-3.0, sampler="dpmpp_2m", lr_decay="wsd"),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
                    max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
                    ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
                    timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
-                   guidance_rescale=0.7, sampler="ddim", lr_decay="constant"),
+                   guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
@@ -112,6 +115,7 @@ class TrainConfig:
     num_samples: int = 100
     guidance: float | None = None     # classifier-free guidance of the grids and the quality measure (1: none)
     guidance_rescale: float | None = None  # Lin et al.'s rescale of guided samples (phi of Algorithm 2)
+    guidance_from: float | None = None  # guide only at log-SNR >= this (Kynkaenniemi et al. 2024); -inf: every step
     clip_x0: bool = False             # clip each predicted x0 to [-1, 1] when the grids and report sample
     judge_samples: int | None = None  # samples the end-of-run quality measure draws (minidiff.metrics); 0: none
     out: str | None = None
@@ -221,6 +225,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="classifier-free guidance weight of the grids and the quality measure (recipe: 2 builtin, else 1)")
     run.add_argument("--guidance-rescale", type=float,
                      help="Lin et al.'s rescale of guided samples (recipe: 0 builtin, 0.7 else)")
+    run.add_argument("--guidance-from", type=float,
+                     help="guide only where log-SNR >= this, the report and the grids (recipe: -3 builtin, "
+                          "-inf else: every step; write --guidance-from=-inf)")
     run.add_argument("--clip-x0", action=flag, default=d.clip_x0,
                      help="clip each predicted x0 to [-1, 1] when the grids and the report sample (DDPM's sampler "
                           "does; eps prediction without zero SNR needs it)")
@@ -266,6 +273,8 @@ def check_config(cfg: TrainConfig) -> None:
             f"--minutes must be 0 (no limit) or a positive number, got {cfg.minutes}")
     require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000 (the training steps), got {cfg.sample_steps}")
     require(cfg.num_samples >= 1, f"--num-samples must be at least 1, got {cfg.num_samples}")
+    require(not math.isnan(cfg.guidance_from) and cfg.guidance_from != math.inf,
+            f"--guidance-from must be a log-SNR (a number, or --guidance-from=-inf for every step), got {cfg.guidance_from}")
     require(cfg.guidance >= 0 and 0 <= cfg.guidance_rescale <= 1,
             f"--guidance must be 0 or more and --guidance-rescale in [0, 1], got {cfg.guidance}, {cfg.guidance_rescale}")
     require(cfg.judge_samples == 0 or cfg.judge_samples >= 2, f"--judge-samples must be 0 (none) or at least 2, got {cfg.judge_samples}")

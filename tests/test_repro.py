@@ -270,7 +270,8 @@ def test_brightness_main_recipe_trains_fixed_and_flawed_one_flag_set_apart(tmp_p
     fixed, flawed = res["runs"]["fixed"], res["runs"]["flawed"]
     assert fixed["sampling"]["spacing"] == "trailing" and not fixed["sampling"]["clip_x0"]
     assert flawed["sampling"]["spacing"] == "leading" and flawed["sampling"]["clip_x0"]
-    assert fixed["sampling"]["guidance"] == flawed["sampling"]["guidance"] == 2.0
+    assert fixed["sampling"]["guidance"] == flawed["sampling"]["guidance"] == 2.5
+    assert fixed["sampling"]["guidance_from"] == flawed["sampling"]["guidance_from"] == -3.0
     configs = [T.load_checkpoint(tmp_path / "models" / f"main-{n}" / T.CHECKPOINT)["config"] for n in ("fixed", "flawed")]
     differ = {k for k in configs[0] if configs[0][k] != configs[1][k]}
     assert differ == {"zero_snr", "prediction", "spacing", "clip_x0", "out"}

@@ -1,6 +1,8 @@
 """Sampling CLI end to end, and FID's arithmetic and image pipeline with a stand-in feature
 extractor (no Inception weights can be downloaded here)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -164,18 +166,20 @@ def test_sample_rejects_bad_classes(tiny_checkpoint, capsys):
 
 
 def test_sample_cli_defaults_to_the_run_report_settings(tiny_checkpoint, tmp_path, capsys):
-    """No sampler flags: the checkpoint's stored report settings (the builtin recipe: DDIM at its
-    sample_steps with DPM-Solver++(2M), guidance 2, no rescale, no clipping), image for image; a flag
+    """No sampler flags: the checkpoint's stored report settings (the builtin recipe: its sample_steps
+    with DPM-Solver++(2M), guidance 2.5 at log-SNR >= -3 only, no rescale, no clipping), image for image; a flag
     overrides only itself; a checkpoint written before the settings were stored gets the same ones from
-    its config, and one written before the recipe named a sampler gets DDIM, which the report used then."""
+    its config, and one written before the recipe named a sampler gets DDIM, which the report used then
+    (and one from before guidance_from, guidance at every step)."""
     ckpt = T.load_checkpoint(tiny_checkpoint)
-    assert ckpt["sampling"] == dict(sampler="dpmpp_2m", steps=2, spacing="trailing", guidance=2.0, guidance_rescale=0.0,
-                                   clip_x0=False)
+    assert ckpt["sampling"] == dict(sampler="dpmpp_2m", steps=2, spacing="trailing", guidance=2.5, guidance_rescale=0.0,
+                                   guidance_from=-3.0, clip_x0=False)
     model, config = sample.load_model(tiny_checkpoint)
     labels = torch.arange(6) % 10
     npz = tmp_path / "s.npz"
     sample.main([str(tiny_checkpoint), "--num", "6", "--png", "", "--npz", str(npz)])
-    assert "sampling with dpmpp_2m, 2 trailing steps, guidance 2, rescale 0 (the run's report" in capsys.readouterr().out
+    assert ("sampling with dpmpp_2m, 2 trailing steps, guidance 2.5, rescale 0, guided only at log-SNR >= -3 "
+            "(the run's report") in capsys.readouterr().out
     expected = sample.generate(model, config, 6, labels=labels, seed=0, progress=False, **ckpt["sampling"])
     with np.load(npz) as f:
         assert np.array_equal(f["images"], expected.permute(0, 2, 3, 1).numpy())
@@ -187,10 +191,18 @@ def test_sample_cli_defaults_to_the_run_report_settings(tiny_checkpoint, tmp_pat
         assert np.array_equal(f["images"], unguided.permute(0, 2, 3, 1).numpy())
 
     sample.main([str(tiny_checkpoint), "--num", "6", "--png", "", "--npz", str(npz), "--clip-x0"])
-    assert "guidance 2, rescale 0, x0 clipped to [-1, 1] (flags: --clip-x0;" in capsys.readouterr().out
+    assert "guidance 2.5, rescale 0, guided only at log-SNR >= -3, x0 clipped to [-1, 1] (flags: --clip-x0;" \
+        in capsys.readouterr().out
     clipped = sample.generate(model, config, 6, labels=labels, seed=0, progress=False, **{**ckpt["sampling"], "clip_x0": True})
     with np.load(npz) as f:
         assert np.array_equal(f["images"], clipped.permute(0, 2, 3, 1).numpy())
+
+    sample.main([str(tiny_checkpoint), "--num", "6", "--png", "", "--npz", str(npz), "--guidance-from=-inf"])
+    assert "guidance 2.5, rescale 0 (flags: --guidance-from;" in capsys.readouterr().out
+    everywhere = sample.generate(model, config, 6, labels=labels, seed=0, progress=False,
+                                 **{**ckpt["sampling"], "guidance_from": -math.inf})
+    with np.load(npz) as f:
+        assert np.array_equal(f["images"], everywhere.permute(0, 2, 3, 1).numpy())
 
     old = {k: v for k, v in ckpt.items() if k != "sampling"}
     torch.save(old, tmp_path / "old.pt")
@@ -198,3 +210,16 @@ def test_sample_cli_defaults_to_the_run_report_settings(tiny_checkpoint, tmp_pat
     older = dict(old, config={k: v for k, v in ckpt["config"].items() if k != "sampler"})
     torch.save(older, tmp_path / "older.pt")
     assert sample.load_run(tmp_path / "older.pt")[2] == dict(ckpt["sampling"], sampler="ddim")
+    oldest = dict(old, config={k: v for k, v in ckpt["config"].items() if k != "guidance_from"})
+    torch.save(oldest, tmp_path / "oldest.pt")
+    assert sample.load_run(tmp_path / "oldest.pt")[2] == dict(ckpt["sampling"], guidance_from=-math.inf)
+
+
+def test_generate_guidance_from_is_the_interval_from_there_up(tiny_checkpoint):
+    """guidance_from = g is guidance_interval = (g, inf): image for image; -inf is plain guidance."""
+    model, config = sample.load_model(tiny_checkpoint)
+    kw = dict(sampler="ddim", steps=4, guidance=3.0, labels=torch.arange(4) % 10, seed=1, progress=False)
+    a = sample.generate(model, config, 4, guidance_from=-1.0, **kw)
+    assert torch.equal(a, sample.generate(model, config, 4, guidance_interval=(-1.0, math.inf), **kw))
+    assert torch.equal(sample.generate(model, config, 4, guidance_from=-math.inf, **kw),
+                       sample.generate(model, config, 4, **kw))

@@ -2,6 +2,7 @@
 wall-clock budget, checkpoints without pickle, and a two-process DDP step on CPU (gloo)."""
 
 import json
+import math
 import signal
 
 import pytest
@@ -44,7 +45,8 @@ def test_main_job_defaults():
     assert (cfg.dataset, cfg.preset, cfg.class_cond, cfg.minutes) == ("builtin", "small-patch2", True, 10.0)
     assert (cfg.weighting, cfg.timesteps, cfg.timesteps_low_snr, cfg.timesteps_uniform) == \
         ("level_mean", "logsnr_normal", 0.08, 0.05)
-    assert (cfg.lr_decay, cfg.sampler, cfg.guidance, cfg.guidance_rescale) == ("wsd", "dpmpp_2m", 2.0, 0.0)
+    assert (cfg.lr_decay, cfg.sampler, cfg.guidance, cfg.guidance_rescale, cfg.guidance_from) == ("wsd", "dpmpp_2m", 2.5, 0.0, -3.0)
+    assert T.parse_args(["--guidance-from=-inf"]).resolved().guidance_from == -math.inf
     assert T.parse_args(["--lr-decay", "constant"]).resolved().lr_decay == "constant"
     assert cfg.out == "runs/builtin-small-patch2-linear-zsnr-v"
 
@@ -245,3 +247,9 @@ def test_end_of_run_quality_report_prints_the_measure_with_its_calibration(tmp_p
     cal = saved["calibration"]
     # a 2-step model is worse than real images and the calibration ranks real below noise
     assert cal["real"]["frechet"] < q["frechet"] and cal["real"]["frechet"] < cal["noise"]["frechet"]
+
+
+def test_guidance_from_nan_or_plus_inf_is_refused_before_work():
+    for bad in ("nan", "inf"):
+        with pytest.raises(T.UsageError, match="--guidance-from must be a log-SNR"):
+            T.check_config(T.parse_args(["--guidance-from", bad]).resolved())
