@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ def test_table_averages_seeds_and_shows_their_spread(tmp_path):
             for s, st, acc, fr, b in ((0, 1000, 0.2, 20.0, 0.1), (1, 1100, 0.3, 18.0, 0.2))]
     rows.append(dict(rows[0], name="wide", sets={"unet": {"base_channels": 32}}, accuracy=None))
     rows.append(dict(rows[0], sampler="dpmpp_2m", accuracy=0.9))  # same run, another sampler: a row of its own
+    rows.append(dict(rows[0], guidance=2.5, guidance_from=-3.0, accuracy=0.8))  # guided above log-SNR -3 only
+    rows.append(dict(rows[0], guidance=2.5, guidance_from=-math.inf, accuracy=0.7))  # guided at every step
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = quality().table(path).splitlines()
@@ -39,3 +42,5 @@ def test_table_averages_seeds_and_shows_their_spread(tmp_path):
                         "19.00 (18.00..20.00) | 0.050 (0.050..0.050) | 15.0% (10.0%..20.0%) | 10.0% (10.0%..10.0%) |")
     assert lines[3].startswith("| wide | unet={'base_channels': 32} | 1 | 1,000 |") and "| n/a |" in lines[3]
     assert lines[4].startswith("| base | recipe defaults | 1 | 1,000 | 100 | dpmpp_2m 25 | 1 | 90.0% |")
+    assert lines[5].startswith("| base | recipe defaults | 1 | 1,000 | 100 | ddim 25 | 2.5 (log-SNR >= -3) | 80.0% |")
+    assert lines[6].startswith("| base | recipe defaults | 1 | 1,000 | 100 | ddim 25 | 2.5 | 70.0% |")
