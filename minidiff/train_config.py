@@ -46,7 +46,7 @@ RECIPES = {
     # Its report samples with guidance 2.5 and no guidance rescale (at w = 3 the rescale of 0.7
     # squeezed the brightness: W1 0.19 against 0.11 without it, docs/06_guidance.md), guiding only at
     # log-SNR >= -3: below it the brightness is decided, the data's brightness does not depend on the
-    # class, and guiding there only magnified the network's error (worst W1 of seven checkpoints
+    # class, and guiding there only magnified the network's error (worst W1 of nine checkpoints
     # 0.175 -> 0.099, docs/training.md, "guidance above the brightness band"). Its sampler is
     # DPM-Solver++(2M): one network call a step as DDIM, and a wider brightness range at 25 steps
     # (W1 0.040 against DDIM's 0.063 on the same checkpoint, docs/training.md). Its learning rate
