@@ -25,6 +25,9 @@ def test_sets_are_trainconfig_fields_with_python_values():
         q.parse_sets(["learning_rate=1"])
     with pytest.raises(SystemExit, match="--seeds"):
         q.parse_sets(["seed=3"])
+    # JSON's true is not Python's True: refused with the fix, not passed on as a string
+    with pytest.raises(SystemExit, match="not a Python literal.*True/False/None"):
+        q.parse_sets(['unet={"patch_size": 2, "flag": true}'])
 
 
 def test_table_averages_seeds_and_shows_their_spread(tmp_path):
