@@ -115,6 +115,8 @@ def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", step
     (the same as guidance_interval=(g, inf); the report's setting, stored in the checkpoint)."""
     from tqdm.auto import tqdm
 
+    if guidance_interval is not None and guidance_from != -math.inf:
+        raise ValueError("give guidance_interval or guidance_from, not both (guidance_from=g is the interval (g, inf))")
     if guidance_interval is None:
         guidance_interval = guidance_interval_from(guidance_from)
 

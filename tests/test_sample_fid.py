@@ -223,3 +223,5 @@ def test_generate_guidance_from_is_the_interval_from_there_up(tiny_checkpoint):
     assert torch.equal(a, sample.generate(model, config, 4, guidance_interval=(-1.0, math.inf), **kw))
     assert torch.equal(sample.generate(model, config, 4, guidance_from=-math.inf, **kw),
                        sample.generate(model, config, 4, **kw))
+    with pytest.raises(ValueError, match="not both"):
+        sample.generate(model, config, 4, guidance_from=-1.0, guidance_interval=(-2.0, 5.0), **kw)
