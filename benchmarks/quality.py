@@ -65,7 +65,7 @@ def parse_sets(items: list[str]) -> dict:
         try:
             out[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            if text.strip()[:1] in "{[(" and text.strip():
+            if text.lstrip().startswith(("{", "[", "(")):
                 raise SystemExit(f"error: --set {item}: not a Python literal; write it as Python does "
                                  "(True/False/None, quoted strings), e.g. unet='{\"patch_size\": 2}'") from None
             out[key] = text  # a plain word, e.g. cosine

@@ -50,6 +50,14 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def check_guidance_from(value: float | None) -> None:
+    """--guidance-from (train_cifar.py and minidiff.sample): a log-SNR, or -inf for every step."""
+    from .runtime import require
+
+    require(value is None or (not math.isnan(value) and value != math.inf),
+            f"--guidance-from must be a log-SNR (a number, or --guidance-from=-inf for every step), got {value}")
+
+
 def check_sampling_flags(args: argparse.Namespace) -> None:
     """The flags both sampling commands share (--steps, --guidance, --guidance-rescale, --eta,
     --sampler), checked before any model is loaded: a UsageError (one line, exit 2) names the flag."""
@@ -62,9 +70,7 @@ def check_sampling_flags(args: argparse.Namespace) -> None:
             f"--guidance must be 0 or more, got {args.guidance}")
     require(args.guidance_rescale is None or 0 <= args.guidance_rescale <= 1,
             f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
-    guidance_from = getattr(args, "guidance_from", None)
-    require(guidance_from is None or (not math.isnan(guidance_from) and guidance_from != math.inf),
-            f"--guidance-from must be a log-SNR (a number, or --guidance-from=-inf for every step), got {guidance_from}")
+    check_guidance_from(getattr(args, "guidance_from", None))
     require(0 <= args.eta <= 1, f"--eta must lie in [0, 1], got {args.eta}")
     require(not args.eta or args.sampler in ("ddim", "ddpm", None),
             f"--eta is DDIM's noise; --sampler {args.sampler} takes none (drop --eta or use --sampler ddim)")

@@ -81,7 +81,7 @@ def describe_sampling(settings: dict) -> str:
     """e.g. "ddim, 25 trailing steps, guidance 2, rescale 0"."""
     text = f"{settings['sampler']}, {settings['steps']} {settings['spacing']} steps, guidance {settings['guidance']:g}"
     text += f", rescale {settings['guidance_rescale']:g}" if settings["guidance"] != 1.0 else ""
-    if settings["guidance"] != 1.0 and guidance_interval_from(settings.get("guidance_from")):
+    if settings["guidance"] != 1.0 and settings.get("guidance_from", -math.inf) > -math.inf:
         text += f", guided only at log-SNR >= {settings['guidance_from']:g}"
     return text + (", x0 clipped to [-1, 1]" if settings.get("clip_x0") else "")
 

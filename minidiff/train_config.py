@@ -22,7 +22,7 @@ import torch
 
 from . import data as datasets
 from . import runtime
-from .cli import add_common_flags
+from .cli import add_common_flags, check_guidance_from
 from .objectives import PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
 from .runtime import LR_DECAYS, UsageError, require
 from .samplers import SAMPLERS, SPACINGS
@@ -50,8 +50,9 @@ RECIPES = {
     # 0.175 -> 0.099, docs/training.md, "guidance above the brightness band"). Its sampler is
     # DPM-Solver++(2M): one network call a step as DDIM, and a wider brightness range at 25 steps
     # (W1 0.040 against DDIM's 0.063 on the same checkpoint, docs/training.md). Its learning rate
-    # holds and then falls linearly to 0 over the last fifth of the run (wsd): at 10 minutes that
-    # drew the data's brightness range on both seeds where a constant rate squeezed it.
+    # holds and then falls linearly to 0 over the last fifth of the run (wsd): at 10 minutes one pair
+    # of runs drew the data's brightness range on both seeds where a constant rate squeezed it (the
+    # brightness of a 10-minute run still varies from run to run: W1 0.026 to 0.070 over four).
     "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.98,
                     max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=500, timesteps="logsnr_normal",
@@ -273,8 +274,7 @@ def check_config(cfg: TrainConfig) -> None:
             f"--minutes must be 0 (no limit) or a positive number, got {cfg.minutes}")
     require(cfg.sample_steps <= 1000, f"--sample-steps must be at most 1000 (the training steps), got {cfg.sample_steps}")
     require(cfg.num_samples >= 1, f"--num-samples must be at least 1, got {cfg.num_samples}")
-    require(not math.isnan(cfg.guidance_from) and cfg.guidance_from != math.inf,
-            f"--guidance-from must be a log-SNR (a number, or --guidance-from=-inf for every step), got {cfg.guidance_from}")
+    check_guidance_from(cfg.guidance_from)
     require(cfg.guidance >= 0 and 0 <= cfg.guidance_rescale <= 1,
             f"--guidance must be 0 or more and --guidance-rescale in [0, 1], got {cfg.guidance}, {cfg.guidance_rescale}")
     require(cfg.judge_samples == 0 or cfg.judge_samples >= 2, f"--judge-samples must be 0 (none) or at least 2, got {cfg.judge_samples}")

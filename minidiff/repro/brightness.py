@@ -149,9 +149,8 @@ def main(argv=None):
         print(f"brightness W1: flawed {res['runs']['flawed']['brightness_w1']:.3f}, fixed "
               f"{res['runs']['fixed']['brightness_w1']:.3f} ({res['w1_ratio']:.1f}x)"
               f"; the last step's mean-brightness SNR without the rescale: {res['last_step_mean_snr']:.3g}"
-              f"; wrote {a.out}/brightness_main*.json and .png")
-        suffix = "" if a.main_schedule == "linear" else f"-{a.main_schedule}"
-        publish_figures(Path(a.out), a.figures_dir, [f"brightness_main{suffix}.png"])
+              f"; wrote {a.out}/{res['figure']} and its .json")
+        publish_figures(Path(a.out), a.figures_dir, [res["figure"]])
         return
     res = run(scale_of(a), Path(a.out), Path(a.models), steps=a.steps, guidance=a.guidance,
               guidance_rescale=a.guidance_rescale, offset_noise=a.offset_noise, seed=a.seed)

@@ -67,8 +67,9 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
                   runs=results, calibration=calibration,
                   w1_ratio=results["flawed"]["brightness_w1"] / max(results["fixed"]["brightness_w1"], 1e-12))
     name = "brightness_main" + suffix
+    result["figure"] = f"{name}.png"
     write_json(out, name, result)
-    plot(result, images, judge.real.other[0], out / f"{name}.png")
+    plot(result, images, judge.real.other[0], out / result["figure"])
     return result
 
 
