@@ -287,6 +287,22 @@ class Judge:
             self._calibration[num] = {k: self._measure(v, y) for k, v in degraded.items()}
         return self._calibration[num]
 
+    def real_spread(self, num: int) -> list[dict]:
+        """The brightness measures of disjoint draws of `num` real images (the calibration part,
+        split in order): how far W1 and the background shares of real images move between draws
+        of this size, the noise a sample set's numbers carry. One dict per draw: "brightness_w1",
+        "black_backgrounds", "white_backgrounds", "num"."""
+        images = self.real.other[0]
+        if not 1 <= num <= len(images):
+            raise ValueError(f"a real draw of {num} images: choose 1 to {len(images)}, the real images held for calibration")
+        draws = []
+        for start in range(0, len(images) - num + 1, num):
+            x = images[start:start + num]
+            black, white = background_shares(x)
+            draws.append(dict(brightness_w1=wasserstein1(brightness(x), self.reference_brightness),
+                              black_backgrounds=black, white_backgrounds=white, num=num))
+        return draws
+
     def report(self, images, labels=None) -> str:
         """score() and calibration() for the same number of images as a table, with a header
         naming the data and the classifier's own held-out accuracy."""
@@ -352,6 +368,20 @@ def format_table(score: dict, calibration: dict[str, dict], header: str = "") ->
 # ------------------------------------------------------------------------------------------ CLI
 
 
+def format_spread(draws: list[dict]) -> str:
+    """The table of real_spread: each draw's brightness measures, then their mean and range."""
+    keys = ("brightness_w1", "black_backgrounds", "white_backgrounds")
+    rows = [f"real draws of {draws[0]['num']} images against the reference",
+            f"{'draw':>6} {'brightness W1':>14} {'near-black':>11} {'near-white':>11}"]
+    fmt = dict(brightness_w1="{:.3f}", black_backgrounds="{:.1%}", white_backgrounds="{:.1%}")
+    for i, d in enumerate(draws):
+        rows.append(f"{i:>6} " + " ".join(f"{fmt[k].format(d[k]):>{14 if k == 'brightness_w1' else 11}}" for k in keys))
+    for name, f in (("mean", np.mean), ("min", np.min), ("max", np.max)):
+        rows.append(f"{name:>6} " + " ".join(f"{fmt[k].format(f([d[k] for d in draws])):>{14 if k == 'brightness_w1' else 11}}"
+                                             for k in keys))
+    return "\n".join(rows)
+
+
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """`images` (and `labels` if present) from an .npz written by minidiff.sample."""
     path = Path(path)
@@ -371,9 +401,17 @@ def check_args(args) -> None:
     """The flags in range, and the paths fit for what they are, before any image is read: a
     ValueError names the flag (main prints it as one line and exits 2)."""
     for flag, value in (("--num-images", args.num_images), ("--num-reference", args.num_reference),
-                        ("--resolution", args.resolution), ("--threads", args.threads)):
+                        ("--resolution", args.resolution), ("--threads", args.threads),
+                        ("--real-spread", args.real_spread)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
+    if (args.samples is None) == (args.real_spread is None):
+        raise ValueError("give a sample .npz to score, or --real-spread N (not both)")
+    if args.real_spread is not None and args.real_spread > args.num_reference:
+        raise ValueError(f"--real-spread {args.real_spread} is more than the {args.num_reference} real images "
+                         "held for calibration (--num-reference)")
+    if args.figure and args.samples is None:
+        raise ValueError("--figure draws samples; give a sample .npz")
     if Path(args.cache_dir).is_file():
         raise ValueError(f"--cache-dir {args.cache_dir} is a file; give a folder")
     if args.figure:
@@ -387,7 +425,8 @@ def check_args(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m minidiff.metrics", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("samples", help=".npz from minidiff.sample (`images` uint8 [N, H, W, C], optional `labels`)")
+    p.add_argument("samples", nargs="?",
+                   help=".npz from minidiff.sample (`images` uint8 [N, H, W, C], optional `labels`)")
     p.add_argument("--dataset", choices=DATASETS, default="builtin", help="the labelled set the samples imitate")
     p.add_argument("--data-root", help="for --dataset folder: a folder with one sub-folder of images per class")
     p.add_argument("--resolution", type=int, help="the classifier's image side (default: the samples')")
@@ -397,9 +436,19 @@ def main(argv=None) -> None:
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where trained classifiers are kept")
     p.add_argument("--figure", help="also save a PNG of some samples above the calibration sets")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--real-spread", type=int, metavar="N",
+                   help="instead of scoring samples: the brightness W1 and background shares of disjoint draws "
+                        "of N real images (the noise of those numbers at N samples)")
     args = p.parse_args(argv)
     try:
         check_args(args)
+        if args.real_spread is not None:
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            judge = Judge.for_dataset(args.dataset, data_root=args.data_root, resolution=args.resolution or 32,
+                                      num=args.num_images, num_reference=args.num_reference, cache_dir=args.cache_dir)
+            print(format_spread(judge.real_spread(args.real_spread)))
+            return
         images, labels = load_npz(args.samples)
         try:  # the images' shape and type are checked now, before any training
             resolution = args.resolution or nchw(images).shape[-1]

@@ -137,6 +137,28 @@ def test_cli_prints_the_table_for_a_sample_npz(judge, cache_dir, tmp_path, capsy
     assert accuracy_row.split()[2] == f"{100 * expected['accuracy']:.1f}%"
 
 
+def test_real_spread_draws_are_disjoint_and_pool_to_the_whole_set(judge, cache_dir, capsys):
+    images = judge.real.other[0]
+    draws = judge.real_spread(NUM_REF // 4)
+    assert len(draws) == 4 and all(d["num"] == NUM_REF // 4 for d in draws)
+    # each draw is the next quarter of the calibration images, in order
+    second = images[NUM_REF // 4:NUM_REF // 2]
+    assert draws[1]["brightness_w1"] == M.wasserstein1(M.brightness(second), judge.reference_brightness)
+    # equal disjoint draws that cover the set: their shares average to the whole set's
+    black, white = M.background_shares(images)
+    assert np.mean([d["black_backgrounds"] for d in draws]) == pytest.approx(black)
+    assert np.mean([d["white_backgrounds"] for d in draws]) == pytest.approx(white)
+    # W1 is the integral of |F - G| and the whole set's CDF is the mean of the quarters': the
+    # quarters' mean W1 is at least the whole set's (smaller draws carry more noise)
+    whole = judge.real_spread(NUM_REF)[0]["brightness_w1"]
+    assert np.mean([d["brightness_w1"] for d in draws]) > whole
+    M.main(["--real-spread", str(NUM_REF // 4), "--resolution", str(RES), "--num-images", str(NUM),
+            "--num-reference", str(NUM_REF), "--cache-dir", str(cache_dir)])
+    rows = capsys.readouterr().out.splitlines()
+    mean_row = next(line for line in rows if line.split()[0] == "mean")
+    assert mean_row.split()[1] == f"{np.mean([d['brightness_w1'] for d in draws]):.3f}"
+
+
 def _bad_inputs(tmp_path):
     np.savez(tmp_path / "no_images.npz", labels=np.zeros(4))
     np.savez(tmp_path / "bad_shape.npz", images=np.zeros((4, 5, 5, 5), np.uint8))
@@ -149,7 +171,12 @@ def _bad_inputs(tmp_path):
             "no images": [str(tmp_path / "no_images.npz")],
             "wrong shape": [str(tmp_path / "bad_shape.npz")],
             "folder without classes": [str(good), "--dataset", "folder", "--data-root", str(loose)],
-            "folder without --data-root": [str(good), "--dataset", "folder"]}
+            "folder without --data-root": [str(good), "--dataset", "folder"],
+            "neither samples nor --real-spread": [],
+            "samples and --real-spread": [str(good), "--real-spread", "10"],
+            "--real-spread 0": ["--real-spread", "0"],
+            "--real-spread above the reference": ["--real-spread", "6000"],
+            "--figure without samples": ["--real-spread", "10", "--figure", str(tmp_path / "f.png")]}
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
