@@ -1,0 +1,130 @@
+"""EMA lengths side by side: one training run, several EMA decays, each scored by what it draws.
+
+    python benchmarks/ema_lengths.py --seed 0 --steps 6300 --decays 0.98 0.995 0.998 0.999
+    python benchmarks/ema_lengths.py --seed 1 --steps 6300 --decays 0.98 0.995 --out runs/ema
+
+The EMA never feeds back into training: the live weights, the optimiser and every random stream
+are the same whatever decay is averaged. So one run can carry several averages at once, and the
+comparison between them is free of the run-to-run variation that two separate runs would add
+(the brightness of a short run varies between runs more than most recipe changes move it). The
+run is `minidiff.train` with the dataset's recipe, stopped after `--steps` steps (not by the clock,
+so the result does not depend on the machine's speed); its own EMA is the first of `--decays`, and
+each further decay is kept beside it and saved as `checkpoint-ema{decay}.pt` (the run's
+checkpoint with those averaged weights; `python -m minidiff.sample` reads it like any other).
+Then `--num-samples` samples of every average are drawn from the same starting noise with the
+report's settings and scored by `minidiff.metrics`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from minidiff import metrics, runtime, train as T  # noqa: E402
+from minidiff.ema import EMA  # noqa: E402
+from minidiff.sample import generate, load_run  # noqa: E402
+
+
+def ema_with_companions(extra: list[float]):
+    """An EMA class that also keeps an average for each decay in `extra` (`.companions`), updated
+    from the same live weights at the same steps, with the same warm-up."""
+
+    class Companions(EMA):
+        def __init__(self, model, decay, warmup=True):
+            super().__init__(model, decay, warmup)
+            self.companions = {d: EMA(model, d, warmup) for d in extra}
+
+        def update(self, model):
+            super().update(model)
+            for ema in self.companions.values():
+                ema.update(model)
+
+    return Companions
+
+
+def train_with_decays(cfg: T.TrainConfig, decays: list[float]) -> dict[float, Path]:
+    """Train `cfg` with EMA decay decays[0] and keep the others beside it; returns {decay: checkpoint}."""
+    original = T.EMA
+    T.EMA = ema_with_companions(decays[1:])
+    try:
+        result = T.train(T.dataclasses.replace(cfg, ema_decay=decays[0]))
+    finally:
+        T.EMA = original
+    out = Path(cfg.out)
+    paths = {decays[0]: out / T.CHECKPOINT}
+    if "ema" not in result:
+        raise SystemExit(f"error: {out} already holds a finished run; give another --out")
+    saved = torch.load(paths[decays[0]], map_location="cpu", weights_only=False)
+    for decay, ema in result["ema"].companions.items():
+        paths[decay] = out / f"checkpoint-ema{decay}.pt"
+        runtime.save_checkpoint(paths[decay], dict(saved, ema=ema.state_dict(), ema_updates=ema.updates,
+                                                   config=dict(saved["config"], ema_decay=decay)))
+    return paths
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=6300, help="training steps (the 10-minute run's count on a fast day)")
+    p.add_argument("--decays", type=float, nargs="+", default=[0.98, 0.995, 0.998, 0.999],
+                   help="EMA decays; the first is the run's own")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples scored per decay")
+    p.add_argument("--sample-seed", type=int, default=1234, help="starting noise, the same for every decay")
+    p.add_argument("--out", default="runs/ema_lengths", help="the run goes to OUT/seed{SEED}")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="TrainConfig overrides, as benchmarks/quality.py --set")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    args = p.parse_args(argv)
+    from minidiff.cli import fail
+
+    if any(not 0.0 <= d < 1.0 for d in args.decays):
+        fail(f"--decays must lie in [0, 1), got {args.decays}")
+    if len(set(args.decays)) != len(args.decays):
+        fail(f"--decays are repeated: {args.decays}")
+    if args.steps < 1 or args.num_samples < 2:
+        fail("--steps must be at least 1 and --num-samples at least 2")
+    if Path(args.out).is_file():
+        fail(f"--out {args.out} is a file; give a folder")
+    sets = {}
+    if args.set:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+        quality = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(quality)
+        sets = quality.parse_sets(args.set)
+    cfg = T.TrainConfig(max_steps=args.steps, minutes=0, seed=args.seed, judge_samples=0, sample_every=0,
+                        threads=args.threads, out=str(Path(args.out) / f"seed{args.seed}"), **sets)
+    try:
+        T.check_config(cfg.resolved())
+    except T.UsageError as err:
+        fail(str(err))
+    paths = train_with_decays(cfg, args.decays)
+
+    judge = None
+    print(f"| EMA decay | steps averaged (1 / (1 - d)) | class acc. | Frechet | W1 | near-black | near-white |")
+    print("|---|---|---|---|---|---|---|")
+    for decay, path in paths.items():
+        model, config, settings = load_run(path)
+        judge = judge or metrics.Judge.for_dataset(config["dataset"], data_root=config.get("data_root"),
+                                                   resolution=config["resolution"])
+        labels = torch.arange(args.num_samples) % len(judge.real.classes) if config["class_cond"] else None
+        images = generate(model, config, args.num_samples, labels=labels, seed=args.sample_seed, progress=False,
+                          **settings)
+        s = judge.score(images, labels)
+        acc = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
+        print(f"| {decay} | {1 / (1 - decay):.0f} | {acc} | {s['frechet']:.2f} | {s['brightness_w1']:.3f} | "
+              f"{100 * s['black_backgrounds']:.1f}% | {100 * s['white_backgrounds']:.1f}% |", flush=True)
+    real = judge.calibration(args.num_samples)["real"]
+    print(f"| real images ({args.num_samples}) | | 100% | {real['frechet']:.2f} | {real['brightness_w1']:.3f} | "
+          f"{100 * real['black_backgrounds']:.1f}% | {100 * real['white_backgrounds']:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

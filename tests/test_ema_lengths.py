@@ -1,0 +1,63 @@
+"""benchmarks/ema_lengths.py: several EMA decays carried by one run leave the training untouched,
+and each saved average is the EMA of that decay (decay 0 is the live network itself)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from minidiff import train as T
+from minidiff.sample import load_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ema_lengths():
+    spec = importlib.util.spec_from_file_location("ema_lengths", ROOT / "benchmarks" / "ema_lengths.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny(out, **overrides) -> T.TrainConfig:
+    cfg = dict(dataset="builtin", num_images=64, preset="tiny", dropout=0.1, class_cond=True, batch_size=8,
+               lr=1e-3, warmup=2, ema_decay=0.9, max_steps=5, minutes=0, sample_every=0, ckpt_every=0,
+               num_samples=4, sample_steps=2, log_every=5, device="cpu", judge_samples=0, out=str(out))
+    return T.TrainConfig(**{**cfg, **overrides})
+
+
+def test_companion_averages_leave_training_alone_and_are_the_emas_of_their_decays(tmp_path):
+    m = ema_lengths()
+    paths = m.train_with_decays(tiny(tmp_path / "with"), [0.9, 0.0, 0.5])
+    T.train(tiny(tmp_path / "alone", ema_decay=0.5))  # the same run with 0.5 as its own EMA
+    plain = torch.load(tmp_path / "alone" / T.CHECKPOINT, weights_only=False)
+    main = torch.load(paths[0.9], weights_only=False)
+    for name, weight in plain["model"].items():  # the EMAs never fed back into training
+        assert torch.equal(weight, main["model"][name]), name
+    half = torch.load(paths[0.5], weights_only=False)
+    for name, weight in plain["ema"].items():  # the companion is what the run's own EMA would be
+        assert torch.equal(weight, half["ema"][name]), name
+    assert half["config"]["ema_decay"] == 0.5 and half["ema_updates"] == plain["ema_updates"] == 5
+    live = torch.load(paths[0.0], weights_only=False)
+    for name, weight in main["model"].items():  # decay 0 averages nothing: the live weights
+        assert torch.equal(weight, live["ema"][name]), name
+    # ... and the 0.9 average is not (so the check above could fail)
+    assert any(not torch.equal(weight, main["ema"][name]) for name, weight in main["model"].items())
+    model, config, settings = load_run(paths[0.5])  # a companion is an ordinary checkpoint
+    assert config["ema_decay"] == 0.5 and settings["sampler"] == config["sampler"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--decays", "0.9", "1.0"], "must lie in"),
+    (["--decays", "0.9", "0.9"], "repeated"),
+    (["--steps", "0"], "at least 1"),
+    (["--set", "lr=-1"], "lr"),
+])
+def test_bad_flags_are_one_line_before_training(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        ema_lengths().main(argv + ["--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
