@@ -2,7 +2,8 @@
 
 Every dataset is loaded once into an `ImageSet`: all images as one uint8 tensor [N, 3, H, W] and
 their integer labels. Conversion to floats in [-1, 1] (the library's convention) happens per batch,
-in `to_float`, so a 50k-image set costs 150 MB as uint8 and can live on the GPU whole.
+in `to_float`, so a 50k-image set costs 150 MB as uint8 and can live on the GPU whole. `nchw` and
+`as_uint8_images` accept the other layouts a user may hold (channels last, grayscale, floats).
 
 `Batches` then serves training batches: a fresh random order each epoch and a random horizontal
 flip per image (DDPM, Sec. 4: "random horizontal flips"), both a pure function of (seed, step), so a
@@ -20,6 +21,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,6 +94,53 @@ def resize_center_crop(images: torch.Tensor, resolution: int) -> torch.Tensor:
     top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
     out = out[..., top:top + resolution, left:left + resolution]
     return out.round().clamp(0, 255).to(torch.uint8) if images.dtype == torch.uint8 else out
+
+
+def nchw(images) -> torch.Tensor:
+    """Images as a tensor [N, C, H, W], C = 1 or 3, of uint8 or float in [-1, 1]; else a clear error.
+
+    Accepted layouts: [N, C, H, W], [N, H, W, C] (the sample CLI's npz) and [N, H, W] (grayscale).
+    """
+    x = torch.as_tensor(np.asarray(images))
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 2:
+        raise ValueError(f"images must be [N >= 2, C, H, W] or [N, H, W, C] with C = 1 or 3, "
+                         f"got shape {tuple(np.shape(images))}")
+    if x.dtype.is_floating_point:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1.01 or hi > 1.01:
+            raise ValueError(f"float images must lie in [-1, 1], these span [{lo:.3g}, {hi:.3g}]; "
+                             "pass uint8 (0..255) or rescale")
+    elif x.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 or float in [-1, 1], got {x.dtype}")
+    return x
+
+
+def as_uint8_images(images, *, channels: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """Any accepted image array (see `nchw`) -> uint8 [N, channels, resolution, resolution], and
+    notes on what was converted.
+
+    Floats are quantised to 256 levels, as saving a sample would. One channel is repeated to three
+    and three are averaged to one to match the classifier; another size is resized (bilinear,
+    antialiased) to the classifier's resolution.
+    """
+    x = nchw(images)
+    if x.dtype.is_floating_point:
+        x = to_uint8(x)
+    notes = []
+    if x.shape[1] != channels:
+        notes.append(f"{x.shape[1]}-channel images {'averaged to one channel' if channels == 1 else 'repeated to three channels'} "
+                     "to match the classifier")
+        x = x.float().mean(1, keepdim=True).round().to(torch.uint8) if channels == 1 else x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != (resolution, resolution):
+        notes.append(f"images resized from {x.shape[-2]}x{x.shape[-1]} to the classifier's "
+                     f"{resolution}x{resolution}: the figures then also judge the resizing")
+        x = F.interpolate(x.float(), size=(resolution, resolution), mode="bilinear", antialias=True,
+                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return x.contiguous(), notes
 
 
 # ------------------------------------------------------------------------------ built-in shapes

@@ -25,9 +25,9 @@ Every image passes through uint8 (as a saved sample does) before it is measured.
 get random horizontal flips, as the trainer's batches do, so the reference is the distribution a
 model is trained on.
 
-The classifier, the real images it learns from and its cache are in minidiff.metrics_classifier
-(their names are importable from here too); this file holds the measures, the calibration,
-`Judge` and the command line.
+The classifier, the real images it learns from and its cache are in minidiff.metrics_classifier,
+the image layouts it accepts (`nchw`, `as_uint8_images`) in minidiff.data (their names are
+importable from here too); this file holds the measures, the calibration, `Judge` and the command line.
 
     python -m minidiff.sample CKPT --num 2000 --npz samples.npz --png ""
     python -m minidiff.metrics samples.npz --dataset builtin
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data as datasets
+from .data import as_uint8_images, nchw  # noqa: F401 (re-exported: the image formats the measures accept)
 from .fid import frechet_distance, statistics
 from .metrics_classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classifier,  # noqa: F401 (re-exported)
                                  RealData, builtin_data, cache_path, check_class_folder, classify, folder_data,
@@ -64,57 +64,6 @@ MEASURES = ("frechet", "accuracy", "brightness_w1", "black_backgrounds", "white_
 SHARES = ("accuracy", "black_backgrounds", "white_backgrounds")  # printed as percentages
 BACKGROUND_CORNER = 3           # pixels: the side of each corner square that stands for the background
 NEAR_BLACK, NEAR_WHITE = 0.15, 0.85  # background brightness thresholds, in [0, 1]
-
-
-# ------------------------------------------------------------------------------------ images
-
-
-def nchw(images) -> torch.Tensor:
-    """Images as a tensor [N, C, H, W], C = 1 or 3, of uint8 or float in [-1, 1]; else a clear error.
-
-    Accepted layouts: [N, C, H, W], [N, H, W, C] (the sample CLI's npz) and [N, H, W] (grayscale).
-    """
-    x = torch.as_tensor(np.asarray(images))
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
-        x = x.permute(0, 3, 1, 2)
-    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] < 2:
-        raise ValueError(f"images must be [N >= 2, C, H, W] or [N, H, W, C] with C = 1 or 3, "
-                         f"got shape {tuple(np.shape(images))}")
-    if x.dtype.is_floating_point:
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1.01 or hi > 1.01:
-            raise ValueError(f"float images must lie in [-1, 1], these span [{lo:.3g}, {hi:.3g}]; "
-                             "pass uint8 (0..255) or rescale")
-    elif x.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 or float in [-1, 1], got {x.dtype}")
-    return x
-
-
-def as_uint8_images(images, *, channels: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """Any accepted image array (see `nchw`) -> uint8 [N, channels, resolution, resolution], and
-    notes on what was converted.
-
-    Floats are quantised to 256 levels, as saving a sample would. One channel is repeated to three
-    and three are averaged to one to match the classifier; another size is resized (bilinear,
-    antialiased) to the classifier's resolution.
-    """
-    x = nchw(images)
-    if x.dtype.is_floating_point:
-        x = datasets.to_uint8(x)
-    notes = []
-    if x.shape[1] != channels:
-        notes.append(f"{x.shape[1]}-channel images {'averaged to one channel' if channels == 1 else 'repeated to three channels'} "
-                     "to match the classifier")
-        x = x.float().mean(1, keepdim=True).round().to(torch.uint8) if channels == 1 else x.expand(-1, 3, -1, -1)
-    if tuple(x.shape[-2:]) != (resolution, resolution):
-        notes.append(f"images resized from {x.shape[-2]}x{x.shape[-1]} to the classifier's "
-                     f"{resolution}x{resolution}: the figures then also judge the resizing")
-        x = F.interpolate(x.float(), size=(resolution, resolution), mode="bilinear", antialias=True,
-                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    return x.contiguous(), notes
-
 
 
 # ------------------------------------------------------------------------------ degradations
