@@ -144,7 +144,7 @@ def main(argv=None):
 
         if a.main_steps < 1:
             p.error(f"--main-steps must be at least 1, got {a.main_steps}")
-        res = brightness_main.run(Path(a.out), Path(a.models), max_steps=a.main_steps, num_samples=a.num_samples or 500,
+        res = brightness_main.run(Path(a.out), Path(a.models), max_steps=a.main_steps, num_samples=a.num_samples or brightness_main.report_samples(),
                                   seed=a.seed, schedule=a.main_schedule, device=a.device, threads=a.threads)
         print(f"brightness W1: flawed {res['runs']['flawed']['brightness_w1']:.3f}, fixed "
               f"{res['runs']['fixed']['brightness_w1']:.3f} ({res['w1_ratio']:.1f}x)"

@@ -73,6 +73,14 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
     return result
 
 
+def report_samples() -> int:
+    """How many samples the main job's own report scores (the built-in recipe's judge_samples): the
+    comparison's default, so that its numbers carry the same sampling noise as a run's report."""
+    from ..train_config import RECIPES
+
+    return RECIPES["builtin"]["judge_samples"]
+
+
 def last_step_mean_snr(schedule: str, image_shape=(3, 32, 32), brightness_var: float = 1.8 ** 2 / 12) -> float:
     """The SNR of an image's mean brightness at the last training step without the rescale:
     alpha_bar_T / (1 - alpha_bar_T) * Var(m) * d, for d pixel values whose noise averages down to
