@@ -22,13 +22,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 
 from minidiff import metrics, runtime, train as T  # noqa: E402
 from minidiff.ema import EMA  # noqa: E402
 from minidiff.sample import generate, load_run  # noqa: E402
+from quality import parse_sets  # noqa: E402 (benchmarks/quality.py: --set FIELD=VALUE, the same syntax)
 
 
 def ema_with_companions(extra: list[float]):
@@ -58,8 +59,6 @@ def train_with_decays(cfg: T.TrainConfig, decays: list[float]) -> dict[float, Pa
         T.EMA = original
     out = Path(cfg.out)
     paths = {decays[0]: out / T.CHECKPOINT}
-    if "ema" not in result:
-        raise SystemExit(f"error: {out} already holds a finished run; give another --out")
     saved = torch.load(paths[decays[0]], map_location="cpu", weights_only=False)
     for decay, ema in result["ema"].companions.items():
         paths[decay] = out / f"checkpoint-ema{decay}.pt"
@@ -92,13 +91,9 @@ def main(argv=None) -> None:
         fail("--steps must be at least 1 and --num-samples at least 2")
     if Path(args.out).is_file():
         fail(f"--out {args.out} is a file; give a folder")
-    sets = {}
-    if args.set:
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-        quality = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(quality)
-        sets = quality.parse_sets(args.set)
+    if (Path(args.out) / f"seed{args.seed}" / T.CHECKPOINT).exists():
+        fail(f"{args.out}/seed{args.seed} already holds a run; give another --out")
+    sets = parse_sets(args.set)
     cfg = T.TrainConfig(max_steps=args.steps, minutes=0, seed=args.seed, judge_samples=0, sample_every=0,
                         threads=args.threads, out=str(Path(args.out) / f"seed{args.seed}"), **sets)
     try:
@@ -108,7 +103,7 @@ def main(argv=None) -> None:
     paths = train_with_decays(cfg, args.decays)
 
     judge = None
-    print(f"| EMA decay | steps averaged (1 / (1 - d)) | class acc. | Frechet | W1 | near-black | near-white |")
+    print("| EMA decay | steps averaged (1 / (1 - d)) | class acc. | Frechet | W1 | near-black | near-white |")
     print("|---|---|---|---|---|---|---|")
     for decay, path in paths.items():
         model, config, settings = load_run(path)

@@ -319,15 +319,16 @@ def format_table(score: dict, calibration: dict[str, dict], header: str = "") ->
 
 def format_spread(draws: list[dict]) -> str:
     """The table of real_spread: each draw's brightness measures, then their mean and range."""
-    keys = ("brightness_w1", "black_backgrounds", "white_backgrounds")
+    columns = dict(brightness_w1=("brightness W1", "{:.3f}", 14), black_backgrounds=("near-black", "{:.1%}", 11),
+                   white_backgrounds=("near-white", "{:.1%}", 11))
+
+    def row(label, value_of) -> str:
+        return f"{label:>6} " + " ".join(f"{fmt.format(value_of(k)):>{width}}" for k, (_, fmt, width) in columns.items())
+
     rows = [f"real draws of {draws[0]['num']} images against the reference",
-            f"{'draw':>6} {'brightness W1':>14} {'near-black':>11} {'near-white':>11}"]
-    fmt = dict(brightness_w1="{:.3f}", black_backgrounds="{:.1%}", white_backgrounds="{:.1%}")
-    for i, d in enumerate(draws):
-        rows.append(f"{i:>6} " + " ".join(f"{fmt[k].format(d[k]):>{14 if k == 'brightness_w1' else 11}}" for k in keys))
-    for name, f in (("mean", np.mean), ("min", np.min), ("max", np.max)):
-        rows.append(f"{name:>6} " + " ".join(f"{fmt[k].format(f([d[k] for d in draws])):>{14 if k == 'brightness_w1' else 11}}"
-                                             for k in keys))
+            f"{'draw':>6} " + " ".join(f"{title:>{width}}" for title, _, width in columns.values())]
+    rows += [row(i, lambda k, d=d: d[k]) for i, d in enumerate(draws)]
+    rows += [row(name, lambda k, f=f: f([d[k] for d in draws])) for name, f in (("mean", np.mean), ("min", np.min), ("max", np.max))]
     return "\n".join(rows)
 
 

@@ -1,24 +1,18 @@
 """benchmarks/ema_lengths.py: several EMA decays carried by one run leave the training untouched,
 and each saved average is the EMA of that decay (decay 0 is the live network itself)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from minidiff import train as T
 from minidiff.sample import load_run
+from scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def ema_lengths():
-    spec = importlib.util.spec_from_file_location("ema_lengths", ROOT / "benchmarks" / "ema_lengths.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/ema_lengths.py")
 
 
 def tiny(out, **overrides) -> T.TrainConfig:

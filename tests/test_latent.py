@@ -7,7 +7,6 @@ them in the diffusers layout with Stable Diffusion's own (eps, non-zero-SNR) sch
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,6 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 from minidiff import latent, latent_data, latent_train, runtime  # noqa: E402
 from minidiff.objectives import diffusion_loss  # noqa: E402
 from minidiff.samplers import make_timesteps  # noqa: E402
+from scripts import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = 32  # pixels; the tiny VAE has two blocks, so latents are 16 x 16
@@ -97,10 +97,7 @@ def images(tmp_path_factory):
 
 def train_latent_cli():
     """The top-level train_latent.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("train_latent", ROOT / "train_latent.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_latent.py")
 
 
 def config(tiny_sd, images, out, **kw):

@@ -11,9 +11,7 @@ marked slow (12 minutes on one core: the README's build and fine-tune, then the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +24,7 @@ from transformers import CLIPTokenizer  # noqa: E402
 
 from minidiff import latent, latent_train, minisd, minisd_eval, minisd_text  # noqa: E402
 from minidiff.data import builtin_shapes, to_float  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from scripts import load_script  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -177,10 +174,7 @@ def test_export_loads_in_a_stock_pipeline_at_the_models_own_size(built, tuned):
 
 
 def train_latent_cli():
-    spec = importlib.util.spec_from_file_location("train_latent", ROOT / "train_latent.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_latent.py")
 
 
 @pytest.mark.slow
