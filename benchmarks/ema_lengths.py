@@ -2,6 +2,7 @@
 
     python benchmarks/ema_lengths.py --seed 0 --steps 6300 --decays 0.98 0.995 0.998 0.999
     python benchmarks/ema_lengths.py --seed 1 --steps 6300 --decays 0.98 0.995 --out runs/ema
+    python benchmarks/ema_lengths.py --seed 1 --steps 2000 --decays 0.995 0.99 --shares 0.0333
 
 The EMA never feeds back into training: the live weights, the optimiser and every random stream
 are the same whatever decay is averaged. So one run can carry several averages at once, and the
@@ -11,6 +12,8 @@ run is `minidiff.train` with the dataset's recipe, stopped after `--steps` steps
 so the result does not depend on the machine's speed); its own EMA is the first of `--decays`, and
 each further decay is kept beside it and saved as `checkpoint-ema{decay}.pt` (the run's
 checkpoint with those averaged weights; `python -m minidiff.sample` reads it like any other).
+`--shares` adds power EMAs (minidiff.ema: about that share of the steps so far), saved as
+`checkpoint-ema-share{share}.pt`.
 Then `--num-samples` samples of every average are drawn from the same starting noise with the
 report's settings and scored by `minidiff.metrics`.
 """
@@ -32,14 +35,16 @@ from minidiff.sample import generate, load_run  # noqa: E402
 from quality import parse_sets  # noqa: E402 (benchmarks/quality.py: --set FIELD=VALUE, the same syntax)
 
 
-def ema_with_companions(extra: list[float]):
-    """An EMA class that also keeps an average for each decay in `extra` (`.companions`), updated
-    from the same live weights at the same steps, with the same warm-up."""
+def ema_with_companions(extra: list[float], shares: list[float] = ()):
+    """An EMA class that also keeps an average for each decay in `extra` and each power-EMA share
+    in `shares` (`.companions`, keyed by the decay or by "share{s}"), updated from the same live
+    weights at the same steps, with the same warm-up."""
 
     class Companions(EMA):
-        def __init__(self, model, decay, warmup=True):
-            super().__init__(model, decay, warmup)
+        def __init__(self, model, decay, warmup=True, share=0.0):
+            super().__init__(model, decay, warmup, share)
             self.companions = {d: EMA(model, d, warmup) for d in extra}
+            self.companions.update({f"share{s:g}": EMA(model, 0.0, share=s) for s in shares})
 
         def update(self, model):
             super().update(model)
@@ -49,10 +54,11 @@ def ema_with_companions(extra: list[float]):
     return Companions
 
 
-def train_with_decays(cfg: T.TrainConfig, decays: list[float]) -> dict[float, Path]:
-    """Train `cfg` with EMA decay decays[0] and keep the others beside it; returns {decay: checkpoint}."""
+def train_with_decays(cfg: T.TrainConfig, decays: list[float], shares: list[float] = ()) -> dict:
+    """Train `cfg` with EMA decay decays[0] and keep the others (and the power EMAs of `shares`)
+    beside it; returns {decay or "share{s}": checkpoint}."""
     original = T.EMA
-    T.EMA = ema_with_companions(decays[1:])
+    T.EMA = ema_with_companions(decays[1:], shares)
     try:
         result = T.train(T.dataclasses.replace(cfg, ema_decay=decays[0]))
     finally:
@@ -60,10 +66,11 @@ def train_with_decays(cfg: T.TrainConfig, decays: list[float]) -> dict[float, Pa
     out = Path(cfg.out)
     paths = {decays[0]: out / T.CHECKPOINT}
     saved = torch.load(paths[decays[0]], map_location="cpu", weights_only=False)
-    for decay, ema in result["ema"].companions.items():
-        paths[decay] = out / f"checkpoint-ema{decay}.pt"
-        runtime.save_checkpoint(paths[decay], dict(saved, ema=ema.state_dict(), ema_updates=ema.updates,
-                                                   config=dict(saved["config"], ema_decay=decay)))
+    for key, ema in result["ema"].companions.items():
+        paths[key] = out / (f"checkpoint-ema-{key}.pt" if ema.share else f"checkpoint-ema{key}.pt")
+        runtime.save_checkpoint(paths[key], dict(saved, ema=ema.state_dict(), ema_updates=ema.updates,
+                                                 config=dict(saved["config"], ema_decay=ema.decay,
+                                                             ema_share=ema.share)))
     return paths
 
 
@@ -74,6 +81,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=6300, help="training steps (the 10-minute run's count on a fast day)")
     p.add_argument("--decays", type=float, nargs="+", default=[0.98, 0.995, 0.998, 0.999],
                    help="EMA decays; the first is the run's own")
+    p.add_argument("--shares", type=float, nargs="*", default=[],
+                   help="power EMAs carried beside them: about this share of the steps so far (minidiff.ema)")
     p.add_argument("--num-samples", type=int, default=1000, help="samples scored per decay")
     p.add_argument("--sample-seed", type=int, default=1234, help="starting noise, the same for every decay")
     p.add_argument("--out", default="runs/ema_lengths", help="the run goes to OUT/seed{SEED}")
@@ -85,6 +94,8 @@ def main(argv=None) -> None:
 
     if any(not 0.0 <= d < 1.0 for d in args.decays):
         fail(f"--decays must lie in [0, 1), got {args.decays}")
+    if any(not 0.0 < s <= 1.0 for s in args.shares) or len(set(args.shares)) != len(args.shares):
+        fail(f"--shares must lie in (0, 1] and not repeat, got {args.shares}")
     if len(set(args.decays)) != len(args.decays):
         fail(f"--decays are repeated: {args.decays}")
     if args.steps < 1 or args.num_samples < 2:
@@ -100,12 +111,12 @@ def main(argv=None) -> None:
         T.check_config(cfg.resolved())
     except T.UsageError as err:
         fail(str(err))
-    paths = train_with_decays(cfg, args.decays)
+    paths = train_with_decays(cfg, args.decays, args.shares)
 
     judge = None
-    print("| EMA decay | steps averaged (1 / (1 - d)) | class acc. | Frechet | W1 | near-black | near-white |")
+    print("| EMA | steps averaged at the end | class acc. | Frechet | W1 | near-black | near-white |")
     print("|---|---|---|---|---|---|---|")
-    for decay, path in paths.items():
+    for key, path in paths.items():
         model, config, settings = load_run(path)
         judge = judge or metrics.Judge.for_dataset(config["dataset"], data_root=config.get("data_root"),
                                                    resolution=config["resolution"])
@@ -114,7 +125,8 @@ def main(argv=None) -> None:
                           **settings)
         s = judge.score(images, labels)
         acc = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
-        print(f"| {decay} | {1 / (1 - decay):.0f} | {acc} | {s['frechet']:.2f} | {s['brightness_w1']:.3f} | "
+        name, length = (f"{key} (power)", float(key[5:]) * args.steps) if isinstance(key, str) else (key, 1 / (1 - key))
+        print(f"| {name} | {length:.0f} | {acc} | {s['frechet']:.2f} | {s['brightness_w1']:.3f} | "
               f"{100 * s['black_backgrounds']:.1f}% | {100 * s['white_backgrounds']:.1f}% |", flush=True)
     real = judge.calibration(args.num_samples)["real"]
     print(f"| real images ({args.num_samples}) | | 100% | {real['frechet']:.2f} | {real['brightness_w1']:.3f} | "

@@ -158,24 +158,27 @@ def gather_objects(obj, world: int) -> list:
 # ---------------------------------------------------------------------------- learning rate
 
 LR_DECAYS = ("constant", "cosine", "wsd")
-WSD_COOLDOWN = 0.2  # decay="wsd": the share of the run, at its end, over which the rate falls to 0
+WSD_COOLDOWN = 0.2  # decay="wsd": the share of the run, at its end, over which the rate falls to 0 (default)
 
 
-def learning_rate(step: int, *, lr: float, warmup: int, decay: str = "constant", progress: float = 0.0) -> float:
+def learning_rate(step: int, *, lr: float, warmup: int, decay: str = "constant", progress: float = 0.0,
+                  cooldown: float = WSD_COOLDOWN) -> float:
     """The learning rate of optimizer step `step` (0-indexed).
 
     Linear warm-up from lr / warmup to lr over `warmup` steps (DDPM, App. B), then constant, or
     with decay="cosine" down to 0 along lr * (1 + cos(pi * progress)) / 2, where progress in
     [0, 1] is how much of the run is done (of its steps or of its wall-clock budget), or with
-    decay="wsd" (warm-up, stable, decay) constant until the last WSD_COOLDOWN of the run and then
-    linearly down to 0 at its end.
+    decay="wsd" (warm-up, stable, decay) constant until the last `cooldown` share of the run and
+    then linearly down to 0 at its end.
     """
+    if decay not in LR_DECAYS:
+        raise ValueError(f"unknown learning-rate decay {decay!r}; choose one of {', '.join(LR_DECAYS)}")
     rate = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
     progress = min(1.0, max(0.0, progress))
     if decay == "cosine":
         rate *= 0.5 * (1 + math.cos(math.pi * progress))
     elif decay == "wsd":
-        rate *= min(1.0, (1.0 - progress) / WSD_COOLDOWN)
+        rate *= min(1.0, (1.0 - progress) / cooldown)
     return rate
 
 
@@ -285,9 +288,11 @@ def load_checkpoint(path: str | Path, kind: str | None = None, *, missing: str =
     return state
 
 
-def check_resume(saved: dict, current: dict, keys) -> None:
+def check_resume(saved: dict, current: dict, keys, unrecorded: dict | None = None) -> None:
     """The one resume rule: the settings that decide what is trained (`keys`) must equal the
-    checkpoint's. A resume may change how long and how fast the run goes, nothing else."""
+    checkpoint's. A resume may change how long and how fast the run goes, nothing else.
+    `unrecorded` gives the value a key had in checkpoints written before it was recorded."""
+    saved = {**(unrecorded or {}), **saved}
     changed = [k for k in keys if saved.get(k) != current.get(k)]
     if changed:
         diffs = ", ".join(f"{k}: {current.get(k)!r} now, {saved.get(k)!r} in the checkpoint" for k in changed)
@@ -296,7 +301,7 @@ def check_resume(saved: dict, current: dict, keys) -> None:
 
 
 def start_or_resume(out: Path, *, resume: bool, kind: str, config: dict, keys, max_steps: int,
-                    out_flag: str) -> dict | None:
+                    out_flag: str, unrecorded: dict | None = None) -> dict | None:
     """The checkpoint a run continues from, or None for a new run.
 
     A new run never overwrites a checkpoint; a resume must keep `keys` (check_resume). A run
@@ -309,7 +314,7 @@ def start_or_resume(out: Path, *, resume: bool, kind: str, config: dict, keys, m
         return None
     state = load_checkpoint(path, kind, missing="nothing to resume. Drop --resume to start a new run, or "
                                                   f"point {out_flag} at the run you mean.")
-    check_resume(state["config"], config, keys)
+    check_resume(state["config"], config, keys, unrecorded)
     if state["step"] >= max_steps:
         print(f"{out} is finished: it reached step {state['step']} of --max-steps {max_steps}. "
               "Nothing to do; pass a larger --max-steps to train on.")

@@ -37,8 +37,8 @@ from .ema import EMA
 from .objectives import LossPerLevel, diffusion_loss, logsnr_band_shares, timestep_probabilities
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .schedules import Schedule
-from .train_config import (IDENTITY, RECIPES, UNIFORM_SHARE, TrainConfig, build_model,  # noqa: F401 (re-exported)
-                           check_config, default_run_name, make_schedule, native_resolution, parse_args,
+from .train_config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
+                           build_model, check_config, default_run_name, make_schedule, native_resolution, parse_args,
                            plain_config)
 from .train_report import judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
 
@@ -48,13 +48,22 @@ from .train_report import judge_samples, report_sampling, sample_grid  # noqa: F
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float = 0.0) -> float:
     """Linear warm-up to cfg.lr over cfg.warmup steps (DDPM, App. B), then cfg.lr_decay."""
-    return runtime.learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, decay=cfg.lr_decay, progress=progress)
+    return runtime.learning_rate(step, lr=cfg.lr, warmup=cfg.warmup, decay=cfg.lr_decay, progress=progress,
+                                 cooldown=cfg.lr_cooldown)
 
 
 def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator) -> torch.Tensor:
     """Replace each label by the null class with probability p (Ho and Salimans 2022, Alg. 1)."""
     drop = torch.rand(y.shape, generator=generator, device=generator.device).to(y.device) < p
     return torch.where(drop, torch.full_like(y, null), y)
+
+
+def training_timesteps(cfg: TrainConfig, schedule: Schedule) -> torch.Tensor | None:
+    """p(t) of the training timesteps (float64), or None for uniform (objectives.timestep_probabilities)."""
+    if cfg.timesteps == "uniform":
+        return None
+    return timestep_probabilities(schedule, cfg.timesteps, mean=cfg.timesteps_mean, uniform_share=cfg.timesteps_uniform,
+                                  low_snr_share=cfg.timesteps_low_snr)
 
 
 def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: TrainConfig,
@@ -116,7 +125,8 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     saved = runtime.start_or_resume(out, resume=cfg.resume, kind="pixel", config=plain_config(cfg),
-                                    keys=IDENTITY, max_steps=cfg.max_steps, out_flag="--out")
+                                    keys=IDENTITY, max_steps=cfg.max_steps, out_flag="--out",
+                                    unrecorded=UNRECORDED)
     if saved is not None and saved["step"] >= cfg.max_steps:
         return dict(step=saved["step"], loss=math.nan, images_per_s=math.nan, out=str(out), finished=True)
     if cfg.threads:
@@ -137,13 +147,12 @@ def train(cfg: TrainConfig) -> dict:
     model = build_model(cfg, data.num_classes, data.channels).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    ema = EMA(model, cfg.ema_decay, share=cfg.ema_share)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2))
     torch.manual_seed(cfg.seed + 1000 * rank)
     noise_gen = torch.Generator(device).manual_seed(cfg.seed + 1 + 1000 * rank)
-    timestep_probs = None if cfg.timesteps == "uniform" else \
-        timestep_probabilities(schedule, cfg.timesteps, uniform_share=cfg.timesteps_uniform,
-                               low_snr_share=cfg.timesteps_low_snr).float().to(device)
+    timestep_probs = training_timesteps(cfg, schedule)
+    timestep_probs = None if timestep_probs is None else timestep_probs.float().to(device)
     if master and timestep_probs is not None:
         bands = logsnr_band_shares(schedule, timestep_probs.double().cpu())
         print("training timesteps by log-SNR band: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in bands.items()))

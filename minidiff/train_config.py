@@ -33,12 +33,13 @@ from .unet import PRESETS, UNet
 # Defaults that depend on the dataset. CIFAR-10 is DDPM's recipe. The built-in set's recipe is
 # chosen by measurement so that the README's main job (no flags) gives recognisable samples in a
 # 10-minute run on a 2-core CPU; docs/training.md has the figures.
+EMA_SHARE = 1 / 30  # the built-in recipe's EMA: the last thirtieth of the run (0.995 at 6,000 steps)
 UNIFORM_SHARE = 0.1  # chosen by benchmarks/quality.py (docs/training.md): 0.3 and 0.5 drew worse shapes
 RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
-                    max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
+                    ema_share=0.0, max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
-                    timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
+                    adam_beta2=0.999, timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
                     guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
     # The built-in recipe (docs/training.md, "the brightness study"): the space-to-depth network,
     # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
@@ -53,26 +54,32 @@ RECIPES = {
     # holds and then falls linearly to 0 over the last fifth of the run (wsd): at 10 minutes one pair
     # of runs drew the data's brightness range on both seeds where a constant rate squeezed it (the
     # brightness of a 10-minute run still varies from run to run: W1 0.026 to 0.070 over four).
-    # Its EMA averages about the last 200 steps (0.995): in one 6,300-step run per seed, kept side by
-    # side with 0.98, it drew W1 0.028 and 0.038 against 0.048 and 0.036 (docs/training.md, "the EMA
-    # at 10 minutes"). The report scores 1,000 samples: at 500, real images against real images
-    # alone range from W1 0.013 to 0.071 (`python -m minidiff.metrics --real-spread 500`).
-    "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, ema_decay=0.995,
-                    max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
+    # Its EMA averages about the last thirtieth of the steps so far (a power EMA, minidiff/ema.py):
+    # 0.995 at 6,000 steps, where 0.995 drew W1 0.028 and 0.038 against 0.98's 0.048 and 0.036 in one
+    # run per seed (docs/training.md, "the EMA at 10 minutes"), and 0.985 at 2,000 steps, where the
+    # fixed 0.995 reached back to weights that had not learnt the shapes yet (--ema-share 0 falls
+    # back to the fixed ema_decay). Its Adam averages squared gradients over about 100 steps
+    # (beta2 0.99, as EDM2) rather than 1,000: at 2,000 steps class accuracy 72.0% -> 88.2% on seed
+    # 1 (docs/training.md, "2,000 steps"). The report scores 1,000 samples: at 500, real images
+    # against real images alone range from W1 0.013 to 0.071 (`python -m minidiff.metrics --real-spread 500`).
+    "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, adam_beta2=0.99, ema_decay=0.995,
+                    ema_share=EMA_SHARE, max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=1000, timesteps="logsnr_normal",
                     timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", guidance=2.5,
                     guidance_rescale=0.0, guidance_from=-3.0, sampler="dpmpp_2m", lr_decay="wsd"),
-    "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999,
-                   max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
+    "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, adam_beta2=0.999, ema_decay=0.999,
+                   ema_share=0.0, max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
                    ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
                    timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
                    guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
 }
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
-            "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "ema_decay",
-            "grad_clip", "resolution", "offset_noise", "weighting", "timesteps", "timesteps_uniform",
-            "timesteps_low_snr", "dropout")
+            "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "lr_cooldown",
+            "adam_beta2", "ema_decay", "ema_share", "grad_clip", "resolution", "offset_noise", "weighting", "timesteps",
+            "timesteps_mean", "timesteps_uniform", "timesteps_low_snr", "dropout")
+# What checkpoints written before these flags were recorded were trained with.
+UNRECORDED = {"adam_beta2": 0.999, "lr_cooldown": 0.2, "timesteps_mean": 2.4, "ema_share": 0.0}
 
 
 @dataclass
@@ -96,9 +103,12 @@ class TrainConfig:
     lr: float | None = None
     warmup: int | None = None
     lr_decay: str | None = None       # after the warm-up: constant (DDPM), cosine or wsd to 0 at the run's end
+    lr_cooldown: float = runtime.WSD_COOLDOWN  # lr_decay wsd: the share of the run at its end over which it falls
+    adam_beta2: float | None = None   # Adam's second-moment decay (PyTorch's and DDPM's 0.999; EDM2's 0.99)
     grad_clip: float = 1.0
     weighting: str | None = None      # loss weight per timestep: none (Lin et al.'s v loss), min_snr, or level_mean
     timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
+    timesteps_mean: float = 2.4       # with logsnr_normal: the mean of the log-SNR normal (EDM's 2.4)
     timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
     timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (brightness)
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
@@ -107,6 +117,7 @@ class TrainConfig:
     class_cond: bool | None = None
     label_dropout: float = 0.1        # P(label -> null class): trains the unconditional model for CFG
     ema_decay: float | None = None
+    ema_share: float | None = None    # > 0: EMA over about this share of the steps so far (power EMA); 0: ema_decay
     dropout: float | None = None      # default: the preset's
     seed: int = 0
     device: str | None = None         # default: cuda, else mps, else cpu (runtime.default_device)
@@ -130,8 +141,12 @@ class TrainConfig:
         """A copy with every None filled from the recipe of `self.dataset`."""
         require(self.dataset in RECIPES, f"unknown dataset {self.dataset!r}; choose one of {', '.join(RECIPES)}")
         recipe = RECIPES[self.dataset]
+        require(self.ema_decay is None or not self.ema_share,
+                f"--ema-decay {self.ema_decay} and --ema-share {self.ema_share} both set the EMA; give one")
         filled = {k: (recipe[k] if getattr(self, k) is None and k in recipe else getattr(self, k))
                   for k in (f.name for f in dataclasses.fields(self))}
+        if self.ema_decay is not None and self.ema_share is None:
+            filled["ema_share"] = 0.0  # an explicit --ema-decay means that fixed decay
         cfg = TrainConfig(**filled)
         require(cfg.preset in PRESETS, f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
         if cfg.resolution is None:
@@ -195,13 +210,20 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
     opt.add_argument("--lr-decay", choices=LR_DECAYS,
                      help="after the warm-up: constant, cosine to 0 at the end (of --max-steps or --minutes), or wsd: "
-                          "constant, then linear to 0 over the last fifth of the run (recipe: wsd builtin, constant else)")
+                          "constant, then linear to 0 over the last --lr-cooldown of the run (recipe: wsd builtin, constant else)")
+    opt.add_argument("--lr-cooldown", type=float, default=d.lr_cooldown,
+                     help="with --lr-decay wsd: the share of the run, at its end, over which the rate falls to 0")
+    opt.add_argument("--adam-beta2", type=float,
+                     help="Adam's second-moment decay: 1 / (1 - beta2) steps of squared gradients scale each "
+                          "step (recipe: 0.99 builtin, 0.999 else)")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
                      help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "
                           "learned weighting; recipe: level_mean builtin, none else)")
     opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS,
                      help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4), mixed with uniform)")
+    opt.add_argument("--timesteps-mean", type=float, default=d.timesteps_mean,
+                     help="with --timesteps logsnr_normal: the mean of the log-SNR normal (lower: noisier levels)")
     opt.add_argument("--timesteps-uniform", type=float,
                      help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
     opt.add_argument("--timesteps-low-snr", type=float,
@@ -209,7 +231,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                           "overall brightness is decided")
     opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
                      help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
-    opt.add_argument("--ema-decay", type=float, help="EMA decay per step")
+    opt.add_argument("--ema-decay", type=float, help="EMA decay per step (a fixed length: 1 / (1 - d) steps)")
+    opt.add_argument("--ema-share", type=float,
+                     help="EMA over about this share of the steps so far, whenever the run stops (Karras et al. "
+                          "2024's power EMA; recipe: 1/30 builtin, 0 else: the fixed --ema-decay)")
     opt.add_argument("--max-steps", type=int, help="training steps (recipe: 800k for cifar10)")
     opt.add_argument("--minutes", type=float, help="wall-clock budget: stop cleanly after this many minutes (0: none)")
     run = p.add_argument_group("running")
@@ -265,6 +290,11 @@ def check_config(cfg: TrainConfig) -> None:
     require(cfg.lr < 1, f"--lr {cfg.lr} is far too large for Adam (1e-4 to 1e-2 is usual)")
     require(cfg.warmup >= 0, f"--warmup must be 0 or more steps, got {cfg.warmup}")
     require(0 <= cfg.ema_decay < 1, f"--ema-decay must lie in [0, 1), got {cfg.ema_decay}")
+    require(0 <= cfg.ema_share <= 1, f"--ema-share must lie in [0, 1] (0: use --ema-decay), got {cfg.ema_share}")
+    require(0 < cfg.adam_beta2 < 1, f"--adam-beta2 must lie in (0, 1), got {cfg.adam_beta2}")
+    require(0 < cfg.lr_cooldown <= 1, f"--lr-cooldown must lie in (0, 1] (a share of the run), got {cfg.lr_cooldown}")
+    require(math.isfinite(cfg.timesteps_mean) and abs(cfg.timesteps_mean) <= 20,
+            f"--timesteps-mean must be a log-SNR between -20 and 20 (EDM: 2.4), got {cfg.timesteps_mean}")
     require(0 <= cfg.label_dropout < 1, f"--label-dropout must lie in [0, 1), got {cfg.label_dropout}")
     require(cfg.dropout is None or 0 <= cfg.dropout < 1, f"--dropout must lie in [0, 1), got {cfg.dropout}")
     require(cfg.offset_noise >= 0, f"--offset-noise must be 0 or more, got {cfg.offset_noise}")

@@ -43,10 +43,24 @@ def test_companion_averages_leave_training_alone_and_are_the_emas_of_their_decay
     assert config["ema_decay"] == 0.5 and settings["sampler"] == config["sampler"]
 
 
+def test_a_power_companion_is_the_runs_own_power_ema(tmp_path):
+    m = ema_lengths()
+    paths = m.train_with_decays(tiny(tmp_path / "with"), [0.9], shares=[0.5])
+    T.train(tiny(tmp_path / "alone", ema_decay=None, ema_share=0.5))  # --ema-share 0.5 as the run's own
+    own = torch.load(tmp_path / "alone" / T.CHECKPOINT, weights_only=False)
+    power = torch.load(paths["share0.5"], weights_only=False)
+    assert paths["share0.5"].name == "checkpoint-ema-share0.5.pt" and power["config"]["ema_share"] == 0.5
+    for name, weight in own["ema"].items():
+        assert torch.equal(weight, power["ema"][name]), name
+    fixed = torch.load(paths[0.9], weights_only=False)
+    assert any(not torch.equal(w, fixed["ema"][n]) for n, w in power["ema"].items())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--decays", "0.9", "1.0"], "must lie in"),
     (["--decays", "0.9", "0.9"], "repeated"),
     (["--steps", "0"], "at least 1"),
+    (["--shares", "0"], "--shares must lie in (0, 1]"),
     (["--set", "lr=-1"], "lr"),
 ])
 def test_bad_flags_are_one_line_before_training(tmp_path, capsys, argv, message):

@@ -47,6 +47,10 @@ def run_main(main, argv, capsys):
     ("--max-steps", "0", "--max-steps must be at least 1"),
     ("--minutes", "-5", "--minutes must be 0"),
     ("--ema-decay", "1", "--ema-decay must lie in"),
+    ("--adam-beta2", "1", "--adam-beta2 must lie in (0, 1)"),
+    ("--lr-cooldown", "0", "--lr-cooldown must lie in (0, 1]"),
+    ("--ema-share", "2", "--ema-share must lie in [0, 1]"),
+    ("--timesteps-mean", "nan", "--timesteps-mean must be a log-SNR"),
     ("--label-dropout", "1.5", "--label-dropout must lie in"),
     ("--warmup", "-1", "--warmup must be 0 or more"),
     ("--sample-steps", "2000", "--sample-steps must be at most 1000"),
@@ -198,6 +202,23 @@ def test_the_resume_rule_allows_length_and_refuses_what_is_trained():
         runtime.check_resume(saved, {"lr": 1e-3, "seed": 1}, ["lr", "seed"])
 
 
+def test_a_checkpoint_from_before_a_key_was_recorded_resumes_with_the_old_value(tmp_path, capsys):
+    """Checkpoints written before --adam-beta2 existed were trained with Adam's 0.999: resuming one
+    under the built-in recipe's 0.99 is refused and names 0.999; passing it resumes."""
+    T.main(tiny_args(tmp_path / "r", "--max-steps", "2"))
+    path = tmp_path / "r" / T.CHECKPOINT
+    state = T.load_checkpoint(path)
+    assert state["config"].pop("adam_beta2") == 0.99  # as an older minidiff wrote it
+    for group in state["optimizer"]["param_groups"]:
+        group["betas"] = (0.9, 0.999)
+    runtime.save_checkpoint(path, state)
+    code, err = run_main(T.main, tiny_args(tmp_path / "r", "--max-steps", "3", "--resume"), capsys)
+    assert code == 2 and "adam_beta2: 0.99 now, 0.999 in the checkpoint" in err
+    T.main(tiny_args(tmp_path / "r", "--max-steps", "3", "--resume", "--adam-beta2", "0.999"))
+    resumed = T.load_checkpoint(path)
+    assert resumed["step"] == 3 and resumed["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+
+
 # -------------------------------------------------------------------------------- schedules
 
 
@@ -215,6 +236,13 @@ def test_learning_rate_wsd_holds_then_falls_linearly_over_the_last_fifth():
     assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=0.9) == pytest.approx(0.5)
     assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=0.95) == pytest.approx(0.25)
     assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=1.0) == pytest.approx(0.0)
+    # --lr-cooldown 0.5: the fall starts at half the run
+    assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=0.5, cooldown=0.5) == pytest.approx(1.0)
+    assert runtime.learning_rate(10, lr=1.0, warmup=4, decay="wsd", progress=0.75, cooldown=0.5) == pytest.approx(0.5)
+    cfg = T.TrainConfig(lr=2.0, warmup=0, lr_decay="wsd", lr_cooldown=0.5)
+    assert T.learning_rate(cfg, 10, progress=0.75) == pytest.approx(1.0)  # the trainer passes its cooldown on
+    with pytest.raises(ValueError, match="unknown learning-rate decay 'linear'"):
+        runtime.learning_rate(10, lr=1.0, warmup=4, decay="linear", progress=0.5)
 
 
 def test_step_order_is_the_same_for_both_trainers_and_covers_each_epoch():
@@ -243,6 +271,26 @@ def test_ema_warmup_forgets_the_initial_network():
     assert kept < 1.1e-5 and ema.updates == 10
     assert ema_decay(0.999, 10**6) == 0.999  # long runs: the decay asked for
     assert EMA(net, 0.999, warmup=False).decay == 0.999 and ema_decay(0.999, 0, warmup=False) == 0.999
+
+
+def test_power_ema_is_the_weighted_mean_of_all_steps_so_far():
+    """With share s the update-n decay (n / (n + 1)) ** (1 / s) leaves, after t updates, the weights
+    of step k with weight (k^g - (k-1)^g) / t^g, g = 1 / s (Karras et al. 2024, power EMA):
+    the identity holds exactly for any sequence of weights."""
+    net = torch.nn.Linear(3, 2).double()
+    ema = EMA(net, 0.0, share=0.25)  # g = 4
+    steps = [torch.randn(8, dtype=torch.float64) for _ in range(7)]
+    for theta in steps:
+        torch.nn.utils.vector_to_parameters(theta, net.parameters())
+        ema.update(net)
+    t, g = len(steps), 4
+    expected = sum((k ** g - (k - 1) ** g) * theta for k, theta in enumerate(steps, start=1)) / t ** g
+    torch.testing.assert_close(torch.nn.utils.parameters_to_vector(ema.model.parameters()), expected)
+    # like a fixed decay over the last s * t steps: a thirtieth of 6,000 steps is 1 - 1/200
+    assert ema_decay(0.0, 5999, share=1 / 30) == pytest.approx(0.995, abs=3e-5)
+    assert ema_decay(0.0, 1999, share=1 / 30) == pytest.approx(1 - 1 / 66.7, abs=3e-4)
+    with pytest.raises(ValueError, match="EMA share must lie in"):
+        EMA(net, 0.0, share=1.5)
 
 
 def test_ema_of_a_short_eps_run_denoises_as_well_as_its_live_weights(tmp_path):

@@ -33,6 +33,7 @@ def test_cifar10_defaults_are_ddpm_recipe():
     assert (cfg.lr, cfg.warmup, cfg.batch_size, cfg.grad_clip, cfg.ema_decay) == (2e-4, 5000, 128, 1.0, 0.9999)
     assert cfg.preset == "ddpm-cifar10" and PRESETS[cfg.preset]["dropout"] == 0.1
     assert cfg.class_cond is False and cfg.minutes is None and cfg.lr_decay == "constant"
+    assert cfg.adam_beta2 == 0.999  # PyTorch's Adam default, which DDPM used
     # Lin et al.'s fixes are the default; each is one flag away.
     assert (cfg.zero_snr, cfg.prediction, cfg.spacing) == (True, "v", "trailing")
     flawed = T.parse_args(["--dataset", "cifar10", "--no-zero-snr", "--prediction", "eps"]).resolved()
@@ -52,7 +53,7 @@ def test_main_job_defaults():
 
 
 def test_learning_rate_warmup_is_linear():
-    cfg = T.TrainConfig(lr=2e-4, warmup=5000)
+    cfg = T.TrainConfig(lr=2e-4, warmup=5000, lr_decay="constant")
     assert T.learning_rate(cfg, 0) == pytest.approx(2e-4 / 5000)
     assert T.learning_rate(cfg, 2499) == pytest.approx(1e-4)
     assert T.learning_rate(cfg, 4999) == T.learning_rate(cfg, 10**6) == 2e-4
@@ -100,6 +101,46 @@ def test_resume_is_bit_for_bit(tmp_path, weighting):
     steps = [int(line.split('"step": ')[1].split(",")[0])
              for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 3, 4, 6]
+
+
+def test_adam_beta2_reaches_the_optimizer(tmp_path):
+    """After Adam's first step the second moment is (1 - beta2) g^2. Two runs that differ only in
+    --adam-beta2 take the same first gradient, so their moments differ by (1 - 0.9) / (1 - 0.99) = 10."""
+    moments = {}
+    for beta2 in (0.9, 0.99):
+        T.train(tiny(tmp_path / str(beta2), max_steps=1, adam_beta2=beta2))
+        optimizer = T.load_checkpoint(tmp_path / str(beta2) / T.CHECKPOINT)["optimizer"]
+        assert optimizer["param_groups"][0]["betas"] == (0.9, beta2)
+        moments[beta2] = torch.cat([s["exp_avg_sq"].flatten() for s in optimizer["state"].values()])
+    assert T.RECIPES["builtin"]["adam_beta2"] == 0.99 and tiny(tmp_path).resolved().adam_beta2 == 0.99
+    moved = moments[0.99] > 1e-20
+    assert moved.sum() >= 10  # the zero-initialised output layers keep most gradients at 0 on step 1
+    torch.testing.assert_close(moments[0.9][moved] / moments[0.99][moved],
+                               torch.full((int(moved.sum()),), 10.0), rtol=1e-4, atol=0)
+
+
+def test_the_builtin_ema_is_a_share_of_the_run_unless_a_decay_is_given(tmp_path):
+    cfg = T.TrainConfig(out=str(tmp_path)).resolved()
+    assert cfg.ema_share == T.EMA_SHARE == 1 / 30
+    assert T.TrainConfig(ema_decay=0.99, out=str(tmp_path)).resolved().ema_share == 0.0  # --ema-decay: fixed
+    assert T.TrainConfig(dataset="cifar10", out=str(tmp_path)).resolved().ema_share == 0.0  # DDPM's 0.9999
+    with pytest.raises(T.UsageError, match="both set the EMA"):
+        T.TrainConfig(ema_decay=0.99, ema_share=0.1, out=str(tmp_path)).resolved()
+
+
+def test_timesteps_mean_moves_the_median_training_log_snr(tmp_path):
+    """--timesteps-mean m centres the log-SNR normal at m: with few uniform draws the median
+    log-SNR of the training timesteps lies within a step's width of m."""
+    medians = []
+    for mean in (0.0, 2.4):
+        cfg = tiny(tmp_path, timesteps="logsnr_normal", timesteps_uniform=0.01, timesteps_low_snr=0.0,
+                   timesteps_mean=mean).resolved()
+        schedule = T.make_schedule(cfg)
+        p = T.training_timesteps(cfg, schedule)
+        t_median = int(torch.searchsorted(p.cumsum(0), 0.5))
+        medians.append(schedule.log_snr[t_median].item())
+        assert abs(medians[-1] - mean) < 0.1, (mean, medians[-1])
+    assert T.training_timesteps(tiny(tmp_path, timesteps="uniform").resolved(), schedule) is None
 
 
 def test_checkpoint_loads_without_pickle_and_rebuilds_the_model(tmp_path):

@@ -191,22 +191,23 @@ def train_config(spec: ModelSpec, scale: dict, models_dir: Path, seed: int = 0):
     guide it) and is trained for a fixed number of steps (not minutes), so a rerun gives the
     same model.
     """
-    from ..train import TrainConfig
+    from ..train import UNRECORDED, TrainConfig
 
     cfg = TrainConfig(
         dataset=scale["dataset"], num_images=scale["num_images"], resolution=scale["resolution"],
         preset=scale["preset"], schedule=spec.schedule, zero_snr=spec.zero_snr,
         prediction=spec.prediction, batch_size=scale["batch_size"], lr=scale["lr"],
-        warmup=scale["warmup"], ema_decay=scale["ema_decay"], max_steps=scale["max_steps"], minutes=0,
-        class_cond=True, label_dropout=0.1, seed=seed, device=scale["device"], bf16=scale["bf16"],
-        sample_every=0, ckpt_every=max(1000, scale["max_steps"] // 10), num_samples=20, sample_steps=10,
-        log_every=10, offset_noise=spec.offset_noise, judge_samples=0, timesteps="uniform",
-        timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
+        warmup=scale["warmup"], adam_beta2=0.999, ema_decay=scale["ema_decay"], ema_share=0.0,
+        max_steps=scale["max_steps"], minutes=0, class_cond=True, label_dropout=0.1, seed=seed,
+        device=scale["device"], bf16=scale["bf16"], sample_every=0, ckpt_every=max(1000, scale["max_steps"] // 10),
+        num_samples=20, sample_steps=10, log_every=10, offset_noise=spec.offset_noise, judge_samples=0,
+        timesteps="uniform", timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
     )
     # The key holds the network's full config too: a preset retuned under the same name is a new model.
     key = {**dataclasses.asdict(cfg), "network": network_config(cfg.preset)}
     key.pop("device")
     key.pop("out")
+    key = {k: v for k, v in key.items() if k not in UNRECORDED or v != UNRECORDED[k]}  # newer settings: same key
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     cfg.out = str(models_dir / f"{spec.name}-{scale['preset']}-{scale['resolution']}px-{digest}")
     return cfg
