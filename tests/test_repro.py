@@ -279,6 +279,23 @@ def test_brightness_main_recipe_trains_fixed_and_flawed_one_flag_set_apart(tmp_p
     assert (tmp_path / "out" / "brightness_main.png").stat().st_size > 0
 
 
+def test_brightness_main_refuses_a_model_of_an_older_recipe_and_names_models(tmp_path):
+    """A main-* model trained before the recipe's Adam beta2 changed is not resumed as if it were
+    the recipe's: the refusal names the setting and the --models flag."""
+    from minidiff import metrics, runtime
+    from minidiff import train as T
+    from minidiff.repro import brightness_main
+
+    judge = metrics.Judge.for_dataset("builtin", resolution=32, num=500, num_reference=200, cache_dir=None, progress=False)
+    brightness_main.run(tmp_path / "out", tmp_path / "models", max_steps=1, num_samples=10, threads=1, judge=judge)
+    path = tmp_path / "models" / "main-fixed" / T.CHECKPOINT
+    state = T.load_checkpoint(path)
+    del state["config"]["adam_beta2"]  # as a checkpoint of the recipe before recorded it
+    runtime.save_checkpoint(path, state)
+    with pytest.raises(T.UsageError, match=r"adam_beta2: 0.99 now, 0.999 in the checkpoint.*another --models folder"):
+        brightness_main.run(tmp_path / "out", tmp_path / "models", max_steps=2, num_samples=10, threads=1, judge=judge)
+
+
 def test_last_step_mean_snr_from_ddpm_and_stable_diffusion_betas():
     """The SNR of a 32x32x3 image's mean brightness at t = T without the rescale, from betas written
     out here: DDPM's linspace(1e-4, 0.02) and Stable Diffusion's linspace(sqrt 0.00085, sqrt 0.012)^2.

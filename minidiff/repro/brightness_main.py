@@ -52,7 +52,11 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
         ckpt = Path(cfg.out) / T.CHECKPOINT
         cfg.resume = ckpt.exists()
         print(f"== {name}: python train_cifar.py --max-steps {max_steps}{schedule_flag} {FLAGS[name]}".rstrip())
-        T.train(cfg)
+        try:
+            T.train(cfg)
+        except T.UsageError as err:  # a model of an older recipe in --models: say which flag to change
+            raise T.UsageError(f"{err} Here: pass another --models folder ({models_dir} holds main-{name}{suffix} "
+                               "from other settings).") from None
         model, config, settings = load_run(ckpt, device=cfg.resolved().device)
         judge = judge or metrics.Judge.for_dataset("builtin", resolution=config["resolution"])
         labels = torch.arange(num_samples) % len(judge.real.classes)
