@@ -125,7 +125,8 @@ def main(argv=None) -> None:
                           **settings)
         s = judge.score(images, labels)
         acc = "" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
-        name, length = (f"{key} (power)", float(key[5:]) * args.steps) if isinstance(key, str) else (key, 1 / (1 - key))
+        share = config["ema_share"]  # each checkpoint's config says which average it holds
+        name, length = (f"{key} (power)", share * args.steps) if share else (key, 1 / (1 - config["ema_decay"]))
         print(f"| {name} | {length:.0f} | {acc} | {s['frechet']:.2f} | {s['brightness_w1']:.3f} | "
               f"{100 * s['black_backgrounds']:.1f}% | {100 * s['white_backgrounds']:.1f}% |", flush=True)
     real = judge.calibration(args.num_samples)["real"]
