@@ -79,8 +79,11 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
     """
     if cfg.class_cond:
         y = drop_labels(y, cfg.label_dropout, null_class, noise_gen)
+    late = cfg.adam_beta2_late is not None and step >= cfg.adam_beta2_from
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(cfg, step, progress)
+        if late:
+            group["betas"] = (group["betas"][0], cfg.adam_beta2_late)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.bf16):
         loss = diffusion_loss(forward, x, schedule, cfg.prediction,
                               y=y if cfg.class_cond else None, generator=noise_gen,

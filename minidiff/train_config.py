@@ -76,10 +76,11 @@ RECIPES = {
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "lr_cooldown",
-            "adam_beta2", "ema_decay", "ema_share", "grad_clip", "resolution", "offset_noise", "weighting", "timesteps",
+            "adam_beta2", "adam_beta2_late", "adam_beta2_from", "ema_decay", "ema_share", "grad_clip", "resolution", "offset_noise", "weighting", "timesteps",
             "timesteps_mean", "timesteps_uniform", "timesteps_low_snr", "dropout")
 # What checkpoints written before these flags were recorded were trained with.
-UNRECORDED = {"adam_beta2": 0.999, "lr_cooldown": 0.2, "timesteps_mean": 2.4, "ema_share": 0.0}
+UNRECORDED = {"adam_beta2": 0.999, "adam_beta2_late": None, "adam_beta2_from": 2000, "lr_cooldown": 0.2, "timesteps_mean": 2.4,
+              "ema_share": 0.0}
 
 
 @dataclass
@@ -105,6 +106,8 @@ class TrainConfig:
     lr_decay: str | None = None       # after the warm-up: constant (DDPM), cosine or wsd to 0 at the run's end
     lr_cooldown: float = runtime.WSD_COOLDOWN  # lr_decay wsd: the share of the run at its end over which it falls
     adam_beta2: float | None = None   # Adam's second-moment decay (PyTorch's and DDPM's 0.999; EDM2's 0.99)
+    adam_beta2_late: float | None = None  # Adam's beta2 from step adam_beta2_from on (None: adam_beta2 throughout)
+    adam_beta2_from: int = 2000       # the step at which adam_beta2_late takes over
     grad_clip: float = 1.0
     weighting: str | None = None      # loss weight per timestep: none (Lin et al.'s v loss), min_snr, or level_mean
     timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
@@ -216,6 +219,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--adam-beta2", type=float,
                      help="Adam's second-moment decay: 1 / (1 - beta2) steps of squared gradients scale each "
                           "step (recipe: 0.99 builtin, 0.999 else)")
+    opt.add_argument("--adam-beta2-late", type=float, default=d.adam_beta2_late,
+                     help="Adam's beta2 from step --adam-beta2-from on (default: --adam-beta2 throughout)")
+    opt.add_argument("--adam-beta2-from", type=int, default=d.adam_beta2_from,
+                     help="the step at which --adam-beta2-late takes over")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
                      help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "
@@ -292,6 +299,9 @@ def check_config(cfg: TrainConfig) -> None:
     require(0 <= cfg.ema_decay < 1, f"--ema-decay must lie in [0, 1), got {cfg.ema_decay}")
     require(0 <= cfg.ema_share <= 1, f"--ema-share must lie in [0, 1] (0: use --ema-decay), got {cfg.ema_share}")
     require(0 < cfg.adam_beta2 < 1, f"--adam-beta2 must lie in (0, 1), got {cfg.adam_beta2}")
+    require(cfg.adam_beta2_late is None or 0 < cfg.adam_beta2_late < 1,
+            f"--adam-beta2-late must lie in (0, 1), got {cfg.adam_beta2_late}")
+    require(cfg.adam_beta2_from >= 0, f"--adam-beta2-from must be 0 or more steps, got {cfg.adam_beta2_from}")
     require(0 < cfg.lr_cooldown <= 1, f"--lr-cooldown must lie in (0, 1] (a share of the run), got {cfg.lr_cooldown}")
     require(math.isfinite(cfg.timesteps_mean) and abs(cfg.timesteps_mean) <= 20,
             f"--timesteps-mean must be a log-SNR between -20 and 20 (EDM: 2.4), got {cfg.timesteps_mean}")

@@ -214,6 +214,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         norm_groups: int = 32,
         patch_size: int = 1,
+        mean_input: str | None = None,
     ):
         super().__init__()
         channel_mults, attn_resolutions = tuple(channel_mults), tuple(attn_resolutions)
@@ -223,6 +224,8 @@ class UNet(nn.Module):
             attn_resolutions=attn_resolutions, dropout=dropout, num_heads=num_heads,
             num_classes=num_classes, norm_groups=norm_groups, patch_size=patch_size,
         )
+        if mean_input is not None:  # only when set, so that older checkpoints' configs stay as they were
+            self.config["mean_input"] = mean_input
         _check_config(**self.config)
         ch, groups, emb_dim = base_channels, norm_groups, 4 * base_channels
         self.num_classes = num_classes
@@ -232,6 +235,15 @@ class UNet(nn.Module):
         # Timestep MLP: sinusoid(ch) -> 4ch -> SiLU -> 4ch (DDPM App. B).
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
+        # mean_input: the input's channel means, through a zero-initialised MLP (so the untrained
+        # model is unchanged), into the conditioning vector ("embedding") or onto the middle's input
+        # ("middle"). Every GroupNorm subtracts its group's spatial mean, so without it an image's
+        # overall brightness reaches the blocks only indirectly. Measured, not in any preset:
+        # docs/training.md, "the image's mean handed to the network".
+        self.mean_input = mean_input
+        mean_out = emb_dim if mean_input == "embedding" else ch * channel_mults[-1]
+        self.mean_mlp = (nn.Sequential(nn.Linear(in_channels, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, mean_out)))
+                         if mean_input else None)
 
         self.conv_in = nn.Conv2d(in_channels * patch_size ** 2, ch, 3, padding=1)
 
@@ -286,8 +298,9 @@ class UNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """The per-sample conditioning vector: time MLP (+ class embedding), then SiLU."""
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None, batch: int, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-sample conditioning vector: time MLP (+ class embedding) (+ the MLP of x's
+        channel means, with mean_input="embedding"), then SiLU."""
         t = torch.as_tensor(t, device=self.conv_in.weight.device)
         if t.ndim == 0:
             t = t.expand(batch)
@@ -301,6 +314,8 @@ class UNet(nn.Module):
         elif y is not None:
             raise ValueError("labels y were given but this UNet has num_classes=None; "
                              "build it with num_classes=K to condition on classes")
+        if self.mean_input == "embedding":
+            emb = emb + self.mean_mlp(channel_means(x)).to(emb.dtype)
         return F.silu(emb)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -310,7 +325,7 @@ class UNet(nn.Module):
         if x.shape[2] % self.downsample_factor or x.shape[3] % self.downsample_factor:
             raise ValueError(f"H and W must be divisible by {self.downsample_factor} "
                              f"(patch_size * 2 ** (len(channel_mults) - 1)), got {tuple(x.shape[2:])}")
-        emb = self.embed(t, y, x.shape[0])
+        emb = self.embed(t, y, x.shape[0], x)
 
         h = self.conv_in(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = [h]
@@ -322,6 +337,8 @@ class UNet(nn.Module):
                 h = self.downsamples[i](h)
                 skips.append(h)
 
+        if self.mean_input == "middle":
+            h = h + self.mean_mlp(channel_means(x)).to(h.dtype)[:, :, None, None]
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
 
         for i, level in enumerate(self.up):
@@ -334,9 +351,21 @@ class UNet(nn.Module):
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
 
+def channel_means(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C]: each channel's spatial mean in units of pure noise's (the mean of
+    H*W unit normals has sd 1 / sqrt(H*W)), squashed by asinh. In the log-SNR band -9..-3, where an
+    image's brightness is decided, the signal is 0.3 to 7 of those units: asinh keeps it near linear
+    there and bounds the large values of nearly clean images."""
+    pixels = x.shape[-1] * x.shape[-2]
+    return torch.asinh(x.float().mean(dim=(2, 3)) * pixels ** 0.5)
+
+
 def _check_config(*, in_channels, out_channels, image_size, base_channels, channel_mults,
-                  num_res_blocks, attn_resolutions, dropout, num_heads, num_classes, norm_groups, patch_size=1):
+                  num_res_blocks, attn_resolutions, dropout, num_heads, num_classes, norm_groups, patch_size=1,
+                  mean_input=None):
     """Refuse configs that would fail deep inside forward, saying what was wrong and what to do."""
+    if mean_input not in (None, "embedding", "middle"):
+        raise ValueError(f"mean_input must be None, 'embedding' or 'middle', got {mean_input!r}")
     if not (isinstance(patch_size, int) and patch_size >= 1) or image_size % patch_size:
         raise ValueError(f"patch_size must be a positive integer that divides image_size {image_size}, "
                          f"got {patch_size!r}")

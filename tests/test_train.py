@@ -119,6 +119,26 @@ def test_adam_beta2_reaches_the_optimizer(tmp_path):
                                torch.full((int(moved.sum()),), 10.0), rtol=1e-4, atol=0)
 
 
+def test_adam_beta2_late_takes_over_at_its_step(tmp_path):
+    """Adam's second moment after two steps is b v1 + (1 - b) g1^2, where b is step 1's beta2.
+    With --adam-beta2-late 0.5 from step 1 and without it, step 0 is the same, so both runs take
+    the same second gradient g1: (v2 - 0.5 v1) / 0.5 must equal (v2' - 0.99 v1) / 0.01."""
+    def moments(name, **kw):
+        T.train(tiny(tmp_path / name, adam_beta2=0.99, **kw))
+        optimizer = T.load_checkpoint(tmp_path / name / T.CHECKPOINT)["optimizer"]
+        v = torch.cat([s["exp_avg_sq"].flatten() for s in optimizer["state"].values()]).double()
+        return v, optimizer["param_groups"][0]["betas"]
+
+    v1, _ = moments("one", max_steps=1)
+    v2, betas = moments("late", max_steps=2, adam_beta2_late=0.5, adam_beta2_from=1)
+    v2_plain, betas_plain = moments("plain", max_steps=2)
+    assert betas == (0.9, 0.5) and betas_plain == (0.9, 0.99)
+    g1_late, g1_plain = (v2 - 0.5 * v1) / 0.5, (v2_plain - 0.99 * v1) / 0.01
+    moved = g1_plain > 1e-12 * g1_plain.max()
+    assert moved.sum() >= 10
+    torch.testing.assert_close(g1_late[moved], g1_plain[moved], rtol=2e-3, atol=0)
+
+
 def test_the_builtin_ema_is_a_share_of_the_run_unless_a_decay_is_given(tmp_path):
     cfg = T.TrainConfig(out=str(tmp_path)).resolved()
     assert cfg.ema_share == T.EMA_SHARE == 1 / 30

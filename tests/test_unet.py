@@ -197,3 +197,43 @@ def test_patch_stem_is_space_to_depth_around_a_pixel_unet():
     assert patched(x, t, y).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="patch_size"):
         UNet(image_size=30, patch_size=4, **common)
+
+
+@pytest.mark.parametrize("mode", ["embedding", "middle"])
+def test_mean_input_starts_as_the_plain_network_and_reads_only_the_channel_means(mode):
+    """mean_input hands the input's channel means to the network through a zero-initialised MLP:
+    at init the network is exactly the one without it. With the MLP's weights set, the output
+    moves, a brighter input moves it differently, and (embedding) the conditioning vector depends
+    on the channel means alone: another image with the same means gets the same vector."""
+    plain = randomized(UNet.from_preset("tiny", num_classes=3))
+    model = UNet.from_preset("tiny", num_classes=3, mean_input=mode).eval()
+    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("mean_mlp.") for k in missing)
+    x, t = inputs(model)
+    y = torch.tensor([0, 2])
+    assert torch.equal(model(x, t, y), plain(x, t, y))
+    assert UNet(**model.config).config["mean_input"] == mode and "mean_input" not in plain.config
+
+    with torch.no_grad():
+        for p in model.mean_mlp.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    means = x.mean(dim=(2, 3), keepdim=True)
+    same = means + (x - means).flip(-1).roll(3, -2)  # the same channel means as x, another image
+    added = {name: model(z, t, y) - plain(z, t, y) for name, z in (("x", x), ("brighter", x + 0.5))}
+    if mode == "embedding":  # the conditioning vector itself depends on the channel means alone
+        torch.testing.assert_close(model.embed(t, y, 2, same), model.embed(t, y, 2, x), atol=1e-6, rtol=0)
+        assert not torch.allclose(model.embed(t, y, 2, x + 0.5), model.embed(t, y, 2, x), atol=1e-3)
+    assert added["x"].abs().max() > 1e-3 and not torch.allclose(added["brighter"], added["x"], atol=1e-3)
+
+
+def test_channel_means_are_in_units_of_pure_noise():
+    from minidiff.unet import channel_means
+    noise = torch.randn(4000, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert abs(torch.sinh(channel_means(noise)).std().item() - 1) < 0.03
+    flat = torch.full((1, 3, 16, 16), 0.25)
+    torch.testing.assert_close(channel_means(flat), torch.asinh(torch.full((1, 3), 0.25 * 16)))
+
+
+def test_unknown_mean_input_is_refused():
+    with pytest.raises(ValueError, match="mean_input must be None, 'embedding' or 'middle'"):
+        UNet.from_preset("tiny", mean_input="head")
