@@ -7,7 +7,7 @@ is the posterior mean E[m | d], computed here exactly on a grid from the real im
 m. A network that reads d as well as that predicts an x0 whose mean follows E[m | d] with slope 1
 (regress the one on the other over many noisy images). A slope below 1 is the network shrinking
 every brightness towards the middle at that noise level; sampled step after step, the samples'
-brightness range narrows (docs/training.md, "why the brightness narrowed"). It is regression
+brightness range narrows (docs/recipe_history.md, "why the brightness narrowed"). It is regression
 dilution: a network that estimates d with noise of its own does best to shrink its estimate.
 
     slope(t) = Cov(mean of x0_hat, E[m | d]) / Var(E[m | d])      over images x0 and noise eps
@@ -110,6 +110,17 @@ def plot(runs: dict[str, list[dict]], path: str | Path) -> None:
     plt.close(fig)
 
 
+def run_names(paths: list[str]) -> list[str]:
+    """The shortest trailing part of each checkpoint's path that tells the runs apart, for the
+    plot's legend: runs/a/seed1/checkpoint.pt and runs/b/seed1/checkpoint.pt are a/seed1 and b/seed1."""
+    parts = [[*Path(p).parent.parts, *([] if Path(p).stem == "checkpoint" else [Path(p).stem])] for p in paths]
+    for k in range(1, max(len(x) for x in parts) + 1):
+        names = ["/".join(x[-k:]) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]  # the same file twice
+
+
 def main(argv=None) -> None:
     from .runtime import require, run_command
     from .data import builtin_shapes, to_float
@@ -130,14 +141,14 @@ def main(argv=None) -> None:
         everything = to_float(real.images)
         images, prior = everything[:args.num], everything.mean(dim=(1, 2, 3))
         runs = {}
-        for path in args.checkpoints:
+        for path, name in zip(args.checkpoints, run_names(args.checkpoints)):
             model, config, _ = load_run(path)
             require(config.get("dataset") == "builtin", f"{path} was trained on {config.get('dataset')!r}; "
                     "this measure noises built-in images")
             labels = real.labels[:args.num] if model.config["num_classes"] is not None else None
             rows = brightness_gain(model, schedule_of(config), config["prediction"], images, labels,
                                    prior=prior, seed=args.seed)
-            runs[Path(path).parent.name] = rows
+            runs[name] = rows
             print(f"{path}\n{format_rows(rows)}\n")
         if args.out:
             plot(runs, args.out)

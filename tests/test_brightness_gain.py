@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from minidiff.brightness_gain import brightness_gain, main, posterior_mean, timesteps_at
+from minidiff.brightness_gain import brightness_gain, main, posterior_mean, run_names, timesteps_at
 from minidiff.objectives import from_x0_eps
 from minidiff.schedules import Schedule
 
@@ -51,3 +51,10 @@ def test_command_refuses_a_missing_checkpoint(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / "none.pt")])
     assert exit_.value.code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+def test_every_checkpoint_gets_its_own_name_in_the_plot():
+    # Named by their folder alone, two runs' seed1 folders were one legend entry and one curve.
+    assert run_names(["runs/a/seed1/checkpoint.pt", "runs/b/seed1/checkpoint.pt"]) == ["a/seed1", "b/seed1"]
+    assert run_names(["runs/main8-s0/checkpoint.pt", "runs/main8-s1/checkpoint.pt"]) == ["main8-s0", "main8-s1"]
+    assert run_names(["runs/x/checkpoint.pt", "runs/x/checkpoint-ema0.995.pt"]) == ["x", "checkpoint-ema0.995"]
