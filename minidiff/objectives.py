@@ -78,7 +78,7 @@ class LossPerLevel(torch.nn.Module):
     The v loss is far larger where little of the image survives (at zero SNR it is the whole
     variance of x0 that the class cannot explain) than where the image is nearly clean, so the
     gradient of a batch is dominated by its noisiest draws, and giving the low-SNR band more draws
-    costs the shapes (docs/training.md). Karras et al. 2024 (EDM2) learn a per-level uncertainty
+    costs the shapes (docs/recipe_history.md). Karras et al. 2024 (EDM2) learn a per-level uncertainty
     u(sigma) and minimise L / exp(u) + u, whose optimum is exp(u) = E[L | level]; this keeps that
     optimum directly, as a running mean of the loss in each of `num_bins` bins of timesteps
     (decay `decay` per update), so every level's loss enters the gradient at about the same size.

@@ -34,33 +34,33 @@ from .unet import PRESETS, UNet
 # chosen by measurement so that the README's main job (no flags) gives recognisable samples in a
 # 10-minute run on a 2-core CPU; docs/training.md has the figures.
 EMA_SHARE = 1 / 30  # the built-in recipe's EMA: the last thirtieth of the run (0.995 at 6,000 steps)
-UNIFORM_SHARE = 0.1  # chosen by benchmarks/quality.py (docs/training.md): 0.3 and 0.5 drew worse shapes
+UNIFORM_SHARE = 0.1  # chosen by benchmarks/quality.py (docs/recipe_history.md): 0.3 and 0.5 drew worse shapes
 RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     ema_share=0.0, max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
                     ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
                     adam_beta2=0.999, timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
                     guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
-    # The built-in recipe (docs/training.md, "the brightness study"): the space-to-depth network,
+    # The built-in recipe (docs/recipe_history.md, "the brightness study"): the space-to-depth network,
     # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
     # noise level's loss over its running mean so that the noisy levels do not drown the shapes.
     # Its report samples with guidance 2.5 and no guidance rescale (at w = 3 the rescale of 0.7
     # squeezed the brightness: W1 0.19 against 0.11 without it, docs/06_guidance.md), guiding only at
     # log-SNR >= -3: below it the brightness is decided, the data's brightness does not depend on the
     # class, and guiding there only magnified the network's error (worst W1 of nine checkpoints
-    # 0.175 -> 0.099, docs/training.md, "guidance above the brightness band"). Its sampler is
+    # 0.175 -> 0.099, docs/recipe_history.md, "guidance above the brightness band"). Its sampler is
     # DPM-Solver++(2M): one network call a step as DDIM, and a wider brightness range at 25 steps
-    # (W1 0.040 against DDIM's 0.063 on the same checkpoint, docs/training.md). Its learning rate
+    # (W1 0.040 against DDIM's 0.063 on the same checkpoint, docs/recipe_history.md). Its learning rate
     # holds and then falls linearly to 0 over the last fifth of the run (wsd): at 10 minutes one pair
     # of runs drew the data's brightness range on both seeds where a constant rate squeezed it (the
     # brightness of a 10-minute run still varies from run to run: W1 0.026 to 0.070 over four).
     # Its EMA averages about the last thirtieth of the steps so far (a power EMA, minidiff/ema.py):
     # 0.995 at 6,000 steps, where 0.995 drew W1 0.028 and 0.038 against 0.98's 0.048 and 0.036 in one
-    # run per seed (docs/training.md, "the EMA at 10 minutes"), and 0.985 at 2,000 steps, where the
+    # run per seed (docs/recipe_history.md, "the EMA at 10 minutes"), and 0.985 at 2,000 steps, where the
     # fixed 0.995 reached back to weights that had not learnt the shapes yet (--ema-share 0 falls
     # back to the fixed ema_decay). Its Adam averages squared gradients over about 100 steps
     # (beta2 0.99, as EDM2) rather than 1,000: at 2,000 steps class accuracy 72.0% -> 88.2% on seed
-    # 1 (docs/training.md, "2,000 steps"). The report scores 1,000 samples: at 500, real images
+    # 1 (docs/recipe_history.md, "2,000 steps"). The report scores 1,000 samples: at 500, real images
     # against real images alone range from W1 0.013 to 0.071 (`python -m minidiff.metrics --real-spread 500`).
     "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, adam_beta2=0.99, ema_decay=0.995,
                     ema_share=EMA_SHARE, max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
@@ -76,11 +76,11 @@ RECIPES = {
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "lr_cooldown",
-            "adam_beta2", "adam_beta2_late", "adam_beta2_from", "ema_decay", "ema_share", "grad_clip", "resolution", "offset_noise", "weighting", "timesteps",
-            "timesteps_mean", "timesteps_uniform", "timesteps_low_snr", "dropout")
+            "adam_beta2", "adam_beta2_late", "adam_beta2_from", "ema_decay", "ema_share", "grad_clip", "resolution",
+            "offset_noise", "weighting", "timesteps", "timesteps_mean", "timesteps_uniform", "timesteps_low_snr", "dropout")
 # What checkpoints written before these flags were recorded were trained with.
-UNRECORDED = {"adam_beta2": 0.999, "adam_beta2_late": None, "adam_beta2_from": 2000, "lr_cooldown": 0.2, "timesteps_mean": 2.4,
-              "ema_share": 0.0}
+UNRECORDED = {"adam_beta2": 0.999, "adam_beta2_late": None, "adam_beta2_from": 2000, "lr_cooldown": 0.2,
+              "timesteps_mean": 2.4, "ema_share": 0.0}
 
 
 @dataclass

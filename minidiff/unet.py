@@ -47,7 +47,7 @@ PRESETS: dict[str, dict] = {
     # The built-in recipe's network (1,068,844 parameters unconditional): `small` twice as wide behind
     # a 2x2 space-to-depth stem, so its levels run at 16, 8 and 4 pixels. On a 2-core CPU a training
     # step costs about half of `small`'s at batch 32 (wider convolutions on fewer positions run
-    # nearer the matmul peak), and it learns more per step (docs/training.md).
+    # nearer the matmul peak), and it learns more per step (docs/recipe_history.md).
     "small-patch2": dict(
         in_channels=3, out_channels=3, image_size=32, base_channels=32,
         channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
@@ -197,6 +197,10 @@ class UNet(nn.Module):
                                     channels (pixel_unshuffle), the levels run at image_size / p, and
                                     the output is folded back (pixel_shuffle). On a CPU a convolution
                                     over fewer, wider positions runs nearer the matmul peak.
+        mean_input                  None (DDPM), "embedding" or "middle": also hand the network
+                                    its input's channel means (channel_means) through a
+                                    zero-initialised MLP, into the conditioning vector or onto the
+                                    middle block's input
     """
 
     def __init__(
@@ -239,11 +243,11 @@ class UNet(nn.Module):
         # model is unchanged), into the conditioning vector ("embedding") or onto the middle's input
         # ("middle"). Every GroupNorm subtracts its group's spatial mean, so without it an image's
         # overall brightness reaches the blocks only indirectly. Measured, not in any preset:
-        # docs/training.md, "the image's mean handed to the network".
+        # docs/recipe_history.md, "ten minutes again".
         self.mean_input = mean_input
         mean_out = emb_dim if mean_input == "embedding" else ch * channel_mults[-1]
-        self.mean_mlp = (nn.Sequential(nn.Linear(in_channels, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, mean_out)))
-                         if mean_input else None)
+        self.mean_mlp = (nn.Sequential(nn.Linear(in_channels, emb_dim), nn.SiLU(),
+                                       zero_module(nn.Linear(emb_dim, mean_out))) if mean_input else None)
 
         self.conv_in = nn.Conv2d(in_channels * patch_size ** 2, ch, 3, padding=1)
 
