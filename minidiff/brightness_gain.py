@@ -11,6 +11,11 @@ brightness range narrows (docs/recipe_history.md, "why the brightness narrowed")
 dilution: a network that estimates d with noise of its own does best to shrink its estimate.
 
     slope(t) = Cov(mean of x0_hat, E[m | d]) / Var(E[m | d])      over images x0 and noise eps
+    offset(t) = mean of (mean of x0_hat - E[m | d])                 (0: no brightness added or taken)
+
+The offset is the other way to get the brightness wrong: where almost nothing is decided yet
+(log-SNR below -9) E[m | d] is about the data's mean, and a network whose guess there sits above
+it starts every sample brighter than the data; the sampler then never draws the darkest backgrounds.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ def timesteps_at(schedule: Schedule, log_snrs=LOG_SNRS) -> list[int]:
 def brightness_gain(model, schedule: Schedule, prediction: str, images: torch.Tensor, labels=None, *,
                     prior: torch.Tensor | None = None, timesteps=None, seed: int = 0, batch_size: int = 256) -> list[dict]:
     """For each timestep t: the slope of the predicted x0's mean on E[m | d] (1: the brightness read
-    as well as d allows), the spread of E[m | d] (how much of the brightness is decided by t), and
-    the root mean square gap between the two. `images` [N, C, H, W] in [-1, 1]; `prior`: image means
+    as well as d allows), their mean difference (the offset; 0: none), the spread of E[m | d] (how
+    much of the brightness is decided by t), and the root mean square gap between the two. `images` [N, C, H, W] in [-1, 1]; `prior`: image means
     of more real images (default: those of `images`)."""
     means = images.double().mean(dim=(1, 2, 3))
     prior = means if prior is None else prior
@@ -72,14 +77,15 @@ def brightness_gain(model, schedule: Schedule, prediction: str, images: torch.Te
         centred = post - post.mean()
         rows.append(dict(t=t, log_snr=float(schedule.log_snr[t]), posterior_std=float(post.std()),
                          slope=float((centred * (pred - pred.mean())).sum() / centred.square().sum()),
+                         offset=float((pred - post).mean()),
                          rms_gap=float((pred - post).square().mean().sqrt())))
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["| t | log-SNR | spread of E[m given d] | slope | rms gap |", "|---|---|---|---|---|"]
-    lines += [f"| {r['t']} | {r['log_snr']:.1f} | {r['posterior_std']:.3f} | {r['slope']:.2f} | {r['rms_gap']:.3f} |"
-              for r in rows]
+    lines = ["| t | log-SNR | spread of E[m given d] | slope | offset | rms gap |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['t']} | {r['log_snr']:.1f} | {r['posterior_std']:.3f} | {r['slope']:.2f} | {r['offset']:+.3f} "
+              f"| {r['rms_gap']:.3f} |" for r in rows]
     return "\n".join(lines)
 
 

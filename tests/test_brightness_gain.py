@@ -12,13 +12,13 @@ from minidiff.schedules import Schedule
 S = 0.5  # brightness m ~ N(0, S^2): flat images, so the image mean is all there is
 
 
-def gaussian_oracle(schedule, shrink=1.0, prediction="v"):
+def gaussian_oracle(schedule, shrink=1.0, prediction="v", offset=0.0):
     """The exact denoiser of flat images with m ~ N(0, S^2), written in closed form:
-    E[m | d] = sqrt(a) S^2 d / (a S^2 + (1 - a) / D), times `shrink`."""
+    E[m | d] = sqrt(a) S^2 d / (a S^2 + (1 - a) / D), times `shrink`, plus `offset`."""
     def model(x, t, y=None):
         ab = schedule.alphas_cumprod[t].double().reshape(-1, 1, 1, 1)
         d = x.double().mean(dim=(1, 2, 3), keepdim=True)
-        m = shrink * ab.sqrt() * S ** 2 * d / (ab * S ** 2 + (1 - ab) / x[0].numel())
+        m = shrink * ab.sqrt() * S ** 2 * d / (ab * S ** 2 + (1 - ab) / x[0].numel()) + offset
         x0 = m.expand_as(x)
         eps = (x.double() - ab.sqrt() * x0) / (1 - ab).sqrt()
         return from_x0_eps(prediction, x0, eps, ab).float()
@@ -34,6 +34,7 @@ def test_slope_is_one_for_the_exact_denoiser_and_its_shrink_otherwise(shrink):
     rows = brightness_gain(gaussian_oracle(s, shrink), s, "v", images, prior=prior, timesteps=timesteps_at(s, (-6.0, -4.0, -2.0)))
     for r in rows:
         assert r["slope"] == pytest.approx(shrink, abs=0.03)
+        assert abs(r["offset"]) < 0.01  # a shrink towards the data's mean (0) adds no brightness
     # The posterior spreads out as the SNR grows: Var E[m | d] = S^4 a / (a S^2 + (1 - a) / D).
     for r in rows:
         ab = float(s.alphas_cumprod[r["t"]])
@@ -58,3 +59,17 @@ def test_every_checkpoint_gets_its_own_name_in_the_plot():
     assert run_names(["runs/a/seed1/checkpoint.pt", "runs/b/seed1/checkpoint.pt"]) == ["a/seed1", "b/seed1"]
     assert run_names(["runs/main8-s0/checkpoint.pt", "runs/main8-s1/checkpoint.pt"]) == ["main8-s0", "main8-s1"]
     assert run_names(["runs/x/checkpoint.pt", "runs/x/checkpoint-ema0.995.pt"]) == ["x", "checkpoint-ema0.995"]
+
+
+def test_offset_is_the_brightness_a_network_adds():
+    """An exact denoiser that adds 0.05 to every predicted image: slope still 1, offset 0.05, at
+    levels where almost nothing is decided (log-SNR -12) and where most is (-2)."""
+    s = Schedule.make("linear", zero_snr=True)
+    gen = torch.Generator().manual_seed(2)
+    images = (S * torch.randn(1024, 1, 1, 1, generator=gen)).expand(1024, 3, 4, 4).contiguous()
+    prior = S * torch.randn(50_000, generator=gen, dtype=torch.float64)
+    rows = brightness_gain(gaussian_oracle(s, offset=0.05), s, "v", images, prior=prior,
+                           timesteps=timesteps_at(s, (-12.0, -6.0, -2.0)))
+    for r in rows:
+        assert r["offset"] == pytest.approx(0.05, abs=0.01)
+    assert rows[-1]["slope"] == pytest.approx(1.0, abs=0.03)
