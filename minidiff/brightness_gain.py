@@ -54,8 +54,9 @@ def brightness_gain(model, schedule: Schedule, prediction: str, images: torch.Te
                     prior: torch.Tensor | None = None, timesteps=None, seed: int = 0, batch_size: int = 256) -> list[dict]:
     """For each timestep t: the slope of the predicted x0's mean on E[m | d] (1: the brightness read
     as well as d allows), their mean difference (the offset; 0: none), the spread of E[m | d] (how
-    much of the brightness is decided by t), and the root mean square gap between the two. `images` [N, C, H, W] in [-1, 1]; `prior`: image means
-    of more real images (default: those of `images`)."""
+    much of the brightness is decided by t), and the root mean square gap between the two.
+    `images` [N, C, H, W] in [-1, 1]; `prior`: image means of more real images (default: those of
+    `images`)."""
     means = images.double().mean(dim=(1, 2, 3))
     prior = means if prior is None else prior
     dim = images[0].numel()

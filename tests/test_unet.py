@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minidiff.unet import PRESETS, GroupNorm32, UNet, timestep_embedding
+from minidiff.unet import PRESETS, GroupNorm32, UNet, channel_means, timestep_embedding
 
 
 def randomized(model: UNet, seed: int = 0) -> UNet:
@@ -223,11 +223,18 @@ def test_mean_input_starts_as_the_plain_network_and_reads_only_the_channel_means
     if mode == "embedding":  # the conditioning vector itself depends on the channel means alone
         torch.testing.assert_close(model.embed(t, y, 2, same), model.embed(t, y, 2, x), atol=1e-6, rtol=0)
         assert not torch.allclose(model.embed(t, y, 2, x + 0.5), model.embed(t, y, 2, x), atol=1e-3)
+    else:  # the middle block's input is the plain network's plus the MLP of the channel means, exactly
+        seen = {}
+        for name, net in (("model", model), ("plain", plain)):
+            hook = net.mid1.register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0]))
+            net(x, t, y)
+            hook.remove()
+        expected = model.mean_mlp(channel_means(x))[:, :, None, None]
+        torch.testing.assert_close(seen["model"] - seen["plain"], expected.expand_as(seen["plain"]), atol=1e-5, rtol=1e-4)
     assert added["x"].abs().max() > 1e-3 and not torch.allclose(added["brighter"], added["x"], atol=1e-3)
 
 
 def test_channel_means_are_in_units_of_pure_noise():
-    from minidiff.unet import channel_means
     noise = torch.randn(4000, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert abs(torch.sinh(channel_means(noise)).std().item() - 1) < 0.03
     flat = torch.full((1, 3, 16, 16), 0.25)
