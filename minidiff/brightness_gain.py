@@ -16,6 +16,12 @@ dilution: a network that estimates d with noise of its own does best to shrink i
 The offset is the other way to get the brightness wrong: where almost nothing is decided yet
 (log-SNR below -9) E[m | d] is about the data's mean, and a network whose guess there sits above
 it starts every sample brighter than the data; the sampler then never draws the darkest backgrounds.
+
+`--trajectory N` follows the sampler instead (`trajectory_drift`): N samples drawn with the run's
+report settings, and at every step the mean over the samples of the predicted x0's brightness,
+minus the data's mean. For the exact denoiser that difference is 0 at every step (E[E[x0 | x_t]]
+= E[x0] when x_t has the right law, and DDIM keeps the law exactly for Gaussian data), so the
+row where it departs from 0 is where the samples' brightness is pushed off.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .objectives import to_x0_eps
+from .samplers import sample
 from .schedules import Schedule
 
 LOG_SNRS = (-12.0, -11.0, -10.0, -9.0, -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0)
@@ -83,6 +90,32 @@ def brightness_gain(model, schedule: Schedule, prediction: str, images: torch.Te
     return rows
 
 
+@torch.no_grad()
+def trajectory_drift(model, schedule: Schedule, shape, data_mean: float, *, num: int, batch_size: int = 250,
+                     seed: int = 0, labels=None, null_label: int | None = None, **sampling) -> list[dict]:
+    """For each step of `samplers.sample(model, ...)`: the mean over `num` samples of the brightness
+    (mean pixel) of the x0 the sampler used there, minus `data_mean`. `sampling` goes to
+    samplers.sample (prediction, sampler, steps, guidance, ...); `labels` [num] with `null_label`
+    for guidance. Each batch has its own generator (seed, batch index)."""
+    sums, timesteps = None, None
+    for i, start in enumerate(range(0, num, batch_size)):
+        n = min(batch_size, num - start)
+        y = None if labels is None else labels[start:start + n]
+        uncond = None if y is None or sampling.get("guidance", 1.0) == 1.0 else torch.full_like(y, null_label)
+        result = sample(model, (n, *shape), schedule, y=y, uncond_y=uncond, return_trajectory=True, progress=False,
+                        generator=torch.Generator().manual_seed(seed * 1_000_003 + i), **sampling)
+        batch = torch.stack([x0.double().mean(dim=(1, 2, 3)).sum() for x0 in result.x0s])
+        sums, timesteps = (batch if sums is None else sums + batch), result.timesteps.tolist()
+    return [dict(t=t, log_snr=float(schedule.log_snr[t]), drift=float(total / num - data_mean))
+            for t, total in zip(timesteps, sums)]
+
+
+def format_drift(rows: list[dict]) -> str:
+    lines = ["| step | t | log-SNR | mean predicted brightness - data's |", "|---|---|---|---|"]
+    lines += [f"| {i + 1} | {r['t']} | {r['log_snr']:.2f} | {r['drift']:+.3f} |" for i, r in enumerate(rows)]
+    return "\n".join(lines)
+
+
 def format_rows(rows: list[dict]) -> str:
     lines = ["| t | log-SNR | spread of E[m given d] | slope | offset | rms gap |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['t']} | {r['log_snr']:.1f} | {r['posterior_std']:.3f} | {r['slope']:.2f} | {r['offset']:+.3f} "
@@ -131,17 +164,21 @@ def run_names(paths: list[str]) -> list[str]:
 def main(argv=None) -> None:
     from .runtime import require, run_command
     from .data import builtin_shapes, to_float
-    from .sample import load_run, schedule_of
+    from .sample import class_labels, describe_sampling, guidance_interval_from, load_run, report_sampling, schedule_of
 
     p = argparse.ArgumentParser(prog="python -m minidiff.brightness_gain", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files of runs on the built-in set")
     p.add_argument("--num", type=int, default=512, help="real images noised at each level")
     p.add_argument("--out", help="also plot the slopes of every checkpoint to this PNG")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trajectory", type=int, default=0, metavar="N",
+                   help="also draw N samples with the run's report settings and print, step by step, the mean "
+                        "predicted brightness minus the data's (0 for the exact denoiser)")
     args = p.parse_args(argv)
 
     def run(args):
         require(args.num >= 16, f"--num must be at least 16, got {args.num}")
+        require(args.trajectory >= 0, f"--trajectory must be 0 (off) or a number of samples, got {args.trajectory}")
         for path in args.checkpoints:
             require(Path(path).is_file(), f"no checkpoint at {path}; give the checkpoint.pt of a run")
         real = builtin_shapes(max(4 * args.num, 2000), seed=args.seed + 7)
@@ -157,6 +194,18 @@ def main(argv=None) -> None:
                                    prior=prior, seed=args.seed)
             runs[name] = rows
             print(f"{path}\n{format_rows(rows)}\n")
+            if args.trajectory:
+                settings = report_sampling(config)
+                null = model.config["num_classes"]
+                drift = trajectory_drift(
+                    model, schedule_of(config), (model.config["in_channels"], *images.shape[2:]), float(prior.mean()),
+                    num=args.trajectory, seed=args.seed, labels=class_labels(None, args.trajectory, null), null_label=null,
+                    prediction=config["prediction"], sampler=settings["sampler"], steps=settings["steps"],
+                    spacing=settings["spacing"], guidance=settings["guidance"],
+                    guidance_rescale=settings["guidance_rescale"],
+                    guidance_interval=guidance_interval_from(settings["guidance_from"]), clip_x0=settings["clip_x0"])
+                print(f"along the sampler ({describe_sampling(settings)}), {args.trajectory} samples:\n"
+                      f"{format_drift(drift)}\n")
         if args.out:
             plot(runs, args.out)
             print(f"wrote {args.out}")

@@ -419,6 +419,18 @@ class Batches:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x, y
 
+    def reference(self, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`size` images drawn with replacement (and flipped at random, as batches are) for the
+        Stable Target Field's reference set at step `step` (objectives.stable_target): a pure
+        function of (seed, step, rank), like the batch."""
+        g = torch.Generator().manual_seed(mix_seed(self.seed, step, self.rank, 1))
+        index = torch.randint(0, len(self.labels), (size,), generator=g)
+        flip = torch.rand(size, generator=g) < 0.5
+        x = to_float(self.images[index.to(self.images.device)].to(self.device, non_blocking=True))
+        if self.flip:
+            x = torch.where(flip.to(self.device)[:, None, None, None], x.flip(-1), x)
+        return x, self.labels[index.to(self.labels.device)].to(self.device)
+
     def __iter__(self):
         step = 0
         while True:

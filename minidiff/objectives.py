@@ -96,13 +96,16 @@ class LossPerLevel(torch.nn.Module):
     def bins(self, t: torch.Tensor) -> torch.Tensor:
         return (t * self.num_bins) // self.num_timesteps
 
-    def forward(self, per_sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, per_sample: torch.Tensor, t: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """per_sample [B] losses at timesteps t [B] -> the same divided by their bins' running means
-        (updated with this batch first, so a level's first loss is divided by itself)."""
+        (updated with this batch first, so a level's first loss is divided by itself). `scale` [B]:
+        the losses whose running means set the divisor instead (the plain target's, when the loss
+        itself is on the Stable Target Field: its smaller noisy-level losses must not weigh more)."""
         b = self.bins(t).to(self.mean_loss.device)
-        self.last_unweighted = per_sample.detach().mean()
+        scale = per_sample if scale is None else scale
+        self.last_unweighted = scale.detach().mean()
         with torch.no_grad():
-            sums = torch.zeros_like(self.mean_loss).index_add_(0, b, per_sample.detach().double())
+            sums = torch.zeros_like(self.mean_loss).index_add_(0, b, scale.detach().double())
             counts = torch.zeros_like(self.mean_loss).index_add_(0, b, torch.ones_like(sums[b]))
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(sums)  # every rank keeps the same means
@@ -184,6 +187,38 @@ def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, ab) -> torch.
     return ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
 
+STF_MAX_LOG_SNR = 0.0  # the Stable Target Field is computed below this log-SNR; above it x0 alone counts
+
+
+def stable_target(x0: torch.Tensor, x_t: torch.Tensor, ab: torch.Tensor, reference: torch.Tensor, *,
+                  y: torch.Tensor | None = None, reference_y: torch.Tensor | None = None,
+                  null_class: int | None = None) -> torch.Tensor:
+    """E[x0 | x_t] estimated over a reference set: Xu, Tong and Jaakkola 2023, the Stable Target
+    Field (their eq. 5), used in place of the one x0 that made x_t.
+
+        x0_stf = sum_j w_j r_j,   w_j proportional to N(x_t; sqrt(ab) r_j, (1 - ab) I)
+
+    over r_j in {x0} and the `reference` images (of the sample's own class when labels are given;
+    every image for the null class). Where the noise hides the image (zero SNR: every w_j equal)
+    this is the mean of the reference, not one random x0, so the target of the noisiest levels
+    loses most of its variance; where x_t shows the image, x0's own weight is 1 to machine
+    precision and the target is the usual one. x0, x_t [B, ...], ab [B, 1, ...], reference [K, ...]."""
+    b = x0.shape[0]
+    pool = torch.cat([x0, reference]).reshape(b + len(reference), -1).float()  # [B + K, D]; row i of the first B is x0_i
+    a2 = ab.reshape(b, 1).float()
+    # log w_ij = -|x_t,i - a r_j|^2 / (2 (1 - a^2)); the |x_t,i|^2 part is the same for every j
+    logits = (2 * a2.sqrt() * (x_t.reshape(b, -1).float() @ pool.T) - a2 * pool.square().sum(1)[None]) / (2 * (1 - a2))
+    allowed = torch.zeros_like(logits, dtype=torch.bool)
+    allowed[torch.arange(b), torch.arange(b)] = True  # x0 itself
+    if y is None or reference_y is None:
+        allowed[:, b:] = True
+    else:
+        unconditional = (y == null_class) if null_class is not None else torch.zeros_like(y, dtype=torch.bool)
+        allowed[:, b:] = (reference_y[None] == y[:, None]) | unconditional[:, None]
+    weights = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=1)
+    return (weights @ pool).reshape(x0.shape).to(x0.dtype)
+
+
 def from_x0_eps(prediction: str, x0: torch.Tensor, eps: torch.Tensor, ab) -> torch.Tensor:
     """Express (x0, eps) as a model output in `prediction`'s parameterisation (same as `target`)."""
     return target(prediction, x0, eps, ab)
@@ -260,6 +295,8 @@ def diffusion_loss(
     offset_noise_strength: float = 0.0,
     timestep_probs: torch.Tensor | None = None,
     loss_per_level: LossPerLevel | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    null_class: int | None = None,
 ) -> torch.Tensor:
     """The denoising loss: E_t,eps [ w_t |target - model(x_t, t, y)|^2 ] (Lin et al. eq. 12).
 
@@ -267,7 +304,9 @@ def diffusion_loss(
     eps ~ N(0, I) unless given. With prediction="v" and
     weighting="none" this is the paper's v loss with lambda_t = 1. weighting="level_mean" divides
     each sample's loss by the running mean of its noise level's loss (`loss_per_level`). The mean
-    is over all elements, so the value does not depend on the image size.
+    is over all elements, so the value does not depend on the image size. `reference` = (images,
+    labels or None) replaces the (x0, eps) of the target by the Stable Target Field's estimate of
+    E[x0 | x_t] over x0 and those images (`stable_target`; labels equal to `null_class` use all).
     """
     check_prediction(prediction, schedule)
     check_weighting(weighting, schedule)
@@ -283,13 +322,25 @@ def diffusion_loss(
     ab = extract(schedule.alphas_cumprod, t, x0)
     x_t = q_sample(x0, ab, noise)
     out = model(x_t, t, y=y)
-    per_sample = F.mse_loss(out.float(), target(prediction, x0, noise, ab).float(), reduction="none")
+    goal, plain_goal = (x0, noise), None
+    if reference is not None:
+        # Only where the image is still hidden: from log-SNR 0 up, two images at squared distance
+        # 50 or more (a few shape pixels apart) weigh e^-25 against each other, x0 alone counts.
+        rows = table_on(schedule.log_snr, x0.device)[t] < STF_MAX_LOG_SNR
+        if rows.any():
+            x0_stf = x0.clone()
+            x0_stf[rows] = stable_target(x0[rows], x_t[rows], ab[rows], reference[0],
+                                         y=None if y is None else y[rows], reference_y=reference[1], null_class=null_class)
+            goal, plain_goal = (x0_stf, (x_t - ab.sqrt() * x0_stf) / (1 - ab).sqrt()), goal  # eps: what pairs with it in x_t
+    per_sample = F.mse_loss(out.float(), target(prediction, *goal, ab).float(), reduction="none")
     per_sample = per_sample.reshape(b, -1).mean(dim=1)
+    plain = None if plain_goal is None else F.mse_loss(
+        out.detach().float(), target(prediction, *plain_goal, ab).float(), reduction="none").reshape(b, -1).mean(dim=1)
     if weighting == "min_snr":
         w = min_snr_weight(table_on(schedule.snr, x0.device)[t], prediction, min_snr_gamma).float()
         per_sample = per_sample * w
     if weighting == "level_mean":
         if loss_per_level is None:
             raise ValueError("weighting 'level_mean' needs loss_per_level=LossPerLevel(...), which keeps the running means")
-        per_sample = loss_per_level(per_sample, t)
+        per_sample = loss_per_level(per_sample, t, scale=plain)
     return per_sample.mean()

@@ -34,7 +34,7 @@ import torch
 from . import data as datasets
 from . import runtime
 from .ema import EMA
-from .objectives import LossPerLevel, diffusion_loss, logsnr_band_shares, timestep_probabilities
+from .objectives import LOW_SNR_BAND, LossPerLevel, diffusion_loss, logsnr_band_shares, timestep_probabilities
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from .schedules import Schedule
 from .train_config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
@@ -63,19 +63,20 @@ def training_timesteps(cfg: TrainConfig, schedule: Schedule) -> torch.Tensor | N
     if cfg.timesteps == "uniform":
         return None
     return timestep_probabilities(schedule, cfg.timesteps, mean=cfg.timesteps_mean, uniform_share=cfg.timesteps_uniform,
-                                  low_snr_share=cfg.timesteps_low_snr)
+                                  low_snr_share=cfg.timesteps_low_snr, low_snr=(cfg.timesteps_low_snr_mean, LOW_SNR_BAND[1]))
 
 
 def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: TrainConfig,
                   x: torch.Tensor, y: torch.Tensor, step: int, noise_gen: torch.Generator,
                   null_class: int, progress: float = 0.0, timestep_probs: torch.Tensor | None = None,
-                  loss_per_level: LossPerLevel | None = None) -> torch.Tensor:
+                  loss_per_level: LossPerLevel | None = None, reference=None) -> torch.Tensor:
     """One step of DDPM's Algorithm 1 with Adam: loss, backward, clip, update, EMA.
 
     `forward` is what computes the loss (the model, or its compiled / DDP wrapper); `model` is
     the plain module whose weights the optimiser and the EMA hold. `timestep_probs` is p(t)
     (made once by timestep_probabilities; None: uniform); `loss_per_level` holds the running
-    means of weighting "level_mean". Returns the plain (unweighted) loss, detached.
+    means of weighting "level_mean"; `reference` (images, labels) the Stable Target Field's set
+    (--stf-reference). Returns the plain (unweighted) loss, detached.
     """
     if cfg.class_cond:
         y = drop_labels(y, cfg.label_dropout, null_class, noise_gen)
@@ -90,7 +91,8 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
         loss = diffusion_loss(forward, x, schedule, cfg.prediction,
                               y=y if cfg.class_cond else None, generator=noise_gen,
                               weighting=cfg.weighting, offset_noise_strength=cfg.offset_noise,
-                              timestep_probs=timestep_probs, loss_per_level=loss_per_level)
+                              timestep_probs=timestep_probs, loss_per_level=loss_per_level,
+                              reference=reference, null_class=null_class)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -235,9 +237,14 @@ def train(cfg: TrainConfig) -> dict:
             x, y = batches.batch(step)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            reference = None
+            if cfg.stf_reference:
+                ref_x, ref_y = batches.reference(step, cfg.stf_reference)
+                reference = (ref_x, ref_y if cfg.class_cond else None)
             losses.append(training_step(forward, model, optimizer, ema, schedule, cfg, x, y, step,
                                         noise_gen, null_class=data.num_classes, progress=progress(),
-                                        timestep_probs=timestep_probs, loss_per_level=loss_per_level))
+                                        timestep_probs=timestep_probs, loss_per_level=loss_per_level,
+                                        reference=reference))
             step += 1
             window_images += cfg.batch_size
             bar.update(min(bar.total, round(time.perf_counter() - start)) - bar.n if timed else 1)

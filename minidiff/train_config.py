@@ -23,7 +23,7 @@ import torch
 from . import data as datasets
 from . import runtime
 from .cli import add_common_flags, check_guidance_from
-from .objectives import PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
+from .objectives import LOW_SNR_BAND, PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
 from .runtime import LR_DECAYS, UsageError, require
 from .samplers import SAMPLERS, SPACINGS
 from .schedules import BETA_SCHEDULES, Schedule
@@ -38,7 +38,7 @@ UNIFORM_SHARE = 0.1  # chosen by benchmarks/quality.py (docs/recipe_history.md):
 RECIPES = {
     "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
                     ema_share=0.0, max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
-                    ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform",
+                    ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform", stf_reference=0,
                     adam_beta2=0.999, timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
                     guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
     # The built-in recipe (docs/recipe_history.md, "the brightness study"): the space-to-depth network,
@@ -65,11 +65,11 @@ RECIPES = {
     "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, adam_beta2=0.99, ema_decay=0.995,
                     ema_share=EMA_SHARE, max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=1000, timesteps="logsnr_normal",
-                    timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", guidance=2.5,
+                    timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", stf_reference=512, guidance=2.5,
                     guidance_rescale=0.0, guidance_from=-3.0, sampler="dpmpp_2m", lr_decay="wsd"),
     "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, adam_beta2=0.999, ema_decay=0.999,
                    ema_share=0.0, max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
-                   ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal",
+                   ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal", stf_reference=0,
                    timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
                    guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
 }
@@ -77,10 +77,12 @@ RECIPES = {
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "lr_cooldown",
             "adam_beta2", "adam_beta2_late", "adam_beta2_from", "ema_decay", "ema_share", "grad_clip", "resolution",
-            "offset_noise", "weighting", "timesteps", "timesteps_mean", "timesteps_uniform", "timesteps_low_snr", "dropout")
+            "offset_noise", "weighting", "timesteps", "timesteps_mean", "timesteps_uniform", "timesteps_low_snr",
+            "timesteps_low_snr_mean", "stf_reference", "dropout")
 # What checkpoints written before these flags were recorded were trained with.
 UNRECORDED = {"adam_beta2": 0.999, "adam_beta2_late": None, "adam_beta2_from": 2000, "lr_cooldown": 0.2,
-              "timesteps_mean": 2.4, "ema_share": 0.0}
+              "timesteps_mean": 2.4, "ema_share": 0.0, "timesteps_low_snr_mean": -6.0,
+              "stf_reference": 0}
 
 
 @dataclass
@@ -113,7 +115,9 @@ class TrainConfig:
     timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
     timesteps_mean: float = 2.4       # with logsnr_normal: the mean of the log-SNR normal (EDM's 2.4)
     timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
-    timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (brightness)
+    timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(low_snr_mean, 2)
+    timesteps_low_snr_mean: float = LOW_SNR_BAND[0]  # the mean log-SNR of that share (where brightness is decided)
+    stf_reference: int | None = None  # > 0: the Stable Target Field's target over this many reference images; 0: off
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
     minutes: float | None = None      # wall-clock budget; 0 or None means no limit
@@ -234,8 +238,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--timesteps-uniform", type=float,
                      help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
     opt.add_argument("--timesteps-low-snr", type=float,
-                     help="with --timesteps logsnr_normal: the share drawn at log-SNR ~ N(-6, 2), where an image's "
-                          "overall brightness is decided")
+                     help="with --timesteps logsnr_normal: the share drawn at log-SNR ~ N(--timesteps-low-snr-mean, 2), "
+                          "where an image's overall brightness is decided")
+    opt.add_argument("--timesteps-low-snr-mean", type=float, default=d.timesteps_low_snr_mean,
+                     help="the mean log-SNR of the --timesteps-low-snr share (lower: more of it at the noisiest levels)")
+    opt.add_argument("--stf-reference", type=int, metavar="K",
+                     help="train on the Stable Target Field (Xu et al. 2023): the target's x0 is E[x0 | x_t] over x0 "
+                          "and K reference images, so the noisiest levels learn the data's mean, not one image (0: off; recipe: 512 builtin, 0 else)")
     opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
                      help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
     opt.add_argument("--ema-decay", type=float, help="EMA decay per step (a fixed length: 1 / (1 - d) steps)")
@@ -305,6 +314,10 @@ def check_config(cfg: TrainConfig) -> None:
     require(0 < cfg.lr_cooldown <= 1, f"--lr-cooldown must lie in (0, 1] (a share of the run), got {cfg.lr_cooldown}")
     require(math.isfinite(cfg.timesteps_mean) and abs(cfg.timesteps_mean) <= 20,
             f"--timesteps-mean must be a log-SNR between -20 and 20 (EDM: 2.4), got {cfg.timesteps_mean}")
+    require(math.isfinite(cfg.timesteps_low_snr_mean) and abs(cfg.timesteps_low_snr_mean) <= 20,
+            f"--timesteps-low-snr-mean must be a log-SNR between -20 and 20, got {cfg.timesteps_low_snr_mean}")
+    require(0 <= cfg.stf_reference <= 1_000_000,
+            f"--stf-reference must be 0 (off) or a number of reference images, got {cfg.stf_reference}")
     require(0 <= cfg.label_dropout < 1, f"--label-dropout must lie in [0, 1), got {cfg.label_dropout}")
     require(cfg.dropout is None or 0 <= cfg.dropout < 1, f"--dropout must lie in [0, 1), got {cfg.dropout}")
     require(cfg.offset_noise >= 0, f"--offset-noise must be 0 or more, got {cfg.offset_noise}")

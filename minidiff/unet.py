@@ -201,6 +201,14 @@ class UNet(nn.Module):
                                     its input's channel means (channel_means) through a
                                     zero-initialised MLP, into the conditioning vector or onto the
                                     middle block's input
+        output_shift                False (DDPM) or True: add to each output channel a constant
+                                    that the conditioning vector (timestep and class) sets, through
+                                    a zero-initialised Linear; the final GroupNorm removes each
+                                    group's spatial mean, so without it the network sets the mean
+                                    of its output only indirectly, and at zero SNR that mean is all
+                                    the v target has (minus the class's mean brightness)
+        level_bias                  0 (DDPM) or K: add a learnt constant per output channel and
+                                    band of timesteps (K bands of 1000 / K steps), zero-initialised
     """
 
     def __init__(
@@ -219,6 +227,8 @@ class UNet(nn.Module):
         norm_groups: int = 32,
         patch_size: int = 1,
         mean_input: str | None = None,
+        output_shift: bool = False,
+        level_bias: int = 0,
     ):
         super().__init__()
         channel_mults, attn_resolutions = tuple(channel_mults), tuple(attn_resolutions)
@@ -230,6 +240,10 @@ class UNet(nn.Module):
         )
         if mean_input is not None:  # only when set, so that older checkpoints' configs stay as they were
             self.config["mean_input"] = mean_input
+        if output_shift:
+            self.config["output_shift"] = output_shift
+        if level_bias:
+            self.config["level_bias"] = level_bias
         _check_config(**self.config)
         ch, groups, emb_dim = base_channels, norm_groups, 4 * base_channels
         self.num_classes = num_classes
@@ -291,6 +305,14 @@ class UNet(nn.Module):
         self.norm_out = GroupNorm32(groups, cur)
         # Zero init: the untrained model outputs exactly 0 (the mean of every target).
         self.conv_out = zero_module(nn.Conv2d(cur, out_channels * patch_size ** 2, 3, padding=1))
+        # output_shift: a per-channel constant from the conditioning vector, zero-initialised. The
+        # GroupNorm above subtracts each group's spatial mean, so conv_out alone sets its output's
+        # mean through a bias shared by every timestep and the shape of the normalised features;
+        # where the input holds no image (zero SNR) the right output is the class's mean image, and
+        # its overall brightness came out offset by a few hundredths (docs/recipe_history.md, "the
+        # zero-SNR offset").
+        self.shift = zero_module(nn.Linear(emb_dim, out_channels)) if output_shift else None
+        self.level_bias = nn.Parameter(torch.zeros(level_bias, out_channels)) if level_bias else None
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "UNet":
@@ -352,7 +374,13 @@ class UNet(nn.Module):
                 h = self.upsamples[i](h)
 
         out = self.conv_out(F.silu(self.norm_out(h)))
-        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
+        out = F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
+        if self.shift is not None:
+            out = out + self.shift(emb).to(out.dtype)[:, :, None, None]
+        if self.level_bias is not None:
+            bins = (t.long() * len(self.level_bias) // 1000).clamp(0, len(self.level_bias) - 1)
+            out = out + self.level_bias[bins].to(out.dtype)[:, :, None, None]
+        return out
 
 
 def channel_means(x: torch.Tensor) -> torch.Tensor:
@@ -366,8 +394,12 @@ def channel_means(x: torch.Tensor) -> torch.Tensor:
 
 def _check_config(*, in_channels, out_channels, image_size, base_channels, channel_mults,
                   num_res_blocks, attn_resolutions, dropout, num_heads, num_classes, norm_groups, patch_size=1,
-                  mean_input=None):
+                  mean_input=None, output_shift=False, level_bias=0):
     """Refuse configs that would fail deep inside forward, saying what was wrong and what to do."""
+    if not (isinstance(level_bias, int) and 0 <= level_bias <= 1000):
+        raise ValueError(f"level_bias must be 0 (none) or a number of bands of timesteps up to 1000, got {level_bias!r}")
+    if not isinstance(output_shift, bool):
+        raise ValueError(f"output_shift must be True or False, got {output_shift!r}")
     if mean_input not in (None, "embedding", "middle"):
         raise ValueError(f"mean_input must be None, 'embedding' or 'middle', got {mean_input!r}")
     if not (isinstance(patch_size, int) and patch_size >= 1) or image_size % patch_size:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from minidiff.brightness_gain import brightness_gain, main, posterior_mean, run_names, timesteps_at
+from minidiff.brightness_gain import brightness_gain, main, posterior_mean, run_names, timesteps_at, trajectory_drift
 from minidiff.objectives import from_x0_eps
 from minidiff.schedules import Schedule
 
@@ -73,3 +73,19 @@ def test_offset_is_the_brightness_a_network_adds():
     for r in rows:
         assert r["offset"] == pytest.approx(0.05, abs=0.01)
     assert rows[-1]["slope"] == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_trajectory_drift_is_zero_for_the_exact_denoiser_and_starts_at_an_added_offset(sampler):
+    """Along the sampler's own path the mean predicted brightness of the exact denoiser stays at the
+    data's mean (0) at every step; a denoiser that adds 0.05 starts at +0.05 exactly (at zero SNR it
+    predicts its offset whatever the input), and the samples it draws end brighter still, because
+    every step moves them towards a prediction that is 0.05 too bright."""
+    s = Schedule.make("linear", zero_snr=True)
+    kw = dict(num=4000, batch_size=1000, prediction="v", sampler=sampler, steps=10, spacing="trailing")
+    exact = trajectory_drift(gaussian_oracle(s), s, (3, 4, 4), 0.0, **kw)
+    assert len(exact) == 10 and exact[0]["log_snr"] == -math.inf
+    assert max(abs(r["drift"]) for r in exact) < 0.03, exact  # 0.5 / sqrt(4000) = 0.008 sampling noise
+    shifted = trajectory_drift(gaussian_oracle(s, offset=0.05), s, (3, 4, 4), 0.0, **kw)
+    assert shifted[0]["drift"] == pytest.approx(0.05, abs=1e-6)
+    assert shifted[-1]["drift"] > 0.05 + 0.03, shifted

@@ -112,6 +112,21 @@ def test_batches_flip_is_horizontal_mirror(shapes):
     assert (same | mirrored).all() and 10 < mirrored.sum() < 54
 
 
+def test_reference_sets_are_images_of_the_set_with_their_labels_and_a_function_of_the_step(shapes):
+    """Batches.reference (the Stable Target Field's set): each row is an image of the set, as it
+    is or mirrored, with that image's label; the same step gives the same set, another step another."""
+    small = data.ImageSet(shapes.images[:64], torch.arange(64), shapes.classes, "t")
+    batches = data.Batches(small, 8, seed=3)
+    x, y = batches.reference(5, 100)
+    assert x.shape == (100, *data.to_float(small.images[:1]).shape[1:])
+    originals = data.to_float(small.images[y])
+    as_is, mirrored = (x == originals).flatten(1).all(1), (x == originals.flip(-1)).flatten(1).all(1)
+    assert (as_is | mirrored).all() and mirrored.any() and as_is.any()
+    again = data.Batches(small, 8, seed=3).reference(5, 100)
+    assert torch.equal(again[0], x) and torch.equal(again[1], y)
+    assert not torch.equal(batches.reference(6, 100)[1], y)
+
+
 def test_batches_ranks_get_disjoint_slices(shapes):
     small = data.ImageSet(shapes.images[:48], torch.arange(48), shapes.classes, "t")
     r0 = data.Batches(small, 6, seed=0, rank=0, world_size=2).batch(2)[1]

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from minidiff.objectives import (diffusion_loss, from_x0_eps, min_snr_weight, offset_noise, q_sample, target,
+from minidiff.objectives import (LossPerLevel, diffusion_loss, from_x0_eps, min_snr_weight, offset_noise, q_sample,
+                                 stable_target, target,
                                  to_x0_eps)
 from minidiff.schedules import Schedule
 
@@ -205,3 +206,92 @@ def test_loss_per_level_divides_each_level_by_its_running_mean():
     s = Schedule.make("linear", zero_snr=True)
     with pytest.raises(ValueError, match="loss_per_level"):
         diffusion_loss(lambda x, t, y=None: x, torch.zeros(2, 3, 4, 4), s, "v", weighting="level_mean")
+
+
+def stable_target_by_hand(x0, x_t, ab, reference, y=None, reference_y=None, null_class=None):
+    """Xu et al.'s eq. 5 one sample at a time, in float64, from the Gaussian density itself."""
+    out = []
+    for i in range(len(x0)):
+        pool = [x0[i]] + [r for j, r in enumerate(reference)
+                          if y is None or y[i] == null_class or reference_y[j] == y[i]]
+        a = float(ab[i]) ** 0.5
+        dens = torch.stack([torch.distributions.Normal(a * r.double(), (1 - a * a) ** 0.5).log_prob(x_t[i].double()).sum()
+                            for r in pool])
+        w = torch.softmax(dens, 0)
+        out.append(sum(wj * r.double() for wj, r in zip(w, pool)))
+    return torch.stack(out)
+
+
+def test_stable_target_is_the_posterior_weighted_mean_of_x0_and_the_reference():
+    """The Stable Target Field (Xu et al. 2023, eq. 5) against a one-sample-at-a-time computation
+    from the Gaussian density; at zero SNR it is the plain mean of x0 and the sample's own class in
+    the reference (the null class: all of it); where x_t shows the image it is x0 exactly."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(6, 3, 4, 4, generator=g) * 2 - 1
+    reference = torch.rand(40, 3, 4, 4, generator=g) * 2 - 1
+    y, reference_y = torch.tensor([0, 1, 2, 0, 3, 3]), torch.arange(40) % 3  # class 3: the null class
+    ab = torch.tensor([0.0, 0.002, 0.02, 0.1, 0.3, 0.05]).reshape(-1, 1, 1, 1)
+    x_t = q_sample(x0, ab, torch.randn(x0.shape, generator=g))
+    got = stable_target(x0, x_t, ab, reference, y=y, reference_y=reference_y, null_class=3)
+    torch.testing.assert_close(got.double(), stable_target_by_hand(x0, x_t, ab, reference, y, reference_y, 3),
+                               atol=1e-5, rtol=1e-4)
+    same_class = reference[reference_y == 0]
+    torch.testing.assert_close(got[0], (x0[0] + same_class.sum(0)) / (1 + len(same_class)), atol=1e-6, rtol=0)
+    unconditional = stable_target(x0, x_t, ab, reference)
+    torch.testing.assert_close(unconditional.double(), stable_target_by_hand(x0, x_t, ab, reference), atol=1e-5, rtol=1e-4)
+    clean = torch.full((6, 1, 1, 1), 0.9)
+    x_clean = q_sample(x0, clean, torch.randn(x0.shape, generator=g))
+    assert torch.equal(stable_target(x0, x_clean, clean, reference, y=y, reference_y=reference_y, null_class=3), x0)
+
+
+def test_loss_with_a_reference_uses_the_stable_target_below_log_snr_0_only():
+    """diffusion_loss(reference=...) regresses on the stable target where log-SNR < 0 and on the
+    usual (x0, eps) above it: a model that outputs the stable target's v has zero loss."""
+    s = Schedule.make("linear", zero_snr=True)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(8, 3, 4, 4, generator=g) * 2 - 1
+    reference = torch.rand(30, 3, 4, 4, generator=g) * 2 - 1
+    t = torch.tensor([999, 900, 700, 500, 400, 300, 100, 0])
+    noise = torch.randn(x0.shape, generator=g)
+    ab = s.alphas_cumprod[t].float().reshape(-1, 1, 1, 1)
+    x_t = q_sample(x0, ab, noise)
+    hidden = (s.log_snr[t] < 0).reshape(-1, 1, 1, 1)
+    assert 0 < hidden.sum() < len(t)
+    x0_goal = torch.where(hidden, stable_target(x0, x_t, ab, reference), x0)
+    eps_goal = (x_t - ab.sqrt() * x0_goal) / (1 - ab).sqrt()
+
+    def oracle(x, t_, y=None):
+        return from_x0_eps("v", x0_goal, eps_goal, ab)
+
+    loss = diffusion_loss(oracle, x0, s, "v", t=t, noise=noise, reference=(reference, None))
+    assert float(loss) < 1e-9
+    assert float(diffusion_loss(oracle, x0, s, "v", t=t, noise=noise)) > 1e-3  # the plain target differs
+
+
+def test_level_mean_with_a_reference_divides_by_the_plain_targets_loss():
+    """With the Stable Target Field, weighting level_mean keeps each level's weight of the plain
+    target (its running mean tracks the plain loss), so a level whose target lost its noise does not
+    weigh more: the returned loss is the stable-target loss over the plain one, per level."""
+    s = Schedule.make("linear", zero_snr=True)
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(4, 3, 4, 4, generator=g) * 2 - 1
+    reference = torch.rand(30, 3, 4, 4, generator=g) * 2 - 1
+    t = torch.tensor([999, 960, 900, 10])  # three bins of noisy levels and a clean one
+    noise = torch.randn(x0.shape, generator=g)
+
+    def zero(x, t_, y=None):
+        return torch.zeros_like(x)
+
+    levels = LossPerLevel(1000, num_bins=50)
+    weighted = diffusion_loss(zero, x0, s, "v", t=t, noise=noise, weighting="level_mean", loss_per_level=levels,
+                              reference=(reference, None))
+    ab = s.alphas_cumprod[t].float().reshape(-1, 1, 1, 1)
+    x_t = q_sample(x0, ab, noise)
+    hidden = (s.log_snr[t] < 0).reshape(-1, 1, 1, 1)
+    x0_goal = torch.where(hidden, stable_target(x0, x_t, ab, reference), x0)
+    eps_goal = (x_t - ab.sqrt() * x0_goal) / (1 - ab).sqrt()
+    stf_loss = target("v", x0_goal, eps_goal, ab).square().flatten(1).mean(1)
+    plain_loss = target("v", x0, noise, ab).square().flatten(1).mean(1)
+    torch.testing.assert_close(levels.mean_loss[levels.bins(t)].float(), plain_loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weighted, (stf_loss / plain_loss).mean(), atol=1e-6, rtol=1e-5)
+    assert float(stf_loss[0]) < 0.2 * float(plain_loss[0])  # at zero SNR: the reference's mean, not one image

@@ -78,14 +78,14 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
             assert not torch.equal(e, p0) and not torch.equal(e, p)
 
 
-@pytest.mark.parametrize("weighting", ["none", "level_mean"])
-def test_resume_is_bit_for_bit(tmp_path, weighting):
+@pytest.mark.parametrize("weighting,stf", [("none", 0), ("level_mean", 0), ("level_mean", 16)])
+def test_resume_is_bit_for_bit(tmp_path, weighting, stf):
     """N steps straight == N/2 steps, stop, resume for N/2 (same seed): every weight, EMA weight
     and Adam moment equal exactly (and the per-level loss means of --weighting level_mean).
-    Dropout, label dropout and flips are all on."""
-    straight = T.train(tiny(tmp_path / "a", max_steps=6, weighting=weighting))
-    T.train(tiny(tmp_path / "b", max_steps=3, weighting=weighting))
-    resumed = T.train(tiny(tmp_path / "b", max_steps=6, resume=True, weighting=weighting))
+    Dropout, label dropout and flips are all on; with --stf-reference the reference sets too."""
+    straight = T.train(tiny(tmp_path / "a", max_steps=6, weighting=weighting, stf_reference=stf))
+    T.train(tiny(tmp_path / "b", max_steps=3, weighting=weighting, stf_reference=stf))
+    resumed = T.train(tiny(tmp_path / "b", max_steps=6, resume=True, weighting=weighting, stf_reference=stf))
     assert resumed["step"] == straight["step"] == 6
     for name in ("model", "ema"):
         a, b = straight[name].state_dict(), resumed[name].state_dict()
@@ -161,6 +161,25 @@ def test_timesteps_mean_moves_the_median_training_log_snr(tmp_path):
         medians.append(schedule.log_snr[t_median].item())
         assert abs(medians[-1] - mean) < 0.1, (mean, medians[-1])
     assert T.training_timesteps(tiny(tmp_path, timesteps="uniform").resolved(), schedule) is None
+
+
+def test_timesteps_low_snr_mean_centres_the_brightness_share(tmp_path):
+    """--timesteps-low-snr-mean m centres the --timesteps-low-snr share at log-SNR m: with nearly
+    every draw in that share, the median training log-SNR lies within a step's width of m, and
+    the share of draws below log-SNR -9 grows as m falls."""
+    below = []
+    for mean in (-8.0, -5.0):
+        cfg = tiny(tmp_path, timesteps="logsnr_normal", timesteps_uniform=0.01, timesteps_low_snr=0.99,
+                   timesteps_low_snr_mean=mean).resolved()
+        schedule = T.make_schedule(cfg)
+        p = T.training_timesteps(cfg, schedule)
+        t_median = int(torch.searchsorted(p.cumsum(0), 0.5))
+        assert abs(schedule.log_snr[t_median].item() - mean) < 0.1, (mean, schedule.log_snr[t_median])
+        below.append(float(p[schedule.log_snr < -9].sum()))
+    # N(-8, 2) puts P(z < -1/2) = 0.31 below -9, N(-5, 2) P(z < -2) = 0.023 (times 0.99, plus the uniform's bit)
+    assert abs(below[0] - 0.31) < 0.02 and abs(below[1] - 0.024) < 0.01, below
+    with pytest.raises(T.UsageError, match="--timesteps-low-snr-mean"):
+        T.check_config(tiny(tmp_path, timesteps_low_snr_mean=float("nan")).resolved())
 
 
 def test_checkpoint_loads_without_pickle_and_rebuilds_the_model(tmp_path):

@@ -244,3 +244,34 @@ def test_channel_means_are_in_units_of_pure_noise():
 def test_unknown_mean_input_is_refused():
     with pytest.raises(ValueError, match="mean_input must be None, 'embedding' or 'middle'"):
         UNet.from_preset("tiny", mean_input="head")
+
+
+def test_output_shift_and_level_bias_start_as_the_plain_network_and_add_one_constant_per_channel():
+    """output_shift adds Linear(conditioning vector) to each output channel, level_bias a learnt
+    constant per band of timesteps (bins of 1000 / level_bias steps) and channel: both start at
+    zero (the untrained network is the plain one, exactly), and what they add is the same at every
+    pixel, set by (t, y) alone for the shift and by t's band alone for the bias."""
+    plain = randomized(UNet.from_preset("tiny", num_classes=3))
+    x, t = inputs(plain)
+    y = torch.tensor([0, 2])
+    for extra in (dict(output_shift=True), dict(level_bias=50)):
+        model = UNet.from_preset("tiny", num_classes=3, **extra).eval()
+        missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+        assert missing and all(k.split(".")[0] in ("shift", "level_bias") for k in missing)
+        assert torch.equal(model(x, t, y), plain(x, t, y))
+        assert UNet(**model.config).config == model.config and set(model.config) - set(plain.config) == set(extra)
+        with torch.no_grad():
+            for p in (model.shift.parameters() if "output_shift" in extra else [model.level_bias]):
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        added = model(x, t, y) - plain(x, t, y)
+        assert added.abs().min() > 0
+        torch.testing.assert_close(added, added[:, :, :1, :1].expand_as(added), atol=1e-5, rtol=0)  # flat
+        other = model(x.flip(-1) + 0.3, t, y) - plain(x.flip(-1) + 0.3, t, y)  # another input, same (t, y)
+        torch.testing.assert_close(other, added, atol=1e-5, rtol=1e-5)
+        if "level_bias" in extra:  # bins of 20 steps: t and t' in the same band add the same constant
+            same_band = model(x, t // 20 * 20, y) - plain(x, t // 20 * 20, y)
+            expected = model.level_bias[t // 20][:, :, None, None].expand_as(added)
+            torch.testing.assert_close(added, expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(same_band, added, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="output_shift must be True or False"):
+        UNet.from_preset("tiny", output_shift="yes")
