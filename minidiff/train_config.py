@@ -44,6 +44,9 @@ RECIPES = {
     # The built-in recipe (docs/recipe_history.md, "the brightness study"): the space-to-depth network,
     # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
     # noise level's loss over its running mean so that the noisy levels do not drown the shapes.
+    # Below log-SNR 0 its target is the Stable Target Field over 512 reference images (Xu et al. 2023,
+    # objectives.stable_target): the zero-SNR prediction had come out a few hundredths too bright,
+    # and seed 1 at 5,000 steps drew W1 0.096 -> 0.045 with it (docs/recipe_history.md, "the zero-SNR offset").
     # Its report samples with guidance 2.5 and no guidance rescale (at w = 3 the rescale of 0.7
     # squeezed the brightness: W1 0.19 against 0.11 without it, docs/06_guidance.md), guiding only at
     # log-SNR >= -3: below it the brightness is decided, the data's brightness does not depend on the
