@@ -201,9 +201,7 @@ def train_config(spec: ModelSpec, scale: dict, models_dir: Path, seed: int = 0):
         max_steps=scale["max_steps"], minutes=0, class_cond=True, label_dropout=0.1, seed=seed,
         device=scale["device"], bf16=scale["bf16"], sample_every=0, ckpt_every=max(1000, scale["max_steps"] // 10),
         num_samples=20, sample_steps=10, log_every=10, offset_noise=spec.offset_noise, judge_samples=0,
-        timesteps="uniform", timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
-        stf_reference=0,
-    )
+        timesteps="uniform", timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0, stf_reference=0)
     # The key holds the network's full config too: a preset retuned under the same name is a new model.
     key = {**dataclasses.asdict(cfg), "network": network_config(cfg.preset)}
     key.pop("device")
