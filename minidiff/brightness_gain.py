@@ -164,7 +164,7 @@ def run_names(paths: list[str]) -> list[str]:
 def main(argv=None) -> None:
     from .runtime import require, run_command
     from .data import builtin_shapes, to_float
-    from .sample import class_labels, describe_sampling, guidance_interval_from, load_run, report_sampling, schedule_of
+    from .sample import class_labels, describe_sampling, load_run, report_sampling, sampler_kwargs, schedule_of
 
     p = argparse.ArgumentParser(prog="python -m minidiff.brightness_gain", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files of runs on the built-in set")
@@ -200,10 +200,7 @@ def main(argv=None) -> None:
                 drift = trajectory_drift(
                     model, schedule_of(config), (model.config["in_channels"], *images.shape[2:]), float(prior.mean()),
                     num=args.trajectory, seed=args.seed, labels=class_labels(None, args.trajectory, null), null_label=null,
-                    prediction=config["prediction"], sampler=settings["sampler"], steps=settings["steps"],
-                    spacing=settings["spacing"], guidance=settings["guidance"],
-                    guidance_rescale=settings["guidance_rescale"],
-                    guidance_interval=guidance_interval_from(settings["guidance_from"]), clip_x0=settings["clip_x0"])
+                    prediction=config["prediction"], **sampler_kwargs(settings))
                 print(f"along the sampler ({describe_sampling(settings)}), {args.trajectory} samples:\n"
                       f"{format_drift(drift)}\n")
         if args.out:

@@ -72,6 +72,14 @@ def report_sampling(config: dict) -> dict:
                 clip_x0=bool(config.get("clip_x0", False)))
 
 
+def sampler_kwargs(settings: dict) -> dict:
+    """report_sampling's settings as keyword arguments of samplers.sample (guidance_from becomes
+    its guidance_interval)."""
+    kwargs = dict(settings)
+    kwargs["guidance_interval"] = guidance_interval_from(kwargs.pop("guidance_from"))
+    return kwargs
+
+
 def guidance_interval_from(guidance_from: float | None) -> tuple[float, float] | None:
     """The sampler's guidance_interval for "guide only where log-SNR >= guidance_from" (None: every step)."""
     return None if guidance_from is None or guidance_from == -math.inf else (float(guidance_from), math.inf)

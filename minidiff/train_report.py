@@ -22,7 +22,7 @@ import torch
 from . import data as datasets
 from .samplers import sample
 from .schedules import Schedule
-from .sample import describe_sampling, guidance_interval_from, report_sampling
+from .sample import describe_sampling, report_sampling, sampler_kwargs
 from .train_config import TrainConfig, plain_config
 
 
@@ -40,8 +40,7 @@ def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, p
     y = (torch.arange(n, device=device) // nrow) % num_classes if cfg.class_cond else None
     shape = (n, channels, cfg.resolution, cfg.resolution)
     gen = torch.Generator(device).manual_seed(cfg.seed + 12345)
-    settings = report_sampling(plain_config(cfg))  # the grids draw as the report does
-    settings["guidance_interval"] = guidance_interval_from(settings.pop("guidance_from"))
+    settings = sampler_kwargs(report_sampling(plain_config(cfg)))  # the grids draw as the report does
     with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
         guided = settings["guidance"] != 1.0
         x = sample(model, shape, schedule, prediction=cfg.prediction, y=y,
