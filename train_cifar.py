@@ -7,7 +7,7 @@
 All flags: python train_cifar.py --help. The code is minidiff/train.py.
 """
 
-from minidiff.train import main
+from minidiff.training.train import main
 
 if __name__ == "__main__":
     main()

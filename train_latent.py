@@ -6,17 +6,17 @@
 Several GPUs: `torchrun --nproc_per_node 4 train_latent.py ...` (same flags). The result in
 --output-dir is a diffusers folder (UNet with EMA weights, a DDIMScheduler config with
 rescale_betas_zero_snr, v_prediction and trailing spacing) that loads in a stock
-StableDiffusionPipeline and in `python -m minidiff.sample_latent --model OUTPUT_DIR`.
-The loop itself is minidiff.latent_train.train; this file is only its command line.
+StableDiffusionPipeline and in `minidiff sample-latent --model OUTPUT_DIR`.
+The loop itself is minidiff.latent.train.train; this file is only its command line.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from minidiff import runtime
-from minidiff.cli import add_common_flags
-from minidiff.latent_train import LatentTrainConfig, train  # needs: pip install -e ".[latent]"
+from minidiff.training import runtime
+from minidiff.training.cli import add_common_flags
+from minidiff.latent.train import LatentTrainConfig, train  # needs: pip install -e ".[latent]"
 
 
 def parse_args(argv=None) -> LatentTrainConfig:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minidiff.runtime import default_device  # noqa: E402
+from minidiff.training.runtime import default_device  # noqa: E402
 from minidiff.unet import PRESETS, UNet  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
@@ -319,7 +319,7 @@ def choose_small(args) -> None:
     SNR (Lin et al.'s fixes). The held-out loss uses 512 fixed images, timesteps and noises, so
     every candidate is scored on the same draws.
     """
-    from minidiff.data import Batches, builtin_shapes, to_float
+    from minidiff.training.data import Batches, builtin_shapes, to_float
     from minidiff.objectives import diffusion_loss
     from minidiff.schedules import Schedule
 

@@ -8,14 +8,14 @@ The EMA never feeds back into training: the live weights, the optimiser and ever
 are the same whatever decay is averaged. So one run can carry several averages at once, and the
 comparison between them is free of the run-to-run variation that two separate runs would add
 (the brightness of a short run varies between runs more than most recipe changes move it). The
-run is `minidiff.train` with the dataset's recipe, stopped after `--steps` steps (not by the clock,
+run is `minidiff.training.train` with the dataset's recipe, stopped after `--steps` steps (not by the clock,
 so the result does not depend on the machine's speed); its own EMA is the first of `--decays`, and
 each further decay is kept beside it and saved as `checkpoint-ema{decay}.pt` (the run's
-checkpoint with those averaged weights; `python -m minidiff.sample` reads it like any other).
-`--shares` adds power EMAs (minidiff.ema: about that share of the steps so far), saved as
+checkpoint with those averaged weights; `minidiff sample` reads it like any other).
+`--shares` adds power EMAs (minidiff.training.ema: about that share of the steps so far), saved as
 `checkpoint-ema-share{share}.pt`.
 Then `--num-samples` samples of every average are drawn from the same starting noise with the
-report's settings and scored by `minidiff.metrics`.
+report's settings and scored by `minidiff.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 
-from minidiff import metrics, runtime, train as T  # noqa: E402
-from minidiff.ema import EMA  # noqa: E402
-from minidiff.sample import generate, load_run  # noqa: E402
+from minidiff.evaluation import metrics  # noqa: E402
+from minidiff.training import runtime, train as T  # noqa: E402
+from minidiff.training.ema import EMA  # noqa: E402
+from minidiff.training.sample import generate, load_run  # noqa: E402
 from quality import parse_sets  # noqa: E402 (benchmarks/quality.py: --set FIELD=VALUE, the same syntax)
 
 
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
     p.add_argument("--decays", type=float, nargs="+", default=[0.98, 0.995, 0.998, 0.999],
                    help="EMA decays; the first is the run's own")
     p.add_argument("--shares", type=float, nargs="*", default=[],
-                   help="power EMAs carried beside them: about this share of the steps so far (minidiff.ema)")
+                   help="power EMAs carried beside them: about this share of the steps so far (minidiff.training.ema)")
     p.add_argument("--num-samples", type=int, default=1000, help="samples scored per decay")
     p.add_argument("--sample-seed", type=int, default=1234, help="starting noise, the same for every decay")
     p.add_argument("--out", default="runs/ema_lengths", help="the run goes to OUT/seed{SEED}")
@@ -90,7 +91,7 @@ def main(argv=None) -> None:
                    help="TrainConfig overrides, as benchmarks/quality.py --set")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     args = p.parse_args(argv)
-    from minidiff.cli import fail
+    from minidiff.training.cli import fail
 
     if any(not 0.0 <= d < 1.0 for d in args.decays):
         fail(f"--decays must lie in [0, 1), got {args.decays}")

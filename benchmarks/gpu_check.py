@@ -75,7 +75,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 from bench_unet import (Runner, Setting, cpu_training_memory, cuda_training_memory,  # noqa: E402
                         diffusers_unet, num_params, timed)
 from minidiff.objectives import diffusion_loss  # noqa: E402
-from minidiff.runtime import default_device  # noqa: E402
+from minidiff.training.runtime import default_device  # noqa: E402
 from minidiff.samplers import sample  # noqa: E402
 from minidiff.schedules import Schedule  # noqa: E402
 from minidiff.unet import PRESETS, UNet  # noqa: E402
@@ -508,10 +508,10 @@ def latent(sz: Sizes, device: torch.device, clock: Clock) -> dict:
     master weights under bf16 autocast with gradient checkpointing, frozen VAE and text encoder
     in bf16, v loss on the zero-terminal-SNR schedule, gradient clipping, fused AdamW, EMA."""
     try:
-        from minidiff.ema import EMA
-        from minidiff.latent import LatentComponents, LatentUNet, base_schedule, encode_images
+        from minidiff.training.ema import EMA
+        from minidiff.latent.stable_diffusion import LatentComponents, LatentUNet, base_schedule, encode_images
     except ImportError as err:
-        raise Skipped(f"minidiff.latent cannot be imported: {err}") from err
+        raise Skipped(f"minidiff.latent.stable_diffusion cannot be imported: {err}") from err
     shapes = sz.latent
     clock.progress("latent: building UNet, VAE and text encoder from their configurations")
     unet, vae, text_encoder = build_sd_parts(shapes, device)

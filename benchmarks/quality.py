@@ -5,9 +5,9 @@
     python benchmarks/quality.py --name cosine --set lr_decay=cosine --eval-steps 10 25 50
     python benchmarks/quality.py --table runs/quality/results.jsonl     # the study as a markdown table
 
-Each run is `minidiff.train` with the dataset's recipe and the `--set` overrides (any TrainConfig
+Each run is `minidiff.training.train` with the dataset's recipe and the `--set` overrides (any TrainConfig
 field), stopped by its wall-clock budget; then `--judge-samples` EMA samples, every class in turn,
-are scored by `minidiff.metrics` (Frechet distance in a small classifier's features, class accuracy,
+are scored by `minidiff.evaluation.metrics` (Frechet distance in a small classifier's features, class accuracy,
 brightness W1) with `--eval-sampler` (the recipe's sampler unless given) at each of `--eval-steps`
 steps. One JSON line per (run, sampling steps) goes to results.jsonl; `--table` averages the seeds of each name and shows their spread (min..max), so a
 difference between two recipes can be told from seed noise. The recipe is chosen by these
@@ -30,14 +30,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from minidiff import data as datasets, metrics, train as T  # noqa: E402
-from minidiff.sample import generate  # noqa: E402
+from minidiff.training import data as datasets, train as T  # noqa: E402
+from minidiff.evaluation import metrics  # noqa: E402
+from minidiff.training.sample import generate  # noqa: E402
 from minidiff.samplers import SAMPLERS  # noqa: E402
 
 
 def check_args(args) -> None:
     """Flags that contradict each other, and paths unfit for their use: one line, exit 2, nothing written."""
-    from minidiff.cli import fail
+    from minidiff.training.cli import fail
 
     if args.make_folder and args.table:
         fail("--make-folder and --table are two separate jobs; give one of them")

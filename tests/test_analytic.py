@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minidiff.analytic import GaussianDenoiser, gaussian_sampler_moments
+from minidiff.exact.analytic import GaussianDenoiser, gaussian_sampler_moments
 from minidiff.objectives import q_sample
 from minidiff.repro.exact import brightness_gaussian, exact_moments, monte_carlo
 from minidiff.samplers import make_timesteps

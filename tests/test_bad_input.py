@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minidiff import fid, metrics, sample, train
+from minidiff.evaluation import fid, metrics
+from minidiff.training import sample, train
 from minidiff.repro import __main__ as repro
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def test_train_on_an_mps_device_this_machine_lacks(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "run").exists()
 
 
-# --------------------------------------------------------------------------- minidiff.sample
+# --------------------------------------------------------------------------- minidiff.training.sample
 
 
 def test_sample_a_latent_checkpoint(latent_checkpoint, capsys):
@@ -114,7 +115,7 @@ def test_sample_outputs_that_collide(latent_checkpoint, capsys, outputs, words):
     assert latent_checkpoint.read_bytes() == before
 
 
-# ----------------------------------------------------------------------------- minidiff.fid
+# ----------------------------------------------------------------------------- minidiff.evaluation.fid
 
 
 @pytest.fixture
@@ -144,7 +145,7 @@ def test_fid_more_images_than_the_file_holds(npz, capsys):
     refused(fid.main, [npz, "--num", 10, "--device", "cpu"], capsys, "holds 4 images")
 
 
-# ------------------------------------------------------------------------- minidiff.metrics
+# ------------------------------------------------------------------------- minidiff.evaluation.metrics
 
 
 def test_metrics_figure_that_would_overwrite_the_samples(npz, capsys):
@@ -202,10 +203,10 @@ def test_train_latent_from_a_pixel_checkpoint_file(tmp_path, latent_checkpoint, 
 
 
 def test_sample_latent_given_a_pixel_checkpoint_or_run(latent_checkpoint, tmp_path, capsys):
-    from minidiff import sample_latent
+    from minidiff.latent import sample as sample_latent
 
     refused(sample_latent.main, ["--model", latent_checkpoint, "--prompt", "x", "--out", tmp_path / "o"], capsys,
-            "--model", "is a file", "minidiff.sample")
+            "--model", "is a file", "minidiff sample")
     refused(sample_latent.main, ["--model", latent_checkpoint.parent, "--prompt", "x", "--out", tmp_path / "o"],
             capsys, "not a diffusers folder")
     assert not (tmp_path / "o").exists()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from minidiff.brightness_gain import brightness_gain, main, posterior_mean, run_names, timesteps_at, trajectory_drift
+from minidiff.evaluation.brightness_gain import brightness_gain, main, posterior_mean, run_names, timesteps_at, trajectory_drift
 from minidiff.objectives import from_x0_eps
 from minidiff.schedules import Schedule
 

@@ -1,11 +1,11 @@
-"""The flags every command line shares (`minidiff.cli`): one default convention, one error style."""
+"""The flags every command line shares (`minidiff.training.cli`): one default convention, one error style."""
 
 import argparse
 
 import pytest
 import torch
 
-from minidiff.cli import add_common_flags, resolve_device
+from minidiff.training.cli import add_common_flags, resolve_device
 
 
 def test_defaults_are_seed_0_and_cuda_if_available():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minidiff import data
+from minidiff.training import data
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_grayscale_folder_is_one_channel_and_colour_stays_three(tmp_path):
 def test_a_grayscale_28px_folder_trains_at_its_own_size_and_samples_grayscale(tmp_path):
     """28 x 28 grayscale images train a one-channel model at 28 x 28 on the small preset (28 ->
     14 -> 7), instead of a 3-channel one at 32 x 32; the sample CLI follows the checkpoint."""
-    from minidiff import sample, train as T
+    from minidiff.training import sample, train as T
 
     _write_folder(tmp_path / "gray", 8, (28, 28), colour=False)
     cfg = T.TrainConfig(dataset="folder", data_root=str(tmp_path / "gray"), batch_size=4, max_steps=1,

@@ -10,10 +10,11 @@ import re
 import pytest
 import torch
 
-from minidiff import objectives, runtime, schedules
-from minidiff.cli import add_common_flags, resolve_device
+from minidiff import objectives, schedules
+from minidiff.training import runtime
+from minidiff.training.cli import add_common_flags, resolve_device
 from minidiff.schedules import Schedule
-from minidiff.train_config import TrainConfig
+from minidiff.training.config import TrainConfig
 
 
 def fake_accelerators(monkeypatch, *, cuda: bool, mps: bool) -> None:

@@ -4,8 +4,8 @@ and each saved average is the EMA of that decay (decay 0 is the live network its
 import pytest
 import torch
 
-from minidiff import train as T
-from minidiff.sample import load_run
+from minidiff.training import train as T
+from minidiff.training.sample import load_run
 from scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

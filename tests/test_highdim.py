@@ -1,5 +1,5 @@
-"""The high-dimensional schedule lab (Aranguri, Biroli, Mezard, Vanden-Eijnden 2025): `minidiff.interpolants`,
-`minidiff.exact_models` and the shared parts of the `highdim-*` experiments (`minidiff.repro.highdim_common`).
+"""The high-dimensional schedule lab (Aranguri, Biroli, Mezard, Vanden-Eijnden 2025): `minidiff.exact.interpolants`,
+`minidiff.exact.models` and the shared parts of the `highdim-*` experiments (`minidiff.repro.highdim_common`).
 
 Exact denoisers against brute-force posterior means, the scalar reduction against the full
 simulation, the exact samplers against the models' statistics, and the paper's two findings:
@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from minidiff.exact_models import (
+from minidiff.exact.models import (
     CurieWeiss,
     GaussianMixture,
     PosteriorMeanModel,
@@ -22,7 +22,7 @@ from minidiff.exact_models import (
     euler_mixture_reduced,
     reduce_noise,
 )
-from minidiff.interpolants import (
+from minidiff.exact.interpolants import (
     DilatedTime,
     Interpolant,
     dilated_time,

@@ -79,7 +79,7 @@ def test_no_import_cycle_among_the_library_modules():
 
 
 def test_importing_the_sampling_command_does_not_import_the_trainer():
-    code = "import sys, minidiff.sample; assert 'minidiff.train' not in sys.modules, 'minidiff.train was imported'"
+    code = "import sys, minidiff.training.sample; assert 'minidiff.training.train' not in sys.modules, 'minidiff.training.train was imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

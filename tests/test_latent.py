@@ -23,7 +23,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,  #
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from minidiff import latent, latent_data, latent_train, runtime  # noqa: E402
+from minidiff.latent import stable_diffusion as latent, data as latent_data, train as latent_train  # noqa: E402
+from minidiff.training import runtime  # noqa: E402
 from minidiff.objectives import diffusion_loss  # noqa: E402
 from minidiff.samplers import make_timesteps  # noqa: E402
 from scripts import load_script  # noqa: E402
@@ -234,7 +235,7 @@ def test_sampling_with_guidance_and_rescale_is_finite_and_seed_reproducible(tiny
 def test_sample_latent_command_writes_pngs(tiny_sd, tmp_path):
     from PIL import Image
 
-    from minidiff import sample_latent
+    from minidiff.latent import sample as sample_latent
 
     paths = sample_latent.main(["--model", str(tiny_sd), "--prompt", "a cat", "--prompt", "a dog",
                                 "--steps", "2", "--height", str(RES), "--width", str(RES), "--sampler", "ddpm",
@@ -403,7 +404,7 @@ def test_latent_trainer_skips_unreadable_images_and_refuses_a_pixel_checkpoint(t
     (["--num-images", "0"], "--num-images must be at least 1"),
 ])
 def test_sample_latent_refuses_bad_flags_before_loading(tiny_sd, tmp_path, capsys, flags, message):
-    from minidiff import sample_latent
+    from minidiff.latent import sample as sample_latent
 
     with pytest.raises(SystemExit) as exit_info:
         sample_latent.main(["--model", str(tiny_sd), "--prompt", "a cat", "--out", str(tmp_path / "o"), *flags])

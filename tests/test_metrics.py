@@ -1,4 +1,4 @@
-"""The sample-quality instrument (minidiff.metrics): a set scores 0 against itself, damage ranks in
+"""The sample-quality instrument (minidiff.evaluation.metrics): a set scores 0 against itself, damage ranks in
 order, the classifier recognises real images, the cache is reused for the same data and refused for
 other data, and the CLI's bad-input path is one line and exit status 2."""
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from minidiff import data, metrics as M, sample
+from minidiff.training import data, sample
+from minidiff.evaluation import metrics as M
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -125,7 +126,7 @@ def test_cache_is_reused_for_the_same_data_and_refused_for_other_data(judge, cac
 
 def test_cli_prints_the_table_for_a_sample_npz(judge, cache_dir, tmp_path, capsys):
     x, y = judge.real.other
-    sample.save_npz(x[:400], y[:400], tmp_path / "s.npz")  # exactly what python -m minidiff.sample writes
+    sample.save_npz(x[:400], y[:400], tmp_path / "s.npz")  # exactly what minidiff sample writes
     M.main([str(tmp_path / "s.npz"), "--num-images", str(NUM), "--num-reference", str(NUM_REF),
             "--cache-dir", str(cache_dir)])
     out = capsys.readouterr().out

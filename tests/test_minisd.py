@@ -22,8 +22,8 @@ pytest.importorskip("transformers")
 from diffusers import StableDiffusionPipeline  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
-from minidiff import latent, latent_train, minisd, minisd_eval, minisd_text  # noqa: E402
-from minidiff.data import builtin_shapes, to_float  # noqa: E402
+from minidiff.latent import stable_diffusion as latent, train as latent_train, minisd, minisd_eval, minisd_text  # noqa: E402
+from minidiff.training.data import builtin_shapes, to_float  # noqa: E402
 from scripts import load_script  # noqa: E402
 
 

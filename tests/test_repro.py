@@ -1,4 +1,4 @@
-"""The reproduction commands (`python -m minidiff.repro NAME`), each run in a tiny configuration.
+"""The reproduction commands (`minidiff repro NAME`), each run in a tiny configuration.
 
 The runner lists every experiment of both papers and refuses an unknown one; every experiment
 writes under runs/repro/NAME unless told otherwise. table1 / table2 must print the paper's numbers;
@@ -261,9 +261,9 @@ def test_brightness_main_recipe_trains_fixed_and_flawed_one_flag_set_apart(tmp_p
     sampler settings its own run reports (flawed: leading steps, x0 clipped as DDPM's sampler
     does), and the JSON's ratio is the two W1s' ratio."""
     from minidiff.repro import brightness_main
-    from minidiff import train as T
+    from minidiff.training import train as T
 
-    from minidiff import metrics
+    from minidiff.evaluation import metrics
 
     judge = metrics.Judge.for_dataset("builtin", resolution=32, num=500, num_reference=200, cache_dir=None, progress=False)
     res = brightness_main.run(tmp_path / "out", tmp_path / "models", max_steps=1, num_samples=10, threads=1, judge=judge)
@@ -282,8 +282,9 @@ def test_brightness_main_recipe_trains_fixed_and_flawed_one_flag_set_apart(tmp_p
 def test_brightness_main_refuses_a_model_of_an_older_recipe_and_names_models(tmp_path):
     """A main-* model trained before the recipe's Adam beta2 changed is not resumed as if it were
     the recipe's: the refusal names the setting and the --models flag."""
-    from minidiff import metrics, runtime
-    from minidiff import train as T
+    from minidiff.evaluation import metrics
+    from minidiff.training import runtime
+    from minidiff.training import train as T
     from minidiff.repro import brightness_main
 
     judge = metrics.Judge.for_dataset("builtin", resolution=32, num=500, num_reference=200, cache_dir=None, progress=False)
@@ -311,8 +312,8 @@ def test_last_step_mean_snr_from_ddpm_and_stable_diffusion_betas():
 
 
 def test_brightness_main_with_another_schedule_keeps_its_own_runs(tmp_path):
-    from minidiff import metrics
-    from minidiff import train as T
+    from minidiff.evaluation import metrics
+    from minidiff.training import train as T
     from minidiff.repro import brightness_main
 
     judge = metrics.Judge.for_dataset("builtin", resolution=32, num=500, num_reference=200, cache_dir=None, progress=False)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minidiff import runtime, train as T
-from minidiff.ema import EMA, ema_decay
+from minidiff.training import runtime, train as T
+from minidiff.training.ema import EMA, ema_decay
 from minidiff.objectives import diffusion_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,7 +303,7 @@ def test_ema_of_a_short_eps_run_denoises_as_well_as_its_live_weights(tmp_path):
                         out=str(tmp_path), schedule="scaled_linear", zero_snr=False, prediction="eps")
     result = T.train(cfg)
     schedule = T.make_schedule(cfg.resolved())
-    from minidiff import data
+    from minidiff.training import data
 
     x0 = data.to_float(data.builtin_shapes(64, seed=99, resolution=16).images)
 
@@ -340,7 +340,7 @@ def tiny_run(tmp_path_factory):
     (["--class", "12"], "classes [12] out of range"),
 ])
 def test_sample_cli_refuses_bad_flags_in_one_line(tiny_run, tmp_path, capsys, flags, message):
-    from minidiff import sample
+    from minidiff.training import sample
 
     code, err = run_main(sample.main, [str(tiny_run), "--png", str(tmp_path / "g.png"), *flags], capsys)
     assert code == 2 and message in err and err.count("\n") == 1
@@ -348,7 +348,7 @@ def test_sample_cli_refuses_bad_flags_in_one_line(tiny_run, tmp_path, capsys, fl
 
 
 def test_sample_cli_refuses_a_missing_or_latent_checkpoint(tmp_path, capsys):
-    from minidiff import sample
+    from minidiff.training import sample
 
     code, err = run_main(sample.main, [str(tmp_path / "none.pt")], capsys)
     assert code == 2 and "no checkpoint at" in err

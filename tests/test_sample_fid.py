@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from minidiff import data, fid, sample, train as T
+from minidiff.training import data, sample, train as T
+from minidiff.evaluation import fid
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minidiff.analytic import GaussianDenoiser
+from minidiff.exact.analytic import GaussianDenoiser
 from minidiff.objectives import q_sample
 from minidiff.samplers import ddim_step, ddpm_posterior, ddpm_step, make_timesteps, sample
 from minidiff.schedules import Schedule

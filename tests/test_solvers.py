@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from minidiff.analytic import GaussianDenoiser, gaussian_flow_moments, gaussian_sampler_moments
+from minidiff.exact.analytic import GaussianDenoiser, gaussian_flow_moments, gaussian_sampler_moments
 from minidiff.repro.exact import brightness_gaussian, exact_moments, monte_carlo
 from minidiff.samplers import SAMPLERS, make_timesteps, network_evaluations, sample
 from minidiff.schedules import Schedule

@@ -8,8 +8,8 @@ import signal
 import pytest
 import torch
 
-from minidiff import data, train as T
-from minidiff.ema import EMA
+from minidiff.training import data, train as T
+from minidiff.training.ema import EMA
 from minidiff.schedules import Schedule
 from minidiff.unet import PRESETS, UNet
 
@@ -309,11 +309,11 @@ def test_threads_flag_sets_torch_threads(tmp_path):
 
 
 def test_end_of_run_quality_report_prints_the_measure_with_its_calibration(tmp_path, monkeypatch, capsys):
-    """The main job ends by scoring its EMA samples with minidiff.metrics (Frechet distance in a
+    """The main job ends by scoring its EMA samples with minidiff.evaluation.metrics (Frechet distance in a
     classifier's features, class accuracy, brightness W1) beside real-data calibration rows."""
     import functools
 
-    from minidiff import metrics
+    from minidiff.evaluation import metrics
 
     judge = functools.partial(metrics.Judge.for_dataset.__func__, metrics.Judge, num=2000, num_reference=200,
                               cache_dir=tmp_path / "cache", progress=False)

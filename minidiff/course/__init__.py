@@ -1,4 +1,4 @@
-"""Coursework that checks itself: `python -m minidiff.course list | start N | check N FILE | run N FILE`.
+"""Coursework that checks itself: `minidiff course list | start N | check N FILE | run N FILE`.
 
 Each exercise is one function of the course that a student writes from its docstring; `check`
 grades it against facts (the papers' tables, identities, exact solutions, and minidiff's own

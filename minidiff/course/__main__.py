@@ -1,9 +1,9 @@
 """The course's command: list the exercises, write a starter file, grade it, run it in its experiment.
 
-    python -m minidiff.course list
-    python -m minidiff.course start N [--dir D]          # writes D/exNN_<slug>.py, never overwriting
-    python -m minidiff.course check N FILE [--json]      # one line per check; exit 0 when all pass
-    python -m minidiff.course run N FILE [--out DIR]     # the experiment with your function; writes a figure
+    minidiff course list
+    minidiff course start N [--dir D]          # writes D/exNN_<slug>.py, never overwriting
+    minidiff course check N FILE [--json]      # one line per check; exit 0 when all pass
+    minidiff course run N FILE [--out DIR]     # the experiment with your function; writes a figure
 
 Exit codes: 0 all checks pass (or the command did its job), 1 a check failed, 2 a usage error
 (bad N, missing file, a file without the function), printed as one line without a traceback.
@@ -33,15 +33,15 @@ def starter_text(number: int) -> str:
     doc = "\n".join(("    " + line) if line else "" for line in ex.docstring.splitlines())
     return (f'"""Exercise {number}: {ex.title} ({ex.paper}; docs/exercises/{number:02d}_{ex.slug}.md).\n\n'
             f"Write the body of {ex.function} below, then:\n\n"
-            f"    python -m minidiff.course check {number} {starter_name(number)}\n"
-            f"    python -m minidiff.course run {number} {starter_name(number)}\n"
+            f"    minidiff course check {number} {starter_name(number)}\n"
+            f"    minidiff course run {number} {starter_name(number)}\n"
             '"""\n\nimport math\n\nimport torch\n\n\n'
             f'{ex.signature}\n    """{doc.lstrip()}\n    """\n    raise NotImplementedError("exercise {number}: write this function")\n')
 
 
 def exercise(number: int):
     if number not in EXERCISES:
-        raise UsageError(f"no exercise {number}: the exercises are 1 to {max(EXERCISES)} (python -m minidiff.course list)")
+        raise UsageError(f"no exercise {number}: the exercises are 1 to {max(EXERCISES)} (minidiff course list)")
     return EXERCISES[number]
 
 
@@ -52,7 +52,7 @@ def cmd_list(args) -> int:
             paper = ex.paper
             print(f"{paper}:")
         print(f"  {n:2d}. {ex.title:55s} {ex.function}()  [docs/{ex.page}]")
-    print("python -m minidiff.course start N   writes the starter file of exercise N")
+    print("minidiff course start N   writes the starter file of exercise N")
     return 0
 
 
@@ -61,19 +61,19 @@ def cmd_start(args) -> int:
     folder = Path(args.dir)
     path = folder / starter_name(args.n)
     if path.exists():
-        print(f"{path} exists; not overwritten (check it with: python -m minidiff.course check {args.n} {path})")
+        print(f"{path} exists; not overwritten (check it with: minidiff course check {args.n} {path})")
         return 0
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(starter_text(args.n))
     print(f"wrote {path}; write the body of {EXERCISES[args.n].function}, then: "
-          f"python -m minidiff.course check {args.n} {path}")
+          f"minidiff course check {args.n} {path}")
     return 0
 
 
 def cmd_check(args) -> int:
     ex = exercise(args.n)
     if not Path(args.file).is_file():
-        raise UsageError(f"no such file: {args.file} (make one with: python -m minidiff.course start {args.n})")
+        raise UsageError(f"no such file: {args.file} (make one with: minidiff course start {args.n})")
     if not args.json:
         print(f"exercise {args.n}: {ex.title} ({ex.function} in {args.file})")
     show = None if args.json else (lambda r: print(r.line(), flush=True))
@@ -92,14 +92,14 @@ def cmd_check(args) -> int:
         for name in skipped:
             print(f"SKIP  {name}: not run (an earlier check timed out)")
         print(f"{passed}/{total} checks pass" + ("" if passed < total else
-              f"; now see it in the experiment: python -m minidiff.course run {args.n} {args.file}"))
+              f"; now see it in the experiment: minidiff course run {args.n} {args.file}"))
     return 0 if passed == total else 1
 
 
 def cmd_run(args) -> int:
     ex = exercise(args.n)
     if not Path(args.file).is_file():
-        raise UsageError(f"no such file: {args.file} (make one with: python -m minidiff.course start {args.n})")
+        raise UsageError(f"no such file: {args.file} (make one with: minidiff course start {args.n})")
     out = Path(args.out or f"runs/course/{args.n}")
     try:
         lines = in_child("run", args.n, args.file, time_limit=args.time_limit, out_dir=str(out))
@@ -112,7 +112,7 @@ def cmd_run(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minidiff.course", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="minidiff course", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the exercises, in the order of the course")
     s = sub.add_parser("start", help="write the starter file of exercise N (never overwrites)")

@@ -177,7 +177,7 @@ def load_student(path: str, function: str) -> Callable:
     UsageError with the reason in one line, as does a file without the function."""
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"no such file: {path} (make one with: python -m minidiff.course start N)")
+        raise UsageError(f"no such file: {path} (make one with: minidiff course start N)")
     spec = importlib.util.spec_from_file_location(f"student_{p.stem}", p)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

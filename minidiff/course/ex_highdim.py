@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..interpolants import DilatedTime, make_interpolant
+from ..exact.interpolants import DilatedTime, make_interpolant
 from .core import Exercise, Fail, call, explain, random_inputs, tensor_like, tolerance
 
 ARANGURI = "Aranguri et al. 2025"
@@ -75,7 +75,7 @@ def interpolant_checks():
                 for tau in (0.0, 0.01, 0.5, 0.97, 1.0):
                     explain(call(fn, kind, tau, a, z), reference_interpolant(kind, tau, a, z),
                             interpolant_mistakes(kind, tau, a, z),
-                            f"{kind} at tau = {tau}, shape {shape}, {dtype}: differs from minidiff.interpolants.make_interpolant",
+                            f"{kind} at tau = {tau}, shape {shape}, {dtype}: differs from minidiff.exact.interpolants.make_interpolant",
                             *tolerance(dtype))
 
     return [("shape and dtype kept", shapes), ("tau = 0 is the noise c z, tau = 1 the data", ends),
@@ -149,7 +149,7 @@ def dilated_checks():
                     for kind in ("vp", "ve"):
                         explain(call(fn, ts, kind, d, kappa), reference_dilated_time(ts, kind, d, kappa),
                                 dilated_mistakes(ts.double(), kind, d, kappa),
-                                f"{kind}, d = {d:g}, kappa = {kappa}, {dtype}: differs from minidiff.interpolants.DilatedTime",
+                                f"{kind}, d = {d:g}, kappa = {kappa}, {dtype}: differs from minidiff.exact.interpolants.DilatedTime",
                                 *tolerance(dtype))
 
     return [("shape and dtype of t", shapes), ("tau(0) = 0 and tau(1) = 1", ends),
@@ -165,7 +165,7 @@ EXERCISES = [
              "kind \"vp\": c = 1 (variance preserving); \"ve\": c = sqrt(d) (variance exploding), with d the\n"
              "data dimension a.shape[-1]. a, z: data and noise of one shape [..., d]; tau: a float in [0, 1].\n"
              "Returns I_tau with a's shape and dtype.",
-             reference_interpolant, "minidiff.interpolants.Interpolant.sample (make_interpolant)", interpolant_checks()),
+             reference_interpolant, "minidiff.exact.interpolants.Interpolant.sample (make_interpolant)", interpolant_checks()),
     Exercise(11, "dilated-time", "The dilated time change of Aranguri et al.", ARANGURI, "highdim.md", "dilated_time",
              "def dilated_time(t, kind, d, kappa=3.0):",
              "The paper's dilated schedule tau(t) on the uniform clock t in [0, 1] (a tensor), linear path.\n\n"
@@ -173,5 +173,5 @@ EXERCISES = [
              "tau is piecewise linear through (0, 0), (1/2, knot) and (1, 1), with knot = r for \"vp\" (half of\n"
              "the steps next to the noise end, where VP picks the mode) and knot = 1 - r for \"ve\" (half\n"
              "next to the data end, where VE sets the shape inside a mode). Returns tau with t's shape and dtype.",
-             reference_dilated_time, "minidiff.interpolants.dilated_time and DilatedTime", dilated_checks()),
+             reference_dilated_time, "minidiff.exact.interpolants.dilated_time and DilatedTime", dilated_checks()),
 ]

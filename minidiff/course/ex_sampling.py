@@ -8,7 +8,7 @@ import math
 import torch
 
 from .. import objectives, samplers
-from ..analytic import GaussianDenoiser
+from ..exact.analytic import GaussianDenoiser
 from ..schedules import Schedule
 from .core import Exercise, Fail, call, explain, random_inputs, same, tensor_like, tolerance
 
@@ -304,7 +304,7 @@ def posterior_checks():
             for a in (0.0047, 0.5, 0.99):
                 if not same(call(fn, x_t, a, mean, var), reference_posterior_mean(x_t, a, mean, var), *tolerance(dtype)):
                     raise Fail(f"at alpha_bar = {a}, shape {shape}, {dtype}: differs from "
-                               "minidiff.analytic.GaussianDenoiser.posterior_mean")
+                               "minidiff.exact.analytic.GaussianDenoiser.posterior_mean")
 
     return [("shape and dtype of x_t", shapes), ("alpha_bar = 0 gives the mean, 1 gives x_t", ends),
             ("the closed form for 1-D data", one_dim), ("the error is uncorrelated with x_t (200k samples)", regression),
@@ -343,5 +343,5 @@ EXERCISES = [
              "Each coordinate on its own: E[x0 | x_t] = mean + sqrt(a) var / (a var + 1 - a) (x_t - sqrt(a) mean).\n"
              "x_t: [B, ...]; alpha_bar: a float; mean, var: tensors of one sample's shape [...].\n"
              "Returns a tensor of x_t's shape and dtype. This is what a perfectly trained model predicts.",
-             reference_posterior_mean, "minidiff.analytic.GaussianDenoiser.posterior_mean", posterior_checks()),
+             reference_posterior_mean, "minidiff.exact.analytic.GaussianDenoiser.posterior_mean", posterior_checks()),
 ]

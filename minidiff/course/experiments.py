@@ -1,10 +1,10 @@
-"""`python -m minidiff.course run N FILE`: the experiment each Lin et al. exercise belongs to, with
+"""`minidiff course run N FILE`: the experiment each Lin et al. exercise belongs to, with
 the student's function in the place of minidiff's (exercises 1-9; 10-11 are in experiments_highdim).
 
 Each run(fn, out, quick) writes a figure into `out` and returns the lines to print. Most of them
 use the exact Gaussian denoiser, so they take seconds and need no training: the data is an image
 whose brightness varies (the direction of all-equal pixels has variance LAM_B) on top of a small
-texture (LAM_PIX), as in `python -m minidiff.repro exact`, kept as two coordinates.
+texture (LAM_PIX), as in `minidiff repro exact`, kept as two coordinates.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .. import data as datasets
+from ..training import data as datasets
 from .. import objectives, samplers, solvers
-from ..analytic import GaussianDenoiser
+from ..exact.analytic import GaussianDenoiser
 from ..repro.common import pyplot, save_figure
 from ..repro.exact import exact_moments
 from ..repro.leakage import leakage
@@ -189,7 +189,7 @@ def _checkpoint_samples(step, out: Path) -> list[str]:
     if not CHECKPOINT.exists():
         return [f"  (no {CHECKPOINT}: run `python train_cifar.py` to also see your step on the trained model)"]
     from ..repro.common import mosaic
-    from ..sample import load_model, schedule_of
+    from ..training.sample import load_model, schedule_of
 
     model, config = load_model(CHECKPOINT)
     schedule = schedule_of(config)

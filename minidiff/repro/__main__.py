@@ -1,7 +1,7 @@
-"""`python -m minidiff.repro NAME [options]`: run one reproduction experiment of either paper.
+"""`minidiff repro NAME [options]`: run one reproduction experiment of either paper.
 
-`python -m minidiff.repro --help` lists them, each with the first line of its module's docstring;
-`python -m minidiff.repro NAME --help` shows an experiment's flags. Every experiment writes its
+`minidiff repro --help` lists them, each with the first line of its module's docstring;
+`minidiff repro NAME --help` shows an experiment's flags. Every experiment writes its
 figures and a JSON of numbers under runs/repro/NAME (`--out`), and copies its figures into a
 second folder only when asked (`--figures-dir docs/figures` updates the course's figures).
 """
@@ -41,7 +41,7 @@ def summary(module: str) -> str:
 
 def usage() -> str:
     width = max(map(len, EXPERIMENTS))
-    lines = ["usage: python -m minidiff.repro NAME [options]   (NAME --help: the experiment's options)", "",
+    lines = ["usage: minidiff repro NAME [options]   (NAME --help: the experiment's options)", "",
              "experiments:"]
     lines += [f"  {name:{width}s}  {summary(module)}" for name, module in EXPERIMENTS.items()]
     return "\n".join(lines)
@@ -54,7 +54,7 @@ def main(argv=None):
         sys.exit(0 if argv else 2)
     if argv[0] not in EXPERIMENTS:
         print(f"error: unknown experiment {argv[0]!r}; choose one of {', '.join(EXPERIMENTS)} "
-              "(python -m minidiff.repro --help describes them)", file=sys.stderr)
+              "(minidiff repro --help describes them)", file=sys.stderr)
         sys.exit(2)
     importlib.import_module(EXPERIMENTS[argv[0]]).main(argv[1:])
 

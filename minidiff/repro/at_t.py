@@ -9,7 +9,7 @@ The flawed model (Stable Diffusion's schedule, eps) has no such fixed point: it 
 read the image out of the 6.8% of signal left at T-1, so its x0 prediction follows the noise, and
 its brightness follows the noise's mean (the correlation is reported).
 
-    python -m minidiff.repro at-T          # reuses the brightness experiment's models
+    minidiff repro at-T          # reuses the brightness experiment's models
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .. import data as datasets
+from ..training import data as datasets
 from ..objectives import to_x0_eps
 from .common import (experiment_parser, mosaic, publish_figures, pyplot, save_figure, scale_of, timer, trained_model,
                      training_data, write_json)

@@ -18,9 +18,9 @@ leaks through sqrt(alpha_bar_T) = 0.068), but at inference x_T is pure noise who
 With all fixes the sample law covers the data's range. Numbers: Wasserstein-1 distance between the
 brightness laws, and the share of images darker than -0.7 and brighter than 0.7 (data: ~11% each).
 
-    python -m minidiff.repro brightness                  # CPU defaults (trains 3 small models)
-    python -m minidiff.repro brightness --scale cifar10  # the same on CIFAR-10, on a GPU
-    python -m minidiff.repro brightness --recipe main    # the main job's recipe, fixed vs flawed (brightness_main.py)
+    minidiff repro brightness                  # CPU defaults (trains 3 small models)
+    minidiff repro brightness --scale cifar10  # the same on CIFAR-10, on a GPU
+    minidiff repro brightness --recipe main    # the main job's recipe, fixed vs flawed (brightness_main.py)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Flawed against fixed on the main job's own recipe: `python -m minidiff.repro brightness --recipe main`.
+"""Flawed against fixed on the main job's own recipe: `minidiff repro brightness --recipe main`.
 
 The brightness experiment's small models (brightness.py) isolate each fix. This one asks the
 course's central question of the model a student actually trains: `python train_cifar.py` with
@@ -14,7 +14,7 @@ model's x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) multiplies the network's error by
 squeeze (docs/07). The fixed run's v prediction needs no clipping.
 
 Both runs train for the same number of steps with the same seed, timestep law and network, and
-both are judged by the same report (minidiff.metrics: class accuracy, Frechet distance, brightness
+both are judged by the same report (minidiff.evaluation.metrics: class accuracy, Frechet distance, brightness
 W1, and the shares of near-black and near-white backgrounds beside the real images'), each drawn
 with the settings its run would use. The figure puts the two runs' samples side by side, ordered by
 brightness, under the real images.
@@ -40,9 +40,9 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
     """Train (or finish) both runs in models_dir/main-{fixed,flawed}, judge `num_samples` of each
     (with `judge`, default the built-in set's metrics.Judge), and write brightness_main.json and
     brightness_main.png to `out`."""
-    from .. import metrics
-    from .. import train as T
-    from ..sample import generate, load_run
+    from ..evaluation import metrics
+    from ..training import train as T
+    from ..training.sample import generate, load_run
 
     results, images = {}, {}
     suffix, schedule_flag = ("", "") if schedule == "linear" else (f"-{schedule}", f" --schedule {schedule}")
@@ -80,7 +80,7 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
 def report_samples() -> int:
     """How many samples the main job's own report scores (the built-in recipe's judge_samples): the
     comparison's default, so that its numbers carry the same sampling noise as a run's report."""
-    from ..train_config import RECIPES
+    from ..training.config import RECIPES
 
     return RECIPES["builtin"]["judge_samples"]
 

@@ -11,7 +11,7 @@ conditional output's. Measures:
     std ratio         mean per-image pixel std of the samples / the same for the data
     brightness W1     Wasserstein-1 distance of per-image brightness to the data's
 
-    python -m minidiff.repro cfg-rescale   # reuses the brightness experiment's zero-SNR v model
+    minidiff repro cfg-rescale   # reuses the brightness experiment's zero-SNR v model
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .. import data as datasets
+from ..training import data as datasets
 from .common import (draw, experiment_parser, grid_figure, image_brightness, publish_figures, pyplot, save_figure, scale_of, timer,
                      trained_model, training_data, wasserstein1, write_json)
 

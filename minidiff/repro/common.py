@@ -2,7 +2,7 @@
 
 Lin et al.'s brightness experiment needs a handful of models that differ in one choice each
 (schedule, prediction target, offset noise). `trained_model` trains one through the project's
-own trainer (`minidiff.train.train`, the code behind `train_cifar.py`) the first time it is asked
+own trainer (`minidiff.training.train.train`, the code behind `train_cifar.py`) the first time it is asked
 for, and loads the checkpoint every later time, so `brightness`, `at-T`, `spacing` and
 `cfg-rescale` share the same few models. The cache key is the full training config: change the
 scale or a flag and a new model is trained beside the old one.
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from .. import data as datasets
-from ..cli import add_common_flags, fail, resolve_device
+from ..training import data as datasets
+from ..training.cli import add_common_flags, fail, resolve_device
 from ..samplers import sample
 from ..schedules import Schedule
 from ..unet import PRESETS
@@ -119,8 +119,8 @@ class _ExperimentParser(argparse.ArgumentParser):
 
 def experiment_parser(name: str, description: str, *, trained: bool = True) -> argparse.ArgumentParser:
     """The flags every experiment has: --out and --figures-dir; trained ones add --scale, --models,
-    --seed and --device (`minidiff.cli`), and the size overrides."""
-    p = _ExperimentParser(prog=f"python -m minidiff.repro {name}", description=description,
+    --seed and --device (`minidiff.training.cli`), and the size overrides."""
+    p = _ExperimentParser(prog=f"minidiff repro {name}", description=description,
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=f"runs/repro/{name}", help="folder for the figures and the JSON")
     p.add_argument("--figures-dir", help="also copy the figures here (docs/figures updates the course's figures)")
@@ -191,7 +191,7 @@ def train_config(spec: ModelSpec, scale: dict, models_dir: Path, seed: int = 0):
     guide it) and is trained for a fixed number of steps (not minutes), so a rerun gives the
     same model.
     """
-    from ..train import UNRECORDED, TrainConfig
+    from ..training.train import UNRECORDED, TrainConfig
 
     cfg = TrainConfig(
         dataset=scale["dataset"], num_images=scale["num_images"], resolution=scale["resolution"],
@@ -219,7 +219,7 @@ def network_config(preset: str) -> dict:
 
 @contextlib.contextmanager
 def _lent_to_trainer(preset: str):
-    """`minidiff.train` builds its network by preset name: for the length of one training call, and
+    """`minidiff.training.train` builds its network by preset name: for the length of one training call, and
     only then, a network of this module is listed among the presets under its name."""
     if preset not in NETWORKS or preset in PRESETS:
         yield
@@ -251,7 +251,7 @@ class TrainedModel:
 
 def trained_model(name: str, scale: dict, models_dir, seed: int = 0) -> TrainedModel:
     """The model `name` (a key of MODELS): loaded from the cache, or trained and cached first."""
-    from ..train import CHECKPOINT, load_checkpoint, train
+    from ..training.train import CHECKPOINT, load_checkpoint, train
     from ..unet import UNet
 
     spec = MODELS[name]

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from ..analytic import GaussianDenoiser, gaussian_sampler_moments
+from ..exact.analytic import GaussianDenoiser, gaussian_sampler_moments
 from ..samplers import make_timesteps, sample
 from ..schedules import Schedule
-from ..cli import add_common_flags
+from ..training.cli import add_common_flags
 from .common import experiment_parser, publish_figures, pyplot, save_figure, write_json
 
 # (sampler, eta): deterministic DDIM, DDIM with DDPM's noise level, and DDPM

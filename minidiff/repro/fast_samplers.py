@@ -14,13 +14,13 @@ Two figures:
   fast_samplers_order.png  the solvers' order: the distance to the exact probability-flow ODE's
                            law on steps evenly spaced in log-SNR, with the fitted slopes.
 
-    python -m minidiff.repro fast-samplers                                 # seconds, no training
-    python -m minidiff.repro fast-samplers --figures-dir docs/figures      # refresh the course's figures
-    python -m minidiff.repro fast-samplers --checkpoint runs/builtin-small-patch2-linear-zsnr-v/checkpoint.pt
+    minidiff repro fast-samplers                                 # seconds, no training
+    minidiff repro fast-samplers --figures-dir docs/figures      # refresh the course's figures
+    minidiff repro fast-samplers --checkpoint runs/builtin-small-patch2-linear-zsnr-v/checkpoint.pt
 
 With --checkpoint (a model trained on the built-in shapes by train_cifar.py) it also draws
 --num-samples images per sampler and NFE from that model, every class in turn, and scores them with
-minidiff.metrics (class accuracy, Frechet distance in the classifier's features, brightness W1):
+minidiff.evaluation.metrics (class accuracy, Frechet distance in the classifier's features, brightness W1):
 fast_samplers_trained.png.
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..analytic import gaussian_flow_moments, gaussian_sampler_moments
+from ..exact.analytic import gaussian_flow_moments, gaussian_sampler_moments
 from ..samplers import make_timesteps, network_evaluations
 from ..schedules import Schedule
 from .common import experiment_parser, publish_figures, pyplot, save_figure, timer, write_json
@@ -160,11 +160,11 @@ TRAINED_NFES = (5, 10, 25, 50)
 
 
 def trained_rows(checkpoint: str, num: int, seed: int = 0, samplers=TRAINED_SAMPLERS, nfes=TRAINED_NFES) -> list[dict]:
-    """Each sampler at each NFE budget on a trained built-in model, scored by minidiff.metrics."""
+    """Each sampler at each NFE budget on a trained built-in model, scored by minidiff.evaluation.metrics."""
     from tqdm.auto import tqdm
 
-    from .. import metrics
-    from ..sample import generate, load_model
+    from ..evaluation import metrics
+    from ..training.sample import generate, load_model
 
     model, config = load_model(checkpoint)
     if config["dataset"] != "builtin":

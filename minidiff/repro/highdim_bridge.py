@@ -7,7 +7,7 @@ dilated timesteps (`interpolants.dilated_timesteps`). On the zero-SNR schedule o
 spacing recovers the mode weight p with few steps; on the plain schedule no spacing can, because
 its last training input already leaks the mode.
 
-    python -m minidiff.repro highdim-bridge            # about a minute
+    minidiff repro highdim-bridge            # about a minute
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..exact_models import GaussianMixture
-from ..interpolants import dilated_timesteps, interpolant_time, speciation_alpha_bar, speciation_timestep
+from ..exact.models import GaussianMixture
+from ..exact.interpolants import dilated_timesteps, interpolant_time, speciation_alpha_bar, speciation_timestep
 from ..samplers import make_timesteps
 from ..schedules import Schedule
 from .common import publish_figures, pyplot, save_figure, write_json

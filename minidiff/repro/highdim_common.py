@@ -5,8 +5,8 @@ Aranguri, Biroli, Mezard, Vanden-Eijnden 2025 (arXiv 2501.00988) judge a schedul
 of its samples: the high-level one (the weight of each mode) and the low-level one (the law inside
 a mode). VP with uniform steps loses the first, VE with uniform steps the second, and the dilated
 schedules keep both with a number of steps that does not grow with d. The equations are in
-`minidiff.interpolants`, the data models in `minidiff.exact_models`; the experiments that use
-what is here are `python -m minidiff.repro highdim-trajectories | highdim-features | highdim-table |
+`minidiff.exact.interpolants`, the data models in `minidiff.exact.models`; the experiments that use
+what is here are `minidiff repro highdim-trajectories | highdim-features | highdim-table |
 highdim-bridge`.
 """
 
@@ -19,10 +19,10 @@ from typing import Callable
 
 import torch
 
-from ..cli import add_common_flags
-from ..exact_models import (CurieWeiss, GaussianMixture, PosteriorMeanModel, ReducedMixture, euler_mixture_reduced,
+from ..training.cli import add_common_flags
+from ..exact.models import (CurieWeiss, GaussianMixture, PosteriorMeanModel, ReducedMixture, euler_mixture_reduced,
                             mean_chi_over_sqrt, mixture_noise)
-from ..interpolants import INTERPOLANTS, PATHS, TIME_CHANGES, dilated_timesteps, euler, make_interpolant, make_time_change, tau_grid
+from ..exact.interpolants import INTERPOLANTS, PATHS, TIME_CHANGES, dilated_timesteps, euler, make_interpolant, make_time_change, tau_grid
 from ..samplers import sample
 from .common import experiment_parser
 
@@ -209,7 +209,7 @@ def mixture_ddim(mixture: GaussianMixture, schedule, steps: int, spacing: str, n
     """Sample the mixture with minidiff.samplers.sample driven by the exact posterior mean E[x0 | x_t].
 
     The sampler runs on the reduced coordinates (mu_hat . x, one orthogonal coordinate)
-    (`minidiff.exact_models.ReducedMixture`), which DDIM keeps exact, so any d costs the same. The
+    (`minidiff.exact.models.ReducedMixture`), which DDIM keeps exact, so any d costs the same. The
     orthogonal coordinate starts at 1 and ends at the common gain G, so the spread is
     |G| E[chi_{d-1}] / sqrt(d - 1). spacing "trailing"/"linspace"/"leading" go to the sampler;
     "dilated" passes `dilated_timesteps` with Lambda = m^2 d unless `window_eigenvalue` is given.

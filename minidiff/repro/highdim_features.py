@@ -5,7 +5,7 @@ Gaussian mixture, computed exactly in law (`mixture_features_exact`), for VP and
 and dilated steps at d = 1e2, 1e4, 1e6: the uniform curves move right like sqrt(d), the dilated
 ones lie on top of each other.
 
-    python -m minidiff.repro highdim-features          # a few seconds
+    minidiff repro highdim-features          # a few seconds
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..exact_models import GaussianMixture
-from ..interpolants import INTERPOLANTS
+from ..exact.models import GaussianMixture
+from ..exact.interpolants import INTERPOLANTS
 from .common import publish_figures, pyplot, save_figure, write_json
 from .highdim_common import COLORS, dims, highdim_parser, mixture_features_exact, paper_setups, parse, step_candidates
 

@@ -6,7 +6,7 @@ within tolerance: the Gaussian mixture (exact in law, d = 1e2 to 1e8) and Curie-
 d x 500 simulation, d = 100, 300, 1000). Uniform grids need N ~ sqrt(d); the dilated schedules
 need about 30 (VP) and 50-60 (VE) steps whatever d.
 
-    python -m minidiff.repro highdim-table             # about a minute on one CPU core
+    minidiff repro highdim-table             # about a minute on one CPU core
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..exact_models import CurieWeiss, GaussianMixture
+from ..exact.models import CurieWeiss, GaussianMixture
 from .common import publish_figures, pyplot, save_figure, write_json
 from .highdim_common import (COLORS, PAPER_SETUPS, dims, highdim_parser, mixture_features_exact, paper_setups, parse,
                              run_curie_weiss, smallest_steps)

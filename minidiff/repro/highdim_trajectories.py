@@ -6,7 +6,7 @@ Curie-Weiss at d = 1000); rows 2 and 4: single coordinates of one sample over th
 standard deviation at tau, so that VP and VE share a scale. Uniform VP commits every sample to
 the majority mode in its first step; uniform VE lands every sample on its mode's centre.
 
-    python -m minidiff.repro highdim-trajectories      # a few seconds
+    minidiff repro highdim-trajectories      # a few seconds
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from ..exact_models import CurieWeiss, GaussianMixture, euler_mixture_reduced, mixture_noise
-from ..interpolants import Interpolant, make_interpolant
+from ..exact.models import CurieWeiss, GaussianMixture, euler_mixture_reduced, mixture_noise
+from ..exact.interpolants import Interpolant, make_interpolant
 from .common import publish_figures, pyplot, save_figure, write_json
 from .highdim_common import COLORS, highdim_parser, paper_setups, parse, run_curie_weiss, run_mixture
 

@@ -14,7 +14,7 @@ This experiment noises the same images with the same eps under each schedule and
 much of the brightness survives: corr(mean x0, mean x_T)^2, the share of brightness variance a
 linear read-out of mean(x_T) recovers. Zero SNR makes it exactly 0.
 
-    python -m minidiff.repro leakage        # a few seconds, no training
+    minidiff repro leakage        # a few seconds, no training
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from .. import data as datasets
+from ..training import data as datasets
 from ..objectives import q_sample
 from ..schedules import Schedule
-from ..cli import add_common_flags
+from ..training.cli import add_common_flags
 from .common import experiment_parser, publish_figures, pyplot, save_figure, timer, write_json
 
 NOISED_SCHEDULES = (  # (key, label, Schedule.make keywords)

@@ -15,7 +15,7 @@ Leading never visits the last training step (it starts at 800 for 5 steps), so i
 noise level that pure noise does not match; trailing and linspace both start at T-1 but place
 their remaining steps differently.
 
-    python -m minidiff.repro spacing       # reuses the brightness experiment's zero-SNR v model
+    minidiff repro spacing       # reuses the brightness experiment's zero-SNR v model
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ MODEL = "zsnr-v"
 
 def data_spread(images: torch.Tensor) -> tuple[float, float]:
     """(std of per-image brightness, std of pixels around their image's mean) of uint8 images."""
-    from .. import data as datasets
+    from ..training import data as datasets
 
     x = datasets.to_float(images).flatten(1)
     b = x.mean(1)

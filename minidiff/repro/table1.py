@@ -11,7 +11,7 @@ cumulative product, as common tooling stores them); minidiff keeps schedules in 
 gives 2.428767e-09 (relative difference 1.3e-5). Both are printed. The figure shows sqrt(alpha_bar)
 and log SNR of the three schedules before and after the rescale to zero terminal SNR.
 
-    python -m minidiff.repro table1        # under a second
+    minidiff repro table1        # under a second
 """
 
 from __future__ import annotations

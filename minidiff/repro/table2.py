@@ -9,7 +9,7 @@ descending order). Only trailing starts at the last training step for every numb
 figure shows where each spacing starts and how much signal the model expects there, on Stable
 Diffusion's schedule with and without the rescale to zero SNR.
 
-    python -m minidiff.repro table2        # under a second
+    minidiff repro table2        # under a second
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
     make_schedule, build_model, plain_config   what a config describes: its schedule, its UNet,
                    itself as plain types (for a checkpoint)
 
-The training loop that uses them is minidiff.train.
+The training loop that uses them is minidiff.training.train.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import torch
 from . import data as datasets
 from . import runtime
 from .cli import add_common_flags, check_guidance_from
-from .objectives import LOW_SNR_BAND, PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
+from ..objectives import LOW_SNR_BAND, PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
 from .runtime import LR_DECAYS, UsageError, require
-from .samplers import SAMPLERS, SPACINGS
-from .schedules import BETA_SCHEDULES, Schedule
-from .unet import PRESETS, UNet
+from ..samplers import SAMPLERS, SPACINGS
+from ..schedules import BETA_SCHEDULES, Schedule
+from ..unet import PRESETS, UNet
 
 
 # Defaults that depend on the dataset. CIFAR-10 is DDPM's recipe. The built-in set's recipe is
@@ -64,7 +64,7 @@ RECIPES = {
     # back to the fixed ema_decay). Its Adam averages squared gradients over about 100 steps
     # (beta2 0.99, as EDM2) rather than 1,000: at 2,000 steps class accuracy 72.0% -> 88.2% on seed
     # 1 (docs/recipe_history.md, "2,000 steps"). The report scores 1,000 samples: at 500, real images
-    # against real images alone range from W1 0.013 to 0.071 (`python -m minidiff.metrics --real-spread 500`).
+    # against real images alone range from W1 0.013 to 0.071 (`minidiff metrics --real-spread 500`).
     "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, adam_beta2=0.99, ema_decay=0.995,
                     ema_share=EMA_SHARE, max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
                     ckpt_every=500, sample_steps=25, judge_samples=1000, timesteps="logsnr_normal",
@@ -143,7 +143,7 @@ class TrainConfig:
     guidance_rescale: float | None = None  # Lin et al.'s rescale of guided samples (phi of Algorithm 2)
     guidance_from: float | None = None  # guide only at log-SNR >= this (Kynkaenniemi et al. 2024); -inf: every step
     clip_x0: bool = False             # clip each predicted x0 to [-1, 1] when the grids and report sample
-    judge_samples: int | None = None  # samples the end-of-run quality measure draws (minidiff.metrics); 0: none
+    judge_samples: int | None = None  # samples the end-of-run quality measure draws (minidiff.evaluation.metrics); 0: none
     out: str | None = None
     resume: bool = False
 
@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="clip each predicted x0 to [-1, 1] when the grids and the report sample (DDPM's sampler "
                           "does; eps prediction without zero SNR needs it)")
     run.add_argument("--judge-samples", type=int,
-                     help="samples scored at the end by minidiff.metrics (recipe: 1000 builtin, 500 labelled folders; 0: none)")
+                     help="samples scored at the end by minidiff.evaluation.metrics (recipe: 1000 builtin, 500 labelled folders; 0: none)")
     run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
     run.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
     args = p.parse_args(argv)

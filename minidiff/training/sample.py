@@ -1,16 +1,16 @@
-"""Draw images from a trained checkpoint: `python -m minidiff.sample runs/NAME/checkpoint.pt`.
+"""Draw images from a trained checkpoint: `minidiff sample runs/NAME/checkpoint.pt`.
 
-The checkpoint (written by minidiff.train) carries the UNet's config, the schedule and the
+The checkpoint (written by minidiff.training.train) carries the UNet's config, the schedule and the
 prediction target, so only the sampler's own choices are flags: DDIM, DDPM or a DPM-Solver, the
 number of steps and their spacing (Lin et al. Table 2), eta, the guidance weight and its rescale
 (Algorithm 2), the classes. A sampler flag left out takes the value the run's own end-of-run
 report used (stored in the checkpoint), so with no flags this draws what the run was judged on;
 the first line printed says which settings were used. The EMA weights are used unless --no-ema. Output: a PNG grid and/or
-an .npz holding `images`, uint8 [N, H, W, 3], and `labels` (what minidiff.fid reads).
+an .npz holding `images`, uint8 [N, H, W, 3], and `labels` (what minidiff.evaluation.fid reads).
 
-    python -m minidiff.sample runs/builtin-small-patch2-linear-zsnr-v/checkpoint.pt --num 100
-    python -m minidiff.sample CKPT --sampler dpmpp_2m --steps 10                # faster, same model
-    python -m minidiff.sample CKPT --num 50000 --npz samples.npz --png ""      # for FID
+    minidiff sample runs/builtin-small-patch2-linear-zsnr-v/checkpoint.pt --num 100
+    minidiff sample CKPT --sampler dpmpp_2m --steps 10                # faster, same model
+    minidiff sample CKPT --num 50000 --npz samples.npz --png ""      # for FID
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 from .cli import add_common_flags, check_sampling_flags, resolve_device
 from .data import to_uint8
 from .runtime import check_output_folder, load_checkpoint, require, run_command
-from .samplers import SAMPLERS, SPACINGS, sample
-from .schedules import Schedule
-from .unet import UNet
+from ..samplers import SAMPLERS, SPACINGS, sample
+from ..schedules import Schedule
+from ..unet import UNet
 
 GRID_MAX = 256  # a grid of more images than this is too small to look at; the npz holds them all
 
@@ -171,7 +171,7 @@ def save_npz(images: torch.Tensor, labels: torch.Tensor | None, path: str | Path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minidiff.sample", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="minidiff sample", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint.pt written by train_cifar.py")
     # Left out, the sampler flags take the settings the run's own report used (stored in the

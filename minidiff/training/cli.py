@@ -51,7 +51,7 @@ def fail(message: str) -> None:
 
 
 def check_guidance_from(value: float | None) -> None:
-    """--guidance-from (train_cifar.py and minidiff.sample): a log-SNR, or -inf for every step."""
+    """--guidance-from (train_cifar.py and minidiff.training.sample): a log-SNR, or -inf for every step."""
     from .runtime import require
 
     require(value is None or (not math.isnan(value) and value != math.inf),
@@ -63,7 +63,7 @@ def check_sampling_flags(args: argparse.Namespace) -> None:
     --sampler), checked before any model is loaded: a UsageError (one line, exit 2) names the flag."""
     from .runtime import require
 
-    # None: not given, filled later from the checkpoint (minidiff.sample), then checked again
+    # None: not given, filled later from the checkpoint (minidiff.training.sample), then checked again
     require(args.steps is None or 1 <= args.steps <= 1000,
             f"--steps must be from 1 to 1000 (the training steps), got {args.steps}")
     require(args.guidance is None or (args.guidance >= 0 and math.isfinite(args.guidance)),

@@ -1,13 +1,13 @@
 """What a training run shows of its model: sample grids during the run, a quality report at its end.
 
     sample_grid     cfg.num_samples images from the EMA model with a fixed seed, saved as one PNG
-    judge_samples   cfg.judge_samples images scored by minidiff.metrics beside its calibration,
+    judge_samples   cfg.judge_samples images scored by minidiff.evaluation.metrics beside its calibration,
                     printed and saved to quality.json
 
 The report's sampler settings come from `sample.report_sampling`; the checkpoint keeps them, so
-that `python -m minidiff.sample CKPT` with no flags draws what the run was judged on.
+that `minidiff sample CKPT` with no flags draws what the run was judged on.
 
-Both are called by the loop in minidiff.train.
+Both are called by the loop in minidiff.training.train.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
-from .samplers import sample
-from .schedules import Schedule
+from ..samplers import sample
+from ..schedules import Schedule
 from .sample import describe_sampling, report_sampling, sampler_kwargs
-from .train_config import TrainConfig, plain_config
+from .config import TrainConfig, plain_config
 
 
 @torch.no_grad()
@@ -53,14 +53,14 @@ def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, p
 
 def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | None:
     """Draw cfg.judge_samples images from the EMA model (every class in turn, the grids' sampler)
-    and print minidiff.metrics' report: Frechet distance in a small classifier's features, class
+    and print minidiff.evaluation.metrics' report: Frechet distance in a small classifier's features, class
     accuracy and brightness W1, beside their calibration on real data. Saved to quality.json."""
     if not cfg.judge_samples or cfg.dataset == "cifar10":
         return None
     if data.num_classes < 2:
         print("quality: skipped (the measure needs a folder with one sub-folder per class)")
         return None
-    from . import metrics
+    from ..evaluation import metrics
     from .sample import generate
 
     judge = metrics.Judge.for_dataset(cfg.dataset, data_root=cfg.data_root, resolution=cfg.resolution)

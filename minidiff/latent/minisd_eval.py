@@ -1,6 +1,6 @@
 """What the miniature Stable Diffusion draws: background brightness against the captions' own.
 
-    python -m minidiff.minisd compare --base runs/minisd --tuned runs/minisd-fixed --out runs/minisd-compare
+    minidiff minisd compare --base runs/minisd --tuned runs/minisd-fixed --out runs/minisd-compare
 
 Lin et al.'s Stable Diffusion could not draw "a solid black background": with a non-zero terminal
 SNR and leading steps every sample starts from noise that says "medium brightness". Here the base
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .data import BUILTIN_CLASSES, to_float
+from ..training.data import BUILTIN_CLASSES, to_float
 from .minisd_text import BACKGROUND_WORDS, caption
 
 FRAME = 2  # pixels: the border that the shapes (radius <= 11 px, centre within 3 px) do not reach
@@ -57,7 +57,7 @@ def draw(folder: str | Path, prompts: list[str], *, steps: int, guidance: float,
          seed: int) -> torch.Tensor:
     """Images [-1, 1] for `prompts` at the model's own size, with the sampling settings its
     scheduler config records (latent.generate)."""
-    from . import latent
+    from . import stable_diffusion as latent
 
     components = latent.load_components(folder)
     size = components.unet.config.sample_size * components.vae_factor
@@ -70,9 +70,9 @@ def heldout_loss(folder: str | Path, images_dir: str | Path, *, prediction: str 
                  seed: int = 0) -> float:
     """The loss the fine-tune minimises (by default v on the zero-SNR schedule) on held-out
     captioned images, at timesteps and noise fixed by `seed`, for the UNet in `folder`."""
-    from . import latent
-    from .latent_data import CaptionedImages
-    from .objectives import diffusion_loss
+    from . import stable_diffusion as latent
+    from .data import CaptionedImages
+    from ..objectives import diffusion_loss
 
     components = latent.load_components(folder)
     data = CaptionedImages(images_dir, components.unet.config.sample_size * components.vae_factor)
@@ -97,12 +97,12 @@ def compare(base: str | Path, tuned: str | Path, out: str | Path, *, steps: int 
     background and write compare.png and compare.json to `out`. The base is sampled as Stable
     Diffusion was before the paper (its own eps / leading config, plain guidance); the fine-tune
     with all four fixes (its config's zero SNR, v and trailing, guidance rescale 0.7)."""
-    from .runtime import check_output_folder, require
+    from ..training.runtime import check_output_folder, require
 
     out = check_output_folder(out, "--out")
     report = Path(base) / "minisd.json"
     require(report.is_file(), f"--base {base} has no minisd.json: pass a folder written by "
-            "`python -m minidiff.minisd build` (its report holds the captions' own brightness)")
+            "`minidiff minisd build` (its report holds the captions' own brightness)")
     own = json.loads(report.read_text())["caption_background"]
     result, images = {"steps": steps, "guidance": guidance, "seed": seed, "captions": own}, {}
     for name, folder, phi in (("base", base, 0.0), ("fine-tuned", tuned, 0.7)):

@@ -1,4 +1,4 @@
-"""The judge of minidiff.metrics: a small classifier, the real images it learns from, its cache.
+"""The judge of minidiff.evaluation.metrics: a small classifier, the real images it learns from, its cache.
 
     Classifier         a small CNN whose penultimate features the Frechet distance is taken in
     train_classifier   fits it to real images: their class, and each channel's mean
@@ -8,7 +8,7 @@
     builtin_data, folder_data   those draws for the built-in shapes or a folder of classes
     cache_path, load_cached     one trained classifier on disk per fingerprint of its data
 
-minidiff.metrics (the measures, the calibration, `Judge` and the command line) is built on these.
+minidiff.evaluation.metrics (the measures, the calibration, `Judge` and the command line) is built on these.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import data as datasets
+from ..training import data as datasets
 
 DEFAULT_CACHE = Path("~/.cache/minidiff/metrics")
 # Seeds of the built-in draws the instrument uses: far from the small seeds runs train with, so

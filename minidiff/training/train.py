@@ -1,10 +1,10 @@
 """Pixel-space diffusion training: the loop, to read top to bottom (run it as `train_cifar.py`).
 
-    config       every flag, with a recipe of defaults per dataset: minidiff.train_config
+    config       every flag, with a recipe of defaults per dataset: minidiff.training.config
     setup        DDP when launched by torchrun, seeds, data held as one tensor, UNet, EMA, Adam
     the loop     batch(step) -> diffusion_loss -> backward -> clip -> Adam -> EMA, with a progress bar
     outputs      metrics.jsonl, loss.png, checkpoint.pt; samples/step_*.png from the EMA model and
-                 the end-of-run quality.json (minidiff.train_report)
+                 the end-of-run quality.json (minidiff.training.report)
 
 Defaults for CIFAR-10 are DDPM's recipe (Ho et al. 2020, Sec. 4 and App. B): the 35.7M UNet with
 dropout 0.1, Adam at lr 2e-4 after a 5000-step linear warm-up, batch 128, gradient norm clipped
@@ -34,13 +34,13 @@ import torch
 from . import data as datasets
 from . import runtime
 from .ema import EMA
-from .objectives import LOW_SNR_BAND, LossPerLevel, diffusion_loss, logsnr_band_shares, timestep_probabilities
+from ..objectives import LOW_SNR_BAND, LossPerLevel, diffusion_loss, logsnr_band_shares, timestep_probabilities
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
-from .schedules import Schedule
-from .train_config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
+from ..schedules import Schedule
+from .config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
                            build_model, check_config, default_run_name, make_schedule, native_resolution, parse_args,
                            plain_config)
-from .train_report import judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
+from .report import judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig) -> dict:
                 optimizer=optimizer.state_dict(), step=step, rng_ranks=ranks, config=plain_config(cfg),
                 loss_per_level=None if loss_per_level is None else loss_per_level.state_dict(),
                 model_config=_plain(model.config), channels=data.channels,
-                sampling=report_sampling(plain_config(cfg)),  # what `python -m minidiff.sample` defaults to
+                sampling=report_sampling(plain_config(cfg)),  # what `minidiff sample` defaults to
                 data_order="data.Batches: a function of (config.seed, step)"))
 
     def grid(step: int) -> None:

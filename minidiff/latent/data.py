@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .data import IMAGE_SUFFIXES, resize_center_crop, to_float
-from .latent import LatentComponents, _atomic_write_text, encode_images, encode_prompts
-from .runtime import UsageError
+from ..training.data import IMAGE_SUFFIXES, resize_center_crop, to_float
+from .stable_diffusion import LatentComponents, _atomic_write_text, encode_images, encode_prompts
+from ..training.runtime import UsageError
 
 
 def _barrier(world_size: int) -> None:

@@ -25,13 +25,13 @@ Every image passes through uint8 (as a saved sample does) before it is measured.
 get random horizontal flips, as the trainer's batches do, so the reference is the distribution a
 model is trained on.
 
-The classifier, the real images it learns from and its cache are in minidiff.metrics_classifier,
-the image layouts it accepts (`nchw`, `as_uint8_images`) in minidiff.data (their names are
+The classifier, the real images it learns from and its cache are in minidiff.evaluation.classifier,
+the image layouts it accepts (`nchw`, `as_uint8_images`) in minidiff.training.data (their names are
 importable from here too); this file holds the measures, the calibration, `Judge` and the command line.
 
-    python -m minidiff.sample CKPT --num 2000 --npz samples.npz --png ""
-    python -m minidiff.metrics samples.npz --dataset builtin
-    python -m minidiff.metrics samples.npz --dataset folder --data-root DIR
+    minidiff sample CKPT --num 2000 --npz samples.npz --png ""
+    minidiff metrics samples.npz --dataset builtin
+    minidiff metrics samples.npz --dataset folder --data-root DIR
 
 In Python (what the trainer calls at the end of a run):
 
@@ -52,9 +52,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import as_uint8_images, nchw  # noqa: F401 (re-exported: the image formats the measures accept)
+from ..training.data import as_uint8_images, nchw  # noqa: F401 (re-exported: the image formats the measures accept)
 from .fid import frechet_distance, statistics
-from .metrics_classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classifier,  # noqa: F401 (re-exported)
+from .classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classifier,  # noqa: F401 (re-exported)
                                  RealData, builtin_data, cache_path, check_class_folder, classify, folder_data,
                                  load_cached, random_flips, shuffle_channels, train_classifier)
 
@@ -187,7 +187,7 @@ class Judge:
             real = folder_data(data_root, resolution=resolution, num_reference=num_reference)
         else:
             raise ValueError(f"the metrics need a labelled dataset: one of {', '.join(DATASETS)}, not {dataset!r} "
-                             "(for CIFAR-10 use python -m minidiff.fid)")
+                             "(for CIFAR-10 use minidiff fid)")
         return cls(real, cache_dir=cache_dir, progress=progress)
 
     @property
@@ -333,15 +333,15 @@ def format_spread(draws: list[dict]) -> str:
 
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """`images` (and `labels` if present) from an .npz written by minidiff.sample."""
+    """`images` (and `labels` if present) from an .npz written by minidiff.training.sample."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path} does not exist; write samples with python -m minidiff.sample CKPT --npz {path}")
+        raise ValueError(f"{path} does not exist; write samples with minidiff sample CKPT --npz {path}")
     try:
         with np.load(path) as f:
             if "images" not in f:
                 raise ValueError(f"{path} holds no `images` array (it has {', '.join(f.files) or 'nothing'}); "
-                                 "write it with python -m minidiff.sample CKPT --npz FILE")
+                                 "write it with minidiff sample CKPT --npz FILE")
             return f["images"], (f["labels"] if "labels" in f else None)
     except (OSError, EOFError) as err:
         raise ValueError(f"{path} is not a readable .npz ({err})") from None
@@ -373,10 +373,10 @@ def check_args(args) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m minidiff.metrics", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="minidiff metrics", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", nargs="?",
-                   help=".npz from minidiff.sample (`images` uint8 [N, H, W, C], optional `labels`)")
+                   help=".npz from minidiff.training.sample (`images` uint8 [N, H, W, C], optional `labels`)")
     p.add_argument("--dataset", choices=DATASETS, default="builtin", help="the labelled set the samples imitate")
     p.add_argument("--data-root", help="for --dataset folder: a folder with one sub-folder of images per class")
     p.add_argument("--resolution", type=int, help="the classifier's image side (default: the samples')")

@@ -1,12 +1,12 @@
 """Stable Diffusion in miniature: the same four parts, trained here on the built-in shapes.
 
-    python -m minidiff.minisd build --out runs/minisd --threads 1   # 8 minutes on one busy CPU core
-    python -m minidiff.minisd compare --base runs/minisd --tuned runs/minisd-fixed --guidance 1
+    minidiff minisd build --out runs/minisd --threads 1   # 8 minutes on one busy CPU core
+    minidiff minisd compare --base runs/minisd --tuned runs/minisd-fixed --guidance 1
 
 Stable Diffusion is an autoencoder (pixels <-> latents), a text encoder (caption -> one vector
 per token), a UNet that denoises latents while attending to those vectors, and a noise schedule.
 The build trains each at a size a laptop trains in minutes and writes them in the diffusers
-layout of SD 2.1-base, so `train_latent.py --pretrained`, `minidiff.sample_latent` and a stock
+layout of SD 2.1-base, so `train_latent.py --pretrained`, `minidiff.latent.sample` and a stock
 StableDiffusionPipeline load it unchanged:
 
     part           Stable Diffusion 2.1-base                 miniature (this file)
@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet, builtin_shapes, to_float
+from ..training.data import ImageSet, builtin_shapes, to_float
 from .minisd_text import MAX_TOKENS, all_captions, captions_of, write_tokenizer
-from .runtime import check_output_folder, require, run_command
+from ..training.runtime import check_output_folder, require, run_command
 
 # ------------------------------------------------------------------------------------ networks
 
@@ -153,10 +153,10 @@ def pretrain_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions
     Returns (EMA UNet, EMA text encoder, per-step losses)."""
     from tqdm.auto import tqdm
 
-    from .ema import EMA
-    from .latent import LatentUNet
-    from .objectives import diffusion_loss
-    from .schedules import Schedule, make_betas
+    from ..training.ema import EMA
+    from .stable_diffusion import LatentUNet
+    from ..objectives import diffusion_loss
+    from ..schedules import Schedule, make_betas
 
     schedule = Schedule(make_betas("scaled_linear"))
     g = torch.Generator().manual_seed(seed)
@@ -282,7 +282,7 @@ def build(out: str | Path, *, vae_steps: int = 600, unet_steps: int = 1200, imag
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minidiff.minisd", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="minidiff minisd", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="train the miniature and write it as a diffusers folder")
     b.add_argument("--out", default="runs/minisd", help="the folder to write (must not hold files yet)")

@@ -10,15 +10,15 @@ x_t = sqrt(a) x0 + sqrt(1 - a) eps, the pair (x0, x_t) is jointly Gaussian and
 In the eigenbasis Sigma = U diag(lam) U^T every direction is shrunk on its own by
 sqrt(a) lam / (a lam + 1 - a): at a = 0 the answer is mu (nothing is known), at a = 1 it is
 x_t. The Gaussian-mixture and Curie-Weiss denoisers of the high-dimensional lab live in
-`minidiff.exact_models`.
+`minidiff.exact.models`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .objectives import extract, from_x0_eps
-from .schedules import Schedule
+from ..objectives import extract, from_x0_eps
+from ..schedules import Schedule
 
 
 class GaussianDenoiser:
@@ -103,7 +103,7 @@ def gaussian_sampler_moments(lam, mu, schedule: Schedule, timesteps, *, sampler:
     `lam` and `mu` may be tensors (one entry per direction). `to_clean=False` stops at the last
     listed timestep, before the step to a clean sample. Returns (mean, var), float64.
     """
-    from .samplers import SAMPLERS, ddim_coefficients, ddpm_posterior, sample  # the samplers' own formulas
+    from ..samplers import SAMPLERS, ddim_coefficients, ddpm_posterior, sample  # the samplers' own formulas
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}")

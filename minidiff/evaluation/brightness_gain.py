@@ -1,4 +1,4 @@
-"""How well a trained network reads an image's brightness from the noise: `python -m minidiff.brightness_gain CKPT`.
+"""How well a trained network reads an image's brightness from the noise: `minidiff brightness-gain CKPT`.
 
 An image's brightness is one number, the mean m of its pixels. In x_t = sqrt(a) x0 + sqrt(1 - a) eps
 the mean of x_t is d = sqrt(a) m + sqrt(1 - a) e, where e, the mean of D = C*H*W unit normals, has
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from .objectives import to_x0_eps
-from .samplers import sample
-from .schedules import Schedule
+from ..objectives import to_x0_eps
+from ..samplers import sample
+from ..schedules import Schedule
 
 LOG_SNRS = (-12.0, -11.0, -10.0, -9.0, -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0)
 
@@ -162,11 +162,11 @@ def run_names(paths: list[str]) -> list[str]:
 
 
 def main(argv=None) -> None:
-    from .runtime import require, run_command
-    from .data import builtin_shapes, to_float
-    from .sample import class_labels, describe_sampling, load_run, report_sampling, sampler_kwargs, schedule_of
+    from ..training.runtime import require, run_command
+    from ..training.data import builtin_shapes, to_float
+    from ..training.sample import class_labels, describe_sampling, load_run, report_sampling, sampler_kwargs, schedule_of
 
-    p = argparse.ArgumentParser(prog="python -m minidiff.brightness_gain", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="minidiff brightness-gain", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files of runs on the built-in set")
     p.add_argument("--num", type=int, default=512, help="real images noised at each level")
     p.add_argument("--out", help="also plot the slopes of every checkpoint to this PNG")

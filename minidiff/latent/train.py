@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import runtime
-from .ema import EMA
-from .latent import (LatentComponents, LatentUNet, base_schedule, check_resolution, encode_images,
+from ..training import runtime
+from ..training.ema import EMA
+from .stable_diffusion import (LatentComponents, LatentUNet, base_schedule, check_resolution, encode_images,
                      encode_prompts, generate, load_components, save_diffusers)
-from .latent_data import CaptionedImages, cache_latents
-from .objectives import PREDICTIONS, check_prediction, diffusion_loss
-from .runtime import CHECKPOINT, require
+from .data import CaptionedImages, cache_latents
+from ..objectives import PREDICTIONS, check_prediction, diffusion_loss
+from ..training.runtime import CHECKPOINT, require
 
 
 @dataclass

@@ -13,8 +13,8 @@ The equations of the paper, one function each, read top to bottom:
                   alpha_bar ~ 1 / Lambda (Biroli et al. 2024), and the VP-dilated schedule carried over
                   to a discrete sampler's timesteps (`dilated_timesteps`, from the same `dilated_time`)
 
-The data models with exact denoisers E[a | signal a + noise z = x] live in `minidiff.exact_models`;
-the experiments in `minidiff.repro` (`python -m minidiff.repro highdim-...`).
+The data models with exact denoisers E[a | signal a + noise z = x] live in `minidiff.exact.models`;
+the experiments in `minidiff.repro` (`minidiff repro highdim-...`).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def euler(interpolant: Interpolant, denoise: Callable, x_start: torch.Tensor, ta
           return_trajectory: bool = False):
     """Forward Euler for dX/dtau = b(tau, X) on the grid `taus` from X = x_start at tau = 0.
 
-    denoise(x, signal, noise) is an exact E[a | signal a + noise z = x] (see `minidiff.exact_models`).
+    denoise(x, signal, noise) is an exact E[a | signal a + noise z = x] (see `minidiff.exact.models`).
     For the linear path the last step lands exactly on E[a | X_{N-1}]. Returns the final X, or
     (final X, list of the N + 1 iterates) with return_trajectory.
     """

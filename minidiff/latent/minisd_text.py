@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .data import BUILTIN_CLASSES, ImageSet, to_float
+from ..training.data import BUILTIN_CLASSES, ImageSet, to_float
 
 # ------------------------------------------------------------------------------------ captions
 

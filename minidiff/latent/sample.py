@@ -1,6 +1,6 @@
 """Prompts in, PNGs out: sample a Stable Diffusion checkpoint with minidiff's own sampler.
 
-    python -m minidiff.sample_latent --model out/latent --prompt "a solid black background" \
+    minidiff sample-latent --model out/latent --prompt "a solid black background" \
         --steps 50 --guidance 7.5 --guidance-rescale 0.7 --seed 0 --out samples/
 
 Schedule, prediction type and spacing default to what the folder's scheduler config records, so
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from .cli import add_common_flags, check_sampling_flags, resolve_device
-from .runtime import check_output_folder, require, run_command
-from .samplers import SAMPLERS, SPACINGS
+from ..training.cli import add_common_flags, check_sampling_flags, resolve_device
+from ..training.runtime import check_output_folder, require, run_command
+from ..samplers import SAMPLERS, SPACINGS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minidiff.sample_latent", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="minidiff sample-latent", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="diffusers folder (e.g. train_latent.py's output) or hub id")
     p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     p.add_argument("--negative-prompt", default="", help="the unconditional input of guidance (default: empty)")
@@ -56,7 +56,7 @@ def check_args(args: argparse.Namespace) -> None:
     require(args.threads is None or args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     model = Path(args.model)
     require(not model.is_file(), f"--model {args.model} is a file; this command takes a diffusers folder "
-                                 "(a pixel checkpoint.pt is drawn by python -m minidiff.sample CKPT)")
+                                 "(a pixel checkpoint.pt is drawn by minidiff sample CKPT)")
     require(not model.is_dir() or (model / "unet").is_dir(),
             f"--model {args.model} is not a diffusers folder (it has no unet/): give train_latent.py's "
             "--output-dir or a Stable Diffusion folder")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     check_args(args)
     from torchvision.utils import save_image
 
-    from . import latent
+    from . import stable_diffusion as latent
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -17,11 +17,11 @@ paper's, and this file fixes all three:
 The Frechet distance itself takes float64 statistics and computes tr((S_1 S_2)^(1/2)) from the
 eigenvalues of the symmetric matrix S_1^(1/2) S_2 S_1^(1/2), which has the same (real, non-negative)
 eigenvalues as S_1 S_2: no complex square root, so no imaginary parts to throw away.
-`frechet_distance` and `statistics` are also the maths of minidiff.metrics, which applies them to
+`frechet_distance` and `statistics` are also the maths of minidiff.evaluation.metrics, which applies them to
 the features of a small classifier trained on the data itself (no download, seconds on a CPU).
 
-    python -m minidiff.sample CKPT --num 50000 --npz samples.npz --png ""
-    python -m minidiff.fid samples.npz --dataset cifar10
+    minidiff sample CKPT --num 50000 --npz samples.npz --png ""
+    minidiff fid samples.npz --dataset cifar10
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def check_uint8_images(images) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise ValueError(f"FID needs uint8 images (0..255), got {images.dtype}: quantise first "
-                         "(minidiff.data.to_uint8), as saving to PNG would.")
+                         "(minidiff.training.data.to_uint8), as saving to PNG would.")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [N, H, W, 3] (channels last), got {images.shape}")
     return images
@@ -104,7 +104,7 @@ def features(images, extractor: Extractor, *, batch_size: int = 200, device="cpu
 
 
 def load_images(path: str | Path) -> np.ndarray:
-    """uint8 images from an .npz written by minidiff.sample (key `images`, or `arr_0`)."""
+    """uint8 images from an .npz written by minidiff.training.sample (key `images`, or `arr_0`)."""
     with np.load(path) as f:
         key = "images" if "images" in f else "arr_0"
         return check_uint8_images(f[key])
@@ -162,7 +162,7 @@ def cached_statistics(cache: str | Path, load: Callable[[], np.ndarray], extract
 
 def dataset_images(dataset: str, data_root: str | None, resolution: int) -> np.ndarray:
     """All training images of a minidiff dataset as uint8 [N, H, W, 3]."""
-    from .data import load_dataset
+    from ..training.data import load_dataset
 
     data = load_dataset(dataset, data_root=data_root, resolution=resolution)
     return data.images.permute(0, 2, 3, 1).numpy()
@@ -174,10 +174,10 @@ def fid(samples, real_stats: tuple[np.ndarray, np.ndarray], extractor: Extractor
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from .cli import add_common_flags
+    from ..training.cli import add_common_flags
 
-    p = argparse.ArgumentParser(prog="python -m minidiff.fid", description="FID of generated images "
-                                "(an .npz from minidiff.sample) against a dataset's training images.",
+    p = argparse.ArgumentParser(prog="minidiff fid", description="FID of generated images "
+                                "(an .npz from minidiff.training.sample) against a dataset's training images.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", help=".npz with uint8 `images` [N, H, W, 3]")
     p.add_argument("--dataset", choices=("cifar10", "builtin", "folder"), default="cifar10")
@@ -191,11 +191,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every flag in range before a network loads: one line naming the flag, exit 2."""
-    from .cli import resolve_device
-    from .runtime import check_output_folder, require
+    from ..training.cli import resolve_device
+    from ..training.runtime import check_output_folder, require
 
     require(Path(args.samples).is_file(), f"no sample file at {args.samples}: pass the .npz that "
-                                           "`python -m minidiff.sample CKPT --npz FILE` wrote")
+                                           "`minidiff sample CKPT --npz FILE` wrote")
     require(args.num >= 2 and args.batch_size >= 1, "--num must be at least 2 and --batch-size at least 1")
     require(args.dataset != "folder" or args.data_root, "--dataset folder needs --data-root DIR")
     if args.stats:
@@ -207,13 +207,13 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> float:
-    from .runtime import UsageError
+    from ..training.runtime import UsageError
 
     check_args(args)
     try:
         samples = load_images(args.samples)
     except (ValueError, KeyError, OSError) as err:
-        raise UsageError(f"{args.samples} holds no uint8 images from minidiff.sample ({err})") from None
+        raise UsageError(f"{args.samples} holds no uint8 images from minidiff.training.sample ({err})") from None
     if len(samples) < args.num:
         raise UsageError(f"{args.samples} holds {len(samples)} images, fewer than --num {args.num}; "
                          f"draw more, or pass --num {len(samples)} (FID at small N reads high).")
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> float:
 
 
 def main(argv=None) -> None:
-    from .runtime import run_command
+    from ..training.runtime import run_command
 
     run_command(run, parse_args(argv))
 

@@ -14,7 +14,7 @@ and rescaled classifier-free guidance (Algorithm 2). This file gives that path t
 The networks are not re-implemented: `LatentUNet` only gives the diffusers UNet minidiff's model
 signature model(x, t, y), with y the text encoder's hidden states. This file loads the parts,
 exports and samples; the captioned images and their cache are in `latent_data.py`, the training
-loop in `latent_train.py` (its command line is `train_latent.py`), and `minidiff.sample_latent`
+loop in `latent_train.py` (its command line is `train_latent.py`), and `minidiff.latent.sample`
 is the sampling command.
 """
 
@@ -34,12 +34,12 @@ try:
     import diffusers
     import transformers
 except ImportError as err:  # the latent path is an optional extra; the core never imports this file
-    raise ImportError("minidiff.latent needs the 'latent' extra: pip install -e '.[latent]' "
+    raise ImportError("minidiff.latent.stable_diffusion needs the 'latent' extra: pip install -e '.[latent]' "
                       "(diffusers, transformers, accelerate, safetensors)") from err
 
-from .runtime import UsageError
-from .samplers import sample
-from .schedules import Schedule, make_betas, rescale_zero_terminal_snr
+from ..training.runtime import UsageError
+from ..samplers import sample
+from ..schedules import Schedule, make_betas, rescale_zero_terminal_snr
 
 # ------------------------------------------------------------------------- checkpoint folder
 

@@ -13,7 +13,7 @@ and, for the mixture, the exact reduction of Euler's iterates to one scalar and 
 
 Writing the noisy observation as `signal * a + noise * z` covers both conventions used in minidiff:
 the stochastic interpolant I_tau = c alpha(tau) z + beta(tau) a (signal = beta, noise = c alpha,
-see `minidiff.interpolants`) and DDPM's x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (signal = sqrt(ab),
+see `minidiff.exact.interpolants`) and DDPM's x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (signal = sqrt(ab),
 noise = sqrt(1 - ab)). `PosteriorMeanModel` wraps a model so that `minidiff.samplers.sample` can
 drive it as an "x0"-prediction network.
 
