@@ -2,15 +2,20 @@
 (mutants written here, independently of the checker's own list) each fail with the hint meant for
 them. Plus the command: start, an empty body, a function that raises, loops or is missing, --json, run."""
 
+import ast
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from minidiff import guidance, objectives, samplers, schedules, solvers
+from minidiff.course import check
 from minidiff.course.__main__ import main, starter_name
-from minidiff.course.core import check_function
+from minidiff.course.core import UsageError, check_function
 from minidiff.course.exercises import EXERCISES
 
 sqrt = math.sqrt
@@ -216,3 +221,66 @@ def test_every_run_writes_a_figure(number, tmp_path, one_thread):
     ex = EXERCISES[number]
     lines = ex.run(ex.reference, tmp_path, True)
     assert any(line.startswith("wrote") for line in lines) and list(tmp_path.glob("*.png"))
+
+
+# ---------------------------------------------------------------- the course's layers and its Python entry
+
+
+COURSE = Path(__file__).resolve().parents[1] / "minidiff" / "course"
+
+
+def course_imports(path: Path) -> set[str]:
+    """The course modules a file imports anywhere (relative, `from . import x`, or absolute)."""
+    names = {p.stem for p in COURSE.glob("*.py")}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1 or (node.level == 0 and module.startswith("minidiff.course")):
+                rest = module.removeprefix("minidiff.course").lstrip(".") if node.level == 0 else module
+                first = rest.split(".")[0]
+                found |= {first} if first else {a.name for a in node.names if a.name in names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[2] for a in node.names
+                      if a.name.startswith("minidiff.course.") and len(a.name.split(".")) > 2}
+    return found & names
+
+
+def test_course_imports_run_one_way():
+    """core.py depends on nothing in the course; the exercise modules on core.py alone; only the
+    runner and the command reach the list (issue 30: the circle core -> exercises -> ex_* -> core)."""
+    assert course_imports(COURSE / "core.py") == set()
+    for path in COURSE.glob("ex_*.py"):
+        assert course_imports(path) == {"core"}, path.name
+    assert course_imports(COURSE / "exercises.py") >= {"ex_schedules", "ex_sampling", "ex_guidance", "ex_highdim"}
+    assert "exercises" in course_imports(COURSE / "runner.py") and "core" in course_imports(COURSE / "runner.py")
+    users = {p.stem for p in COURSE.glob("*.py") if "exercises" in course_imports(p) or "runner" in course_imports(p)}
+    assert users <= {"runner", "__main__", "__init__"}, users
+
+
+def test_importing_the_course_core_loads_no_exercise():
+    code = ("import sys, minidiff.course.core\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith('minidiff.course.') and m != 'minidiff.course.core')\n"
+            "assert not loaded, loaded\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_check_in_python_grades_a_function(capsys, one_thread):
+    results = check(5, samplers.make_timesteps)
+    assert results and all(r.passed for r in results)
+    out = capsys.readouterr().out
+    assert f"{len(results)}/{len(results)} checks pass" in out and "PASS" in out
+    mutant, hint = MUTANTS[5][0]
+    failed = [r for r in check(5, mutant, quiet=True) if not r.passed]
+    assert failed and any(hint in r.message for r in failed) and capsys.readouterr().out == ""
+    with pytest.raises(UsageError, match="no exercise 99"):
+        check(99, mutant)
+
+
+def test_the_command_calls_itself_minidiff_course(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: minidiff course") and "python -m" not in out.split("\n")[0]

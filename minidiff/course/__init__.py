@@ -4,4 +4,19 @@ Each exercise is one function of the course that a student writes from its docst
 grades it against facts (the papers' tables, identities, exact solutions, and minidiff's own
 function on random inputs) and says in words what is wrong; `run` plugs it into the experiment
 it belongs to and writes the figure. The library never imports this package.
+
+In Python (a notebook): `from minidiff.course import check`, then `check(N, fn)`.
+
+The imports run one way: core.py (the Exercise record, the check helpers) <- ex_*.py (the
+exercises) <- exercises.py (the list) <- runner.py (check a numbered exercise) <- __main__.py (the
+command). This file imports the runner only when `check` is called, so that importing one
+module of the course does not load them all.
 """
+
+
+def check(number: int, fn, *, quiet: bool = False):
+    """Grade `fn` as the answer to exercise `number` in this process: prints one line per check
+    and a total (unless quiet) and returns the list of Results (r.name, r.passed, r.message)."""
+    from .runner import check as check_in_process
+
+    return check_in_process(number, fn, quiet=quiet)

@@ -7,6 +7,7 @@
 
 Exit codes: 0 all checks pass (or the command did its job), 1 a check failed, 2 a usage error
 (bad N, missing file, a file without the function), printed as one line without a traceback.
+Also `python -m minidiff.course ...`. In Python: `from minidiff.course import check; check(N, fn)`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from .core import Fail, UsageError, in_child
+from .core import Fail, UsageError
 from .exercises import EXERCISES
+from .runner import exercise, in_child
 
 CHECK_TIME_LIMIT = 10.0  # seconds per check; every check of the reference takes well under one
 RUN_TIME_LIMIT = 300.0
@@ -37,12 +39,6 @@ def starter_text(number: int) -> str:
             f"    minidiff course run {number} {starter_name(number)}\n"
             '"""\n\nimport math\n\nimport torch\n\n\n'
             f'{ex.signature}\n    """{doc.lstrip()}\n    """\n    raise NotImplementedError("exercise {number}: write this function")\n')
-
-
-def exercise(number: int):
-    if number not in EXERCISES:
-        raise UsageError(f"no exercise {number}: the exercises are 1 to {max(EXERCISES)} (minidiff course list)")
-    return EXERCISES[number]
 
 
 def cmd_list(args) -> int:

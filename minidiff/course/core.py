@@ -1,17 +1,20 @@
-"""What every exercise shares: the Exercise record, the helpers its checks are written with, the
-runner that turns a student's mistake into one line of words, and the time limit.
+"""What every exercise shares: the Exercise record, the helpers its checks are written with, and
+the check runner that turns a student's mistake into one line of words.
+
+It depends on nothing in the course: the exercise modules (ex_*.py) import it, exercises.py lists
+them, and runner.py (which runs a numbered exercise, here or in a child process with a time
+limit) imports the list and this module; nothing here imports back.
 
 A check is a function `check(fn)` that calls the student's function `fn` and either returns
 (passed) or raises `Fail(hint)`, where the hint says what is wrong in the words of the course
 ("the terminal SNR is 0.0047, not 0: the rescale was not applied"). The runner adds the cases
 every check has in common: a body that is not written yet, a function that raises, returns
-None, or (in a child process, `check_file`) does not return at all.
+None, or (in a child process, `runner.in_child`) does not return at all.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -191,81 +194,3 @@ def load_student(path: str, function: str) -> Callable:
     if not callable(fn):
         raise UsageError(f"{path} has no function {function}(...): the exercise grades a function of that name")
     return fn
-
-
-def _child(task: str, number: int, path: str, out_dir: str | None, quick: bool, conn) -> None:
-    """Runs in a fresh process: load the student's file and send each result as it comes."""
-    torch.set_num_threads(1)
-    from .exercises import EXERCISES
-
-    ex = EXERCISES[number]
-    try:
-        fn = load_student(path, ex.function)
-    except UsageError as e:
-        conn.send(("usage", str(e)))
-        return
-    conn.send(("loaded", ""))
-    if task == "check":
-        for name, check in ex.checks:
-            conn.send(("started", name))
-            conn.send(("result", run_check(name, check, fn, path)))
-    else:
-        try:
-            lines = ex.run(fn, Path(out_dir), quick)
-            conn.send(("lines", lines))
-        except Exception as e:
-            conn.send(("error", describe(e, path)))
-    conn.send(("done", ""))
-
-
-def in_child(task: str, number: int, path: str, *, time_limit: float, out_dir: str | None = None,
-             quick: bool = False, on_result: Callable | None = None):
-    """Run a task in a spawned process with a time limit per step.
-
-    task "check": returns [Result] (passing each to on_result as it arrives); a step past the
-    limit is a failed check with a line saying so, and the checks after it are not run.
-    task "run": returns the experiment's printed lines, or raises Fail with one line.
-    Raises UsageError for a file that does not load.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(task, number, path, out_dir, quick, child), daemon=True)
-    proc.start()
-    child.close()
-    results, current, lines = [], None, None
-    limit = max(time_limit, 60.0)  # the first message waits for torch and the student's imports
-    try:
-        while True:
-            if not parent.poll(limit):
-                what = f"the check did not finish within {time_limit:g} s" if task == "check" else \
-                    f"the experiment did not finish within {time_limit:g} s"
-                if task == "run":
-                    raise Fail(f"{what}: does your function loop forever?")
-                results.append(Result(current or "loading your file", False, f"{what}: does your function loop forever?"))
-                if on_result:
-                    on_result(results[-1])
-                break
-            try:
-                kind, payload = parent.recv()
-            except EOFError:
-                raise Fail("the check process died (out of memory, or your file called exit()?)") from None
-            limit = time_limit
-            if kind == "usage":
-                raise UsageError(payload)
-            if kind == "started":
-                current = payload
-            elif kind == "result":
-                results.append(payload)
-                if on_result:
-                    on_result(payload)
-            elif kind == "lines":
-                lines = payload
-            elif kind == "error":
-                raise Fail(payload)
-            elif kind == "done":
-                break
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
-    return results if task == "check" else lines
