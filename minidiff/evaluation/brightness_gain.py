@@ -208,7 +208,3 @@ def main(argv=None) -> None:
             print(f"wrote {args.out}")
 
     run_command(run, args)
-
-
-if __name__ == "__main__":
-    main()

@@ -242,7 +242,3 @@ def main(argv=None) -> None:
     from ..training.runtime import run_command
 
     run_command(run, parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

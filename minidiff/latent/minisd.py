@@ -323,7 +323,3 @@ def run(args: argparse.Namespace):
 
 def main(argv=None):
     return run_command(run, parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -99,7 +99,3 @@ def run(args: argparse.Namespace) -> list[Path]:
         paths.append(path)
     print(f"wrote {len(paths)} image(s) to {out}")
     return paths
-
-
-if __name__ == "__main__":
-    main()

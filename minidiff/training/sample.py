@@ -258,7 +258,3 @@ def main(argv=None) -> None:
     except ValueError as err:  # a class label out of range, a model without labels
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()
