@@ -4,7 +4,8 @@
     python train_cifar.py --dataset cifar10                # DDPM's CIFAR-10 recipe on one GPU
     torchrun --nproc_per_node 4 train_cifar.py --dataset cifar10 --bf16 --compile
 
-All flags: python train_cifar.py --help. The code is minidiff/train.py.
+All flags: python train_cifar.py --help (= minidiff train --help). The loop is minidiff/training/train.py,
+its flags and recipes minidiff/training/config.py, the main job's loss minidiff/training/recipe.py.
 """
 
 from minidiff.training.train import main

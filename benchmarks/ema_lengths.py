@@ -21,6 +21,7 @@ report's settings and scored by `minidiff.evaluation.metrics`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def train_with_decays(cfg: T.TrainConfig, decays: list[float], shares: list[floa
     original = T.EMA
     T.EMA = ema_with_companions(decays[1:], shares)
     try:
-        result = T.train(T.dataclasses.replace(cfg, ema_decay=decays[0]))
+        result = T.train(dataclasses.replace(cfg, ema_decay=decays[0]))
     finally:
         T.EMA = original
     out = Path(cfg.out)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import math
 import statistics
@@ -55,7 +56,7 @@ def check_args(args) -> None:
 
 def parse_sets(items: list[str]) -> dict:
     """["lr=2e-3", "unet={'base_channels': 32}", "lr_decay=cosine"] -> a dict of TrainConfig fields."""
-    fields = {f.name for f in T.dataclasses.fields(T.TrainConfig)}
+    fields = {f.name for f in dataclasses.fields(T.TrainConfig)}
     out = {}
     for item in items:
         key, _, text = item.partition("=")

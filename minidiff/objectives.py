@@ -20,16 +20,12 @@ prediction cannot give eps at a = 1. Those two cases raise instead of returning 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from .schedules import Schedule, table_on
 
 PREDICTIONS = ("eps", "x0", "v")
-WEIGHTINGS = ("none", "min_snr", "level_mean")
-TIMESTEP_DISTRIBUTIONS = ("uniform", "logsnr_normal")
 
 
 def extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -55,129 +51,16 @@ def check_prediction(prediction: str, schedule: Schedule) -> None:
         )
 
 
-def check_weighting(weighting: str, schedule: Schedule) -> None:
-    """Refuse min-SNR weighting on a zero-terminal-SNR schedule.
-
-    Min-SNR weighs the x0 error by min(SNR, gamma), which is exactly 0 at SNR = 0: the last
-    timestep, the one Lin et al.'s rescale exists for (it teaches the model to draw an image's
-    brightness from pure noise), would never be trained, and on Stable Diffusion's rescaled
-    schedule 163 more timesteps get a weight below 0.01. Lin et al. train the plain v loss.
-    """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-    if weighting == "min_snr" and schedule.zero_terminal_snr:
-        raise ValueError(
-            "min-SNR weighting gives the zero-SNR timestep a weight of exactly 0 (it weighs the x0 error "
-            "by min(SNR, gamma)), so the step the zero-terminal-SNR rescale adds would never be trained. "
-            "Use weighting 'none' (Lin et al.'s v loss), or turn the zero-SNR rescale off.")
-
-
-class LossPerLevel(torch.nn.Module):
-    """Weighting "level_mean": each noise level's loss divided by its own running mean.
-
-    The v loss is far larger where little of the image survives (at zero SNR it is the whole
-    variance of x0 that the class cannot explain) than where the image is nearly clean, so the
-    gradient of a batch is dominated by its noisiest draws, and giving the low-SNR band more draws
-    costs the shapes (docs/recipe_history.md). Karras et al. 2024 (EDM2) learn a per-level uncertainty
-    u(sigma) and minimise L / exp(u) + u, whose optimum is exp(u) = E[L | level]; this keeps that
-    optimum directly, as a running mean of the loss in each of `num_bins` bins of timesteps
-    (decay `decay` per update), so every level's loss enters the gradient at about the same size.
-    A buffer, not a parameter: it is saved in the checkpoint and needs no optimiser.
-    `last_unweighted` keeps the plain mean loss of the last batch: the weighted one hovers near 1
-    by construction, so the trainer logs this one, comparable across weightings.
-    """
-
-    def __init__(self, num_timesteps: int = 1000, num_bins: int = 50, decay: float = 0.99):
-        super().__init__()
-        self.num_timesteps, self.num_bins, self.decay = num_timesteps, num_bins, decay
-        self.register_buffer("mean_loss", torch.zeros(num_bins, dtype=torch.float64))
-        self.register_buffer("seen", torch.zeros(num_bins, dtype=torch.bool))
-
-    def bins(self, t: torch.Tensor) -> torch.Tensor:
-        return (t * self.num_bins) // self.num_timesteps
-
-    def forward(self, per_sample: torch.Tensor, t: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """per_sample [B] losses at timesteps t [B] -> the same divided by their bins' running means
-        (updated with this batch first, so a level's first loss is divided by itself). `scale` [B]:
-        the losses whose running means set the divisor instead (the plain target's, when the loss
-        itself is on the Stable Target Field: its smaller noisy-level losses must not weigh more)."""
-        b = self.bins(t).to(self.mean_loss.device)
-        scale = per_sample if scale is None else scale
-        self.last_unweighted = scale.detach().mean()
-        with torch.no_grad():
-            sums = torch.zeros_like(self.mean_loss).index_add_(0, b, scale.detach().double())
-            counts = torch.zeros_like(self.mean_loss).index_add_(0, b, torch.ones_like(sums[b]))
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(sums)  # every rank keeps the same means
-                torch.distributed.all_reduce(counts)
-            hit = counts > 0
-            batch_mean = sums[hit] / counts[hit]
-            old = self.mean_loss[hit]
-            self.mean_loss[hit] = torch.where(self.seen[hit], self.decay * old + (1 - self.decay) * batch_mean, batch_mean)
-            self.seen |= hit
-        return per_sample / self.mean_loss[b].to(per_sample.dtype).clamp(min=1e-12)
-
-
-LOW_SNR_BAND = (-6.0, 2.0)  # N(mean, std) of log-SNR over which a 32x32 image's brightness is decided
-
-
-def timestep_probabilities(schedule: Schedule, distribution: str = "uniform", mean: float = 2.4, std: float = 2.4,
-                           uniform_share: float = 0.1, low_snr_share: float = 0.0,
-                           low_snr: tuple[float, float] = LOW_SNR_BAND) -> torch.Tensor:
-    """p(t) over the training timesteps 0..T-1 (float64, sums to 1).
-
-    "uniform" is DDPM's t ~ U{0..T-1}. "logsnr_normal" puts the weight where the log-SNR
-    lambda_t is likely under N(mean, std) (Karras et al. 2022 sample ln sigma ~ N(-1.2, 1.2); with
-    sigma^2 = 1 / SNR that is lambda ~ N(2.4, 2.4)): p(t) is proportional to the normal density at
-    lambda_t times the width of lambda that step t covers, mixed with a `uniform_share` of the
-    uniform law so that every step, the zero-SNR one included (lambda = -inf), is still trained.
-
-    `low_snr_share` moves that share of the draws to a second normal, N(*low_snr) in log-SNR.
-    N(2.4, 2.4) is where shapes and edges are learned, but an image's overall brightness is
-    decided far below it: the mean of d = 3 * 32 * 32 pixels sees about d / 3 times the per-pixel
-    SNR of the data's brightness spread, so it emerges from the noise near lambda = -ln(1000) = -7,
-    where N(2.4, 2.4) draws about 1% of the timesteps (`logsnr_band_shares` prints the split).
-    """
-    T = schedule.num_timesteps
-    if distribution == "uniform":
-        return torch.full((T,), 1.0 / T, dtype=torch.float64)
-    if distribution != "logsnr_normal":
-        raise ValueError(f"unknown timestep distribution {distribution!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}")
-    if not (0 <= uniform_share <= 1 and 0 <= low_snr_share <= 1 - uniform_share):
-        raise ValueError(f"uniform_share {uniform_share} and low_snr_share {low_snr_share} must be shares "
-                         "that add up to at most 1")
-    lam = schedule.log_snr.clamp(min=-30.0)  # -inf at zero SNR: a finite stand-in, far in the tail
-    edges = torch.cat([lam[:1] + (lam[0] - lam[1]) / 2, (lam[1:] + lam[:-1]) / 2, lam[-1:] - 1.0])
-    width = edges[:-1] - edges[1:]
-
-    def normal(m: float, s: float) -> torch.Tensor:
-        density = torch.exp(-0.5 * ((lam - m) / s) ** 2) * width
-        return density / density.sum()
-
-    return ((1 - uniform_share - low_snr_share) * normal(mean, std) + low_snr_share * normal(*low_snr)
-            + uniform_share / T)
-
-
-LOG_SNR_BANDS = (-9.0, -3.0, 0.0, 3.0, 6.0)  # the edges logsnr_band_shares reports between
-
-
-def logsnr_band_shares(schedule: Schedule, probs: torch.Tensor, edges=LOG_SNR_BANDS) -> dict[str, float]:
-    """The share of training draws p(t) whose log-SNR falls in each band between `edges`, e.g.
-    {"< -9": 0.011, "-9..-3": 0.046, ...}: where a timestep distribution spends the training."""
-    lam = schedule.log_snr
-    bounds = [-math.inf, *edges, math.inf]
-    names = [f"< {edges[0]:g}", *(f"{a:g}..{b:g}" for a, b in zip(edges[:-1], edges[1:])), f"> {edges[-1]:g}"]
-    return {name: float(probs[(lam > lo) & (lam <= hi)].sum()) for name, lo, hi in zip(names, bounds[:-1], bounds[1:])}
-
-
 def q_sample(x0: torch.Tensor, ab, noise: torch.Tensor) -> torch.Tensor:
-    """Sample q(x_t | x0): x_t = sqrt(a) x0 + sqrt(1 - a) eps. `ab` broadcasts against x0."""
+    """Sample q(x_t | x0): x_t = sqrt(a) x0 + sqrt(1 - a) eps (Lin et al. eq. 4; DDPM eq. 4).
+    `ab` (alpha_bar_t) broadcasts against x0."""
     ab = torch.as_tensor(ab, dtype=x0.dtype, device=x0.device)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
 
 def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, ab) -> torch.Tensor:
-    """The regression target of each parameterisation for the pair (x0, eps)."""
+    """The regression target of each parameterisation for the pair (x0, eps): eps, x0, or
+    v = sqrt(a) eps - sqrt(1 - a) x0 (Lin et al. eq. 11)."""
     _check_prediction_name(prediction)
     if prediction == "eps":
         return noise
@@ -185,38 +68,6 @@ def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, ab) -> torch.
         return x0
     ab = torch.as_tensor(ab, dtype=x0.dtype, device=x0.device)
     return ab.sqrt() * noise - (1 - ab).sqrt() * x0
-
-
-STF_MAX_LOG_SNR = 0.0  # the Stable Target Field is computed below this log-SNR; above it x0 alone counts
-
-
-def stable_target(x0: torch.Tensor, x_t: torch.Tensor, ab: torch.Tensor, reference: torch.Tensor, *,
-                  y: torch.Tensor | None = None, reference_y: torch.Tensor | None = None,
-                  null_class: int | None = None) -> torch.Tensor:
-    """E[x0 | x_t] estimated over a reference set: Xu, Tong and Jaakkola 2023, the Stable Target
-    Field (their eq. 5), used in place of the one x0 that made x_t.
-
-        x0_stf = sum_j w_j r_j,   w_j proportional to N(x_t; sqrt(ab) r_j, (1 - ab) I)
-
-    over r_j in {x0} and the `reference` images (of the sample's own class when labels are given;
-    every image for the null class). Where the noise hides the image (zero SNR: every w_j equal)
-    this is the mean of the reference, not one random x0, so the target of the noisiest levels
-    loses most of its variance; where x_t shows the image, x0's own weight is 1 to machine
-    precision and the target is the usual one. x0, x_t [B, ...], ab [B, 1, ...], reference [K, ...]."""
-    b = x0.shape[0]
-    pool = torch.cat([x0, reference]).reshape(b + len(reference), -1).float()  # [B + K, D]; row i of the first B is x0_i
-    a2 = ab.reshape(b, 1).float()
-    # log w_ij = -|x_t,i - a r_j|^2 / (2 (1 - a^2)); the |x_t,i|^2 part is the same for every j
-    logits = (2 * a2.sqrt() * (x_t.reshape(b, -1).float() @ pool.T) - a2 * pool.square().sum(1)[None]) / (2 * (1 - a2))
-    allowed = torch.zeros_like(logits, dtype=torch.bool)
-    allowed[torch.arange(b), torch.arange(b)] = True  # x0 itself
-    if y is None or reference_y is None:
-        allowed[:, b:] = True
-    else:
-        unconditional = (y == null_class) if null_class is not None else torch.zeros_like(y, dtype=torch.bool)
-        allowed[:, b:] = (reference_y[None] == y[:, None]) | unconditional[:, None]
-    weights = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=1)
-    return (weights @ pool).reshape(x0.shape).to(x0.dtype)
 
 
 def from_x0_eps(prediction: str, x0: torch.Tensor, eps: torch.Tensor, ab) -> torch.Tensor:
@@ -243,23 +94,6 @@ def to_x0_eps(prediction: str, output: torch.Tensor, x_t: torch.Tensor, ab) -> t
     return output, (x_t - sa * output) / s1a
 
 
-def min_snr_weight(snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023), written to stay finite at SNR = 0 and inf.
-
-    The weighting is min(SNR, gamma) on the x0 error. Each parameterisation's squared error
-    is a multiple of the x0 error: |eps err|^2 = SNR |x0 err|^2 and |v err|^2 = (SNR + 1) |x0 err|^2,
-    so the weights on the eps, x0 and v losses are min(SNR, gamma) divided by SNR, 1 and SNR + 1.
-    For eps that is min(1, gamma / SNR), never the 0/0 of min(SNR, gamma) / SNR at zero SNR.
-    """
-    _check_prediction_name(prediction)
-    clipped = torch.clamp(snr, max=gamma)
-    if prediction == "eps":
-        return torch.clamp(gamma / snr, max=1.0)  # gamma / 0 = inf, clamped to 1
-    if prediction == "x0":
-        return clipped
-    return clipped / (snr + 1)
-
-
 def randn(shape, *, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
     """Standard normal noise drawn on the generator's device (so a CPU generator gives the same
     numbers whatever device the model runs on), then moved to `device`."""
@@ -267,80 +101,32 @@ def randn(shape, *, generator=None, device=None, dtype=torch.float32) -> torch.T
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
-def offset_noise(shape, offset: float, *, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Guttenberg 2023 (Lin et al. Sec. 5.4): eps + offset * delta, one delta ~ N(0, 1) per sample and channel.
+def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, prediction: str = "v", *, y=None,
+                   t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The denoising loss of Lin et al. eq. 12 (DDPM's Algorithm 1 with any target):
 
-    The shared shift makes the noise's mean say nothing about the image's mean, so the model
-    learns to change brightness freely. It is the earlier fix that the paper compares with.
-    """
-    noise = randn(shape, generator=generator, device=device, dtype=dtype)
-    if offset:
-        shift = randn(shape[:2], generator=generator, device=device, dtype=dtype)
-        noise = noise + offset * shift.reshape(*shape[:2], *([1] * (len(shape) - 2)))
-    return noise
+        L = E_{t, x0, eps} [ w_t |target_t(x0, eps) - model(x_t, t, y)|^2 ],   x_t by eq. 4
 
-
-def diffusion_loss(
-    model,
-    x0: torch.Tensor,
-    schedule: Schedule,
-    prediction: str = "v",
-    *,
-    y=None,
-    t: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    weighting: str = "none",
-    min_snr_gamma: float = 5.0,
-    offset_noise_strength: float = 0.0,
-    timestep_probs: torch.Tensor | None = None,
-    loss_per_level: LossPerLevel | None = None,
-    reference: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-    null_class: int | None = None,
-) -> torch.Tensor:
-    """The denoising loss: E_t,eps [ w_t |target - model(x_t, t, y)|^2 ] (Lin et al. eq. 12).
-
-    t ~ Uniform{0..T-1} (or ~ `timestep_probs`, made once by timestep_probabilities) and
-    eps ~ N(0, I) unless given. With prediction="v" and
-    weighting="none" this is the paper's v loss with lambda_t = 1. weighting="level_mean" divides
-    each sample's loss by the running mean of its noise level's loss (`loss_per_level`). The mean
-    is over all elements, so the value does not depend on the image size. `reference` = (images,
-    labels or None) replaces the (x0, eps) of the target by the Stable Target Field's estimate of
-    E[x0 | x_t] over x0 and those images (`stable_target`; labels equal to `null_class` use all).
+    t ~ Uniform{0..T-1} and eps ~ N(0, I) unless given; `weight` [B] is w_t per sample (default 1,
+    the paper's lambda_t = 1 for the v loss). The squared error is averaged over every element, so
+    the value does not depend on the image size. The main job adds to this (a timestep density,
+    per-level weights, the Stable Target Field): minidiff/training/recipe.py.
     """
     check_prediction(prediction, schedule)
-    check_weighting(weighting, schedule)
-    b = x0.shape[0]
     if t is None:
         device = generator.device if generator is not None else x0.device
-        if timestep_probs is None:
-            t = torch.randint(0, schedule.num_timesteps, (b,), generator=generator, device=device).to(x0.device)
-        else:
-            t = torch.multinomial(timestep_probs.to(device), b, replacement=True, generator=generator).to(x0.device)
+        t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=device).to(x0.device)
     if noise is None:
-        noise = offset_noise(x0.shape, offset_noise_strength, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     ab = extract(schedule.alphas_cumprod, t, x0)
-    x_t = q_sample(x0, ab, noise)
-    out = model(x_t, t, y=y)
-    goal, plain_goal = (x0, noise), None
-    if reference is not None:
-        # Only where the image is still hidden: from log-SNR 0 up, two images at squared distance
-        # 50 or more (a few shape pixels apart) weigh e^-25 against each other, x0 alone counts.
-        rows = table_on(schedule.log_snr, x0.device)[t] < STF_MAX_LOG_SNR
-        if rows.any():
-            x0_stf = x0.clone()
-            x0_stf[rows] = stable_target(x0[rows], x_t[rows], ab[rows], reference[0],
-                                         y=None if y is None else y[rows], reference_y=reference[1], null_class=null_class)
-            goal, plain_goal = (x0_stf, (x_t - ab.sqrt() * x0_stf) / (1 - ab).sqrt()), goal  # eps: what pairs with it in x_t
-    per_sample = F.mse_loss(out.float(), target(prediction, *goal, ab).float(), reduction="none")
-    per_sample = per_sample.reshape(b, -1).mean(dim=1)
-    plain = None if plain_goal is None else F.mse_loss(
-        out.detach().float(), target(prediction, *plain_goal, ab).float(), reduction="none").reshape(b, -1).mean(dim=1)
-    if weighting == "min_snr":
-        w = min_snr_weight(table_on(schedule.snr, x0.device)[t], prediction, min_snr_gamma).float()
-        per_sample = per_sample * w
-    if weighting == "level_mean":
-        if loss_per_level is None:
-            raise ValueError("weighting 'level_mean' needs loss_per_level=LossPerLevel(...), which keeps the running means")
-        per_sample = loss_per_level(per_sample, t, scale=plain)
+    out = model(q_sample(x0, ab, noise), t, y=y)
+    per_sample = squared_error(out, target(prediction, x0, noise, ab))
+    if weight is not None:
+        per_sample = per_sample * weight
     return per_sample.mean()
+
+
+def squared_error(output: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """|goal - output|^2 averaged over all but the batch dimension, in float32: [B]."""
+    return F.mse_loss(output.float(), goal.float(), reduction="none").reshape(len(output), -1).mean(dim=1)

@@ -197,18 +197,6 @@ class UNet(nn.Module):
                                     channels (pixel_unshuffle), the levels run at image_size / p, and
                                     the output is folded back (pixel_shuffle). On a CPU a convolution
                                     over fewer, wider positions runs nearer the matmul peak.
-        mean_input                  None (DDPM), "embedding" or "middle": also hand the network
-                                    its input's channel means (channel_means) through a
-                                    zero-initialised MLP, into the conditioning vector or onto the
-                                    middle block's input
-        output_shift                False (DDPM) or True: add to each output channel a constant
-                                    that the conditioning vector (timestep and class) sets, through
-                                    a zero-initialised Linear; the final GroupNorm removes each
-                                    group's spatial mean, so without it the network sets the mean
-                                    of its output only indirectly, and at zero SNR that mean is all
-                                    the v target has (minus the class's mean brightness)
-        level_bias                  0 (DDPM) or K: add a learnt constant per output channel and
-                                    band of timesteps (K bands of 1000 / K steps), zero-initialised
     """
 
     def __init__(
@@ -226,9 +214,6 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         norm_groups: int = 32,
         patch_size: int = 1,
-        mean_input: str | None = None,
-        output_shift: bool = False,
-        level_bias: int = 0,
     ):
         super().__init__()
         channel_mults, attn_resolutions = tuple(channel_mults), tuple(attn_resolutions)
@@ -238,12 +223,6 @@ class UNet(nn.Module):
             attn_resolutions=attn_resolutions, dropout=dropout, num_heads=num_heads,
             num_classes=num_classes, norm_groups=norm_groups, patch_size=patch_size,
         )
-        if mean_input is not None:  # only when set, so that older checkpoints' configs stay as they were
-            self.config["mean_input"] = mean_input
-        if output_shift:
-            self.config["output_shift"] = output_shift
-        if level_bias:
-            self.config["level_bias"] = level_bias
         _check_config(**self.config)
         ch, groups, emb_dim = base_channels, norm_groups, 4 * base_channels
         self.num_classes = num_classes
@@ -253,16 +232,6 @@ class UNet(nn.Module):
         # Timestep MLP: sinusoid(ch) -> 4ch -> SiLU -> 4ch (DDPM App. B).
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
-        # mean_input: the input's channel means, through a zero-initialised MLP (so the untrained
-        # model is unchanged), into the conditioning vector ("embedding") or onto the middle's input
-        # ("middle"). Every GroupNorm subtracts its group's spatial mean, so without it an image's
-        # overall brightness reaches the blocks only indirectly. Measured, not in any preset:
-        # docs/recipe_history.md, "ten minutes again".
-        self.mean_input = mean_input
-        mean_out = emb_dim if mean_input == "embedding" else ch * channel_mults[-1]
-        self.mean_mlp = (nn.Sequential(nn.Linear(in_channels, emb_dim), nn.SiLU(),
-                                       zero_module(nn.Linear(emb_dim, mean_out))) if mean_input else None)
-
         self.conv_in = nn.Conv2d(in_channels * patch_size ** 2, ch, 3, padding=1)
 
         def attn_or_none(res: int) -> nn.Module:
@@ -305,14 +274,6 @@ class UNet(nn.Module):
         self.norm_out = GroupNorm32(groups, cur)
         # Zero init: the untrained model outputs exactly 0 (the mean of every target).
         self.conv_out = zero_module(nn.Conv2d(cur, out_channels * patch_size ** 2, 3, padding=1))
-        # output_shift: a per-channel constant from the conditioning vector, zero-initialised. The
-        # GroupNorm above subtracts each group's spatial mean, so conv_out alone sets its output's
-        # mean through a bias shared by every timestep and the shape of the normalised features;
-        # where the input holds no image (zero SNR) the right output is the class's mean image, and
-        # its overall brightness came out offset by a few hundredths (docs/recipe_history.md, "the
-        # zero-SNR offset").
-        self.shift = zero_module(nn.Linear(emb_dim, out_channels)) if output_shift else None
-        self.level_bias = nn.Parameter(torch.zeros(level_bias, out_channels)) if level_bias else None
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "UNet":
@@ -324,9 +285,8 @@ class UNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None, batch: int, x: torch.Tensor | None = None) -> torch.Tensor:
-        """The per-sample conditioning vector: time MLP (+ class embedding) (+ the MLP of x's
-        channel means, with mean_input="embedding"), then SiLU."""
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The per-sample conditioning vector: time MLP (+ class embedding), then SiLU."""
         t = torch.as_tensor(t, device=self.conv_in.weight.device)
         if t.ndim == 0:
             t = t.expand(batch)
@@ -340,8 +300,6 @@ class UNet(nn.Module):
         elif y is not None:
             raise ValueError("labels y were given but this UNet has num_classes=None; "
                              "build it with num_classes=K to condition on classes")
-        if self.mean_input == "embedding":
-            emb = emb + self.mean_mlp(channel_means(x)).to(emb.dtype)
         return F.silu(emb)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -351,7 +309,7 @@ class UNet(nn.Module):
         if x.shape[2] % self.downsample_factor or x.shape[3] % self.downsample_factor:
             raise ValueError(f"H and W must be divisible by {self.downsample_factor} "
                              f"(patch_size * 2 ** (len(channel_mults) - 1)), got {tuple(x.shape[2:])}")
-        emb = self.embed(t, y, x.shape[0], x)
+        emb = self.embed(t, y, x.shape[0])
 
         h = self.conv_in(F.pixel_unshuffle(x, self.patch_size) if self.patch_size > 1 else x)
         skips = [h]
@@ -363,8 +321,6 @@ class UNet(nn.Module):
                 h = self.downsamples[i](h)
                 skips.append(h)
 
-        if self.mean_input == "middle":
-            h = h + self.mean_mlp(channel_means(x)).to(h.dtype)[:, :, None, None]
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
 
         for i, level in enumerate(self.up):
@@ -375,33 +331,12 @@ class UNet(nn.Module):
 
         out = self.conv_out(F.silu(self.norm_out(h)))
         out = F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
-        if self.shift is not None:
-            out = out + self.shift(emb).to(out.dtype)[:, :, None, None]
-        if self.level_bias is not None:
-            bins = (t.long() * len(self.level_bias) // 1000).clamp(0, len(self.level_bias) - 1)
-            out = out + self.level_bias[bins].to(out.dtype)[:, :, None, None]
         return out
 
 
-def channel_means(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C]: each channel's spatial mean in units of pure noise's (the mean of
-    H*W unit normals has sd 1 / sqrt(H*W)), squashed by asinh. In the log-SNR band -9..-3, where an
-    image's brightness is decided, the signal is 0.3 to 7 of those units: asinh keeps it near linear
-    there and bounds the large values of nearly clean images."""
-    pixels = x.shape[-1] * x.shape[-2]
-    return torch.asinh(x.float().mean(dim=(2, 3)) * pixels ** 0.5)
-
-
 def _check_config(*, in_channels, out_channels, image_size, base_channels, channel_mults,
-                  num_res_blocks, attn_resolutions, dropout, num_heads, num_classes, norm_groups, patch_size=1,
-                  mean_input=None, output_shift=False, level_bias=0):
+                  num_res_blocks, attn_resolutions, dropout, num_heads, num_classes, norm_groups, patch_size=1):
     """Refuse configs that would fail deep inside forward, saying what was wrong and what to do."""
-    if not (isinstance(level_bias, int) and 0 <= level_bias <= 1000):
-        raise ValueError(f"level_bias must be 0 (none) or a number of bands of timesteps up to 1000, got {level_bias!r}")
-    if not isinstance(output_shift, bool):
-        raise ValueError(f"output_shift must be True or False, got {output_shift!r}")
-    if mean_input not in (None, "embedding", "middle"):
-        raise ValueError(f"mean_input must be None, 'embedding' or 'middle', got {mean_input!r}")
     if not (isinstance(patch_size, int) and patch_size >= 1) or image_size % patch_size:
         raise ValueError(f"patch_size must be a positive integer that divides image_size {image_size}, "
                          f"got {patch_size!r}")

@@ -12,6 +12,7 @@ import torch
 
 from minidiff import objectives, schedules
 from minidiff.training import runtime
+from minidiff.training.recipe import recipe_loss
 from minidiff.training.cli import add_common_flags, resolve_device
 from minidiff.schedules import Schedule
 from minidiff.training.config import TrainConfig
@@ -88,15 +89,14 @@ def test_the_network_sees_the_same_numbers_with_or_without_float64(monkeypatch, 
 
     def loss():
         g = torch.Generator().manual_seed(0)
-        return objectives.diffusion_loss(model, x, schedule, "v", t=t, generator=g, weighting="none")
+        return objectives.diffusion_loss(model, x, schedule, "v", t=t, generator=g)
 
     with_f64 = objectives.extract(schedule.alphas_cumprod, t, x), loss()
     snr = Schedule.make("linear")
-    min_snr = objectives.diffusion_loss(model, x, snr, "x0", t=t, generator=torch.Generator().manual_seed(0),
-                                        weighting="min_snr")
+    min_snr = recipe_loss(model, x, snr, "x0", t=t, generator=torch.Generator().manual_seed(0), weighting="min_snr")
     monkeypatch.setattr(schedules, "has_float64", lambda device: False)
     without = objectives.extract(schedule.alphas_cumprod, t, x), loss()
     assert without[0].dtype == dtype and torch.equal(with_f64[0], without[0])
     assert torch.equal(with_f64[1], without[1])
-    assert torch.equal(min_snr, objectives.diffusion_loss(model, x, snr, "x0", t=t, weighting="min_snr",
+    assert torch.equal(min_snr, recipe_loss(model, x, snr, "x0", t=t, weighting="min_snr",
                                                           generator=torch.Generator().manual_seed(0)))

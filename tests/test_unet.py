@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minidiff.unet import PRESETS, GroupNorm32, UNet, channel_means, timestep_embedding
+from minidiff.unet import PRESETS, GroupNorm32, UNet, timestep_embedding
 
 
 def randomized(model: UNet, seed: int = 0) -> UNet:
@@ -197,81 +197,3 @@ def test_patch_stem_is_space_to_depth_around_a_pixel_unet():
     assert patched(x, t, y).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="patch_size"):
         UNet(image_size=30, patch_size=4, **common)
-
-
-@pytest.mark.parametrize("mode", ["embedding", "middle"])
-def test_mean_input_starts_as_the_plain_network_and_reads_only_the_channel_means(mode):
-    """mean_input hands the input's channel means to the network through a zero-initialised MLP:
-    at init the network is exactly the one without it. With the MLP's weights set, the output
-    moves, a brighter input moves it differently, and (embedding) the conditioning vector depends
-    on the channel means alone: another image with the same means gets the same vector."""
-    plain = randomized(UNet.from_preset("tiny", num_classes=3))
-    model = UNet.from_preset("tiny", num_classes=3, mean_input=mode).eval()
-    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("mean_mlp.") for k in missing)
-    x, t = inputs(model)
-    y = torch.tensor([0, 2])
-    assert torch.equal(model(x, t, y), plain(x, t, y))
-    assert UNet(**model.config).config["mean_input"] == mode and "mean_input" not in plain.config
-
-    with torch.no_grad():
-        for p in model.mean_mlp.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
-    means = x.mean(dim=(2, 3), keepdim=True)
-    same = means + (x - means).flip(-1).roll(3, -2)  # the same channel means as x, another image
-    added = {name: model(z, t, y) - plain(z, t, y) for name, z in (("x", x), ("brighter", x + 0.5))}
-    if mode == "embedding":  # the conditioning vector itself depends on the channel means alone
-        torch.testing.assert_close(model.embed(t, y, 2, same), model.embed(t, y, 2, x), atol=1e-6, rtol=0)
-        assert not torch.allclose(model.embed(t, y, 2, x + 0.5), model.embed(t, y, 2, x), atol=1e-3)
-    else:  # the middle block's input is the plain network's plus the MLP of the channel means, exactly
-        seen = {}
-        for name, net in (("model", model), ("plain", plain)):
-            hook = net.mid1.register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0]))
-            net(x, t, y)
-            hook.remove()
-        expected = model.mean_mlp(channel_means(x))[:, :, None, None]
-        torch.testing.assert_close(seen["model"] - seen["plain"], expected.expand_as(seen["plain"]), atol=1e-5, rtol=1e-4)
-    assert added["x"].abs().max() > 1e-3 and not torch.allclose(added["brighter"], added["x"], atol=1e-3)
-
-
-def test_channel_means_are_in_units_of_pure_noise():
-    noise = torch.randn(4000, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    assert abs(torch.sinh(channel_means(noise)).std().item() - 1) < 0.03
-    flat = torch.full((1, 3, 16, 16), 0.25)
-    torch.testing.assert_close(channel_means(flat), torch.asinh(torch.full((1, 3), 0.25 * 16)))
-
-
-def test_unknown_mean_input_is_refused():
-    with pytest.raises(ValueError, match="mean_input must be None, 'embedding' or 'middle'"):
-        UNet.from_preset("tiny", mean_input="head")
-
-
-def test_output_shift_and_level_bias_start_as_the_plain_network_and_add_one_constant_per_channel():
-    """output_shift adds Linear(conditioning vector) to each output channel, level_bias a learnt
-    constant per band of timesteps (bins of 1000 / level_bias steps) and channel: both start at
-    zero (the untrained network is the plain one, exactly), and what they add is the same at every
-    pixel, set by (t, y) alone for the shift and by t's band alone for the bias."""
-    plain = randomized(UNet.from_preset("tiny", num_classes=3))
-    x, t = inputs(plain)
-    y = torch.tensor([0, 2])
-    for extra in (dict(output_shift=True), dict(level_bias=50)):
-        model = UNet.from_preset("tiny", num_classes=3, **extra).eval()
-        missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
-        assert missing and all(k.split(".")[0] in ("shift", "level_bias") for k in missing)
-        assert torch.equal(model(x, t, y), plain(x, t, y))
-        assert UNet(**model.config).config == model.config and set(model.config) - set(plain.config) == set(extra)
-        with torch.no_grad():
-            for p in (model.shift.parameters() if "output_shift" in extra else [model.level_bias]):
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
-        added = model(x, t, y) - plain(x, t, y)
-        assert added.abs().min() > 0
-        torch.testing.assert_close(added, added[:, :, :1, :1].expand_as(added), atol=1e-5, rtol=0)  # flat
-        other = model(x.flip(-1) + 0.3, t, y) - plain(x.flip(-1) + 0.3, t, y)  # another input, same (t, y)
-        torch.testing.assert_close(other, added, atol=1e-5, rtol=1e-5)
-        if "level_bias" in extra:  # bins of 20 steps: t and t' in the same band add the same constant
-            same_band = model(x, t // 20 * 20, y) - plain(x, t // 20 * 20, y)
-            expected = model.level_bias[t // 20][:, :, None, None].expand_as(added)
-            torch.testing.assert_close(added, expected, atol=1e-5, rtol=0)
-            torch.testing.assert_close(same_band, added, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="output_shift must be True or False"):
-        UNet.from_preset("tiny", output_shift="yes")

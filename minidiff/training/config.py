@@ -23,7 +23,8 @@ import torch
 from . import data as datasets
 from . import runtime
 from .cli import add_common_flags, check_guidance_from
-from ..objectives import LOW_SNR_BAND, PREDICTIONS, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
+from ..objectives import PREDICTIONS
+from .recipe import LOW_SNR, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
 from .runtime import LR_DECAYS, UsageError, require
 from ..samplers import SAMPLERS, SPACINGS
 from ..schedules import BETA_SCHEDULES, Schedule
@@ -45,7 +46,7 @@ RECIPES = {
     # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
     # noise level's loss over its running mean so that the noisy levels do not drown the shapes.
     # Below log-SNR 0 its target is the Stable Target Field over 512 reference images (Xu et al. 2023,
-    # objectives.stable_target): the zero-SNR prediction had come out a few hundredths too bright,
+    # recipe.stable_target): the zero-SNR prediction had come out a few hundredths too bright,
     # and seed 1 at 5,000 steps drew W1 0.096 -> 0.045 with it (docs/recipe_history.md, "the zero-SNR offset").
     # Its report samples with guidance 2.5 and no guidance rescale (at w = 3 the rescale of 0.7
     # squeezed the brightness: W1 0.19 against 0.11 without it, docs/06_guidance.md), guiding only at
@@ -79,13 +80,14 @@ RECIPES = {
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "lr_cooldown",
-            "adam_beta2", "adam_beta2_late", "adam_beta2_from", "ema_decay", "ema_share", "grad_clip", "resolution",
+            "adam_beta2", "ema_decay", "ema_share", "grad_clip", "resolution",
             "offset_noise", "weighting", "timesteps", "timesteps_mean", "timesteps_uniform", "timesteps_low_snr",
-            "timesteps_low_snr_mean", "stf_reference", "dropout")
+            "stf_reference", "dropout")
 # What checkpoints written before these flags were recorded were trained with.
-UNRECORDED = {"adam_beta2": 0.999, "adam_beta2_late": None, "adam_beta2_from": 2000, "lr_cooldown": 0.2,
-              "timesteps_mean": 2.4, "ema_share": 0.0, "timesteps_low_snr_mean": -6.0,
-              "stf_reference": 0}
+UNRECORDED = {"adam_beta2": 0.999, "lr_cooldown": 0.2, "timesteps_mean": 2.4, "ema_share": 0.0, "stf_reference": 0}
+# Settings that older checkpoints recorded and main no longer has (negative results, removed after
+# commit 7c7df62, where they can be rerun): a resumed or sampled run accepts them at these values only.
+RETIRED = {"adam_beta2_late": None, "adam_beta2_from": 2000, "timesteps_low_snr_mean": -6.0}
 
 
 @dataclass
@@ -111,15 +113,12 @@ class TrainConfig:
     lr_decay: str | None = None       # after the warm-up: constant (DDPM), cosine or wsd to 0 at the run's end
     lr_cooldown: float = runtime.WSD_COOLDOWN  # lr_decay wsd: the share of the run at its end over which it falls
     adam_beta2: float | None = None   # Adam's second-moment decay (PyTorch's and DDPM's 0.999; EDM2's 0.99)
-    adam_beta2_late: float | None = None  # Adam's beta2 from step adam_beta2_from on (None: adam_beta2 throughout)
-    adam_beta2_from: int = 2000       # the step at which adam_beta2_late takes over
     grad_clip: float = 1.0
     weighting: str | None = None      # loss weight per timestep: none (Lin et al.'s v loss), min_snr, or level_mean
     timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
     timesteps_mean: float = 2.4       # with logsnr_normal: the mean of the log-SNR normal (EDM's 2.4)
     timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
-    timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(low_snr_mean, 2)
-    timesteps_low_snr_mean: float = LOW_SNR_BAND[0]  # the mean log-SNR of that share (where brightness is decided)
+    timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (recipe.LOW_SNR)
     stf_reference: int | None = None  # > 0: the Stable Target Field's target over this many reference images; 0: off
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
@@ -195,8 +194,8 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(
-        prog="train_cifar.py",
-        description="Train a pixel-space diffusion UNet (DDPM's recipe, Lin et al.'s fixes as flags).",
+        prog="minidiff train",
+        description="Train a pixel-space diffusion UNet (DDPM's recipe, Lin et al.'s fixes as flags); also python train_cifar.py.",
         formatter_class=_HelpFormatter)
     d = TrainConfig()
     flag = argparse.BooleanOptionalAction
@@ -207,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     data.add_argument("--num-images", type=int, default=d.num_images, help="size of the built-in set")
     data.add_argument("--resolution", type=int, help="image side (default: the preset's)")
     model = p.add_argument_group("model and diffusion")
-    model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset (recipe: cifar10 -> ddpm-cifar10, else small)")
+    model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset (recipe: small-patch2 builtin, ddpm-cifar10 cifar10, small folder)")
     model.add_argument("--dropout", type=float, help="override the preset's dropout")
     model.add_argument("--schedule", choices=BETA_SCHEDULES, default=d.schedule, help="beta schedule")
     model.add_argument("--zero-snr", action=flag, default=d.zero_snr, help="rescale to zero terminal SNR (Lin et al. Alg. 1)")
@@ -226,10 +225,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--adam-beta2", type=float,
                      help="Adam's second-moment decay: 1 / (1 - beta2) steps of squared gradients scale each "
                           "step (recipe: 0.99 builtin, 0.999 else)")
-    opt.add_argument("--adam-beta2-late", type=float, default=d.adam_beta2_late,
-                     help="Adam's beta2 from step --adam-beta2-from on (default: --adam-beta2 throughout)")
-    opt.add_argument("--adam-beta2-from", type=int, default=d.adam_beta2_from,
-                     help="the step at which --adam-beta2-late takes over")
     opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
                      help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "
@@ -241,10 +236,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt.add_argument("--timesteps-uniform", type=float,
                      help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
     opt.add_argument("--timesteps-low-snr", type=float,
-                     help="with --timesteps logsnr_normal: the share drawn at log-SNR ~ N(--timesteps-low-snr-mean, 2), "
-                          "where an image's overall brightness is decided")
-    opt.add_argument("--timesteps-low-snr-mean", type=float, default=d.timesteps_low_snr_mean,
-                     help="the mean log-SNR of the --timesteps-low-snr share (lower: more of it at the noisiest levels)")
+                     help=f"with --timesteps logsnr_normal: the share drawn at log-SNR ~ N{LOW_SNR}, where an "
+                          "image's overall brightness is decided (recipe: 0.08 builtin, 0 else)")
     opt.add_argument("--stf-reference", type=int, metavar="K",
                      help="train on the Stable Target Field (Xu et al. 2023): the target's x0 is E[x0 | x_t] over x0 "
                           "and K reference images, so the noisiest levels learn the data's mean, not one image (0: off; recipe: 512 builtin, 0 else)")
@@ -271,7 +264,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     run.add_argument("--spacing", choices=SPACINGS, default=d.spacing, help="timestep spacing for those grids")
     run.add_argument("--num-samples", type=int, default=d.num_samples, help="images per grid")
     run.add_argument("--guidance", type=float,
-                     help="classifier-free guidance weight of the grids and the quality measure (recipe: 2 builtin, else 1)")
+                     help="classifier-free guidance weight of the grids and the quality measure (recipe: 2.5 builtin, else 1: none)")
     run.add_argument("--guidance-rescale", type=float,
                      help="Lin et al.'s rescale of guided samples (recipe: 0 builtin, 0.7 else)")
     run.add_argument("--guidance-from", type=float,
@@ -311,14 +304,9 @@ def check_config(cfg: TrainConfig) -> None:
     require(0 <= cfg.ema_decay < 1, f"--ema-decay must lie in [0, 1), got {cfg.ema_decay}")
     require(0 <= cfg.ema_share <= 1, f"--ema-share must lie in [0, 1] (0: use --ema-decay), got {cfg.ema_share}")
     require(0 < cfg.adam_beta2 < 1, f"--adam-beta2 must lie in (0, 1), got {cfg.adam_beta2}")
-    require(cfg.adam_beta2_late is None or 0 < cfg.adam_beta2_late < 1,
-            f"--adam-beta2-late must lie in (0, 1), got {cfg.adam_beta2_late}")
-    require(cfg.adam_beta2_from >= 0, f"--adam-beta2-from must be 0 or more steps, got {cfg.adam_beta2_from}")
     require(0 < cfg.lr_cooldown <= 1, f"--lr-cooldown must lie in (0, 1] (a share of the run), got {cfg.lr_cooldown}")
     require(math.isfinite(cfg.timesteps_mean) and abs(cfg.timesteps_mean) <= 20,
             f"--timesteps-mean must be a log-SNR between -20 and 20 (EDM: 2.4), got {cfg.timesteps_mean}")
-    require(math.isfinite(cfg.timesteps_low_snr_mean) and abs(cfg.timesteps_low_snr_mean) <= 20,
-            f"--timesteps-low-snr-mean must be a log-SNR between -20 and 20, got {cfg.timesteps_low_snr_mean}")
     require(0 <= cfg.stf_reference <= 1_000_000,
             f"--stf-reference must be 0 (off) or a number of reference images, got {cfg.stf_reference}")
     require(0 <= cfg.label_dropout < 1, f"--label-dropout must lie in [0, 1), got {cfg.label_dropout}")
@@ -348,7 +336,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--resolution {cfg.resolution} does not fit the {cfg.preset} preset: {err}") from None
     require(cfg.dataset != "folder" or cfg.data_root, "--dataset folder needs --data-root DIR (a folder of images)")
     runtime.check_device(cfg.device)
-    # the flag pairs objectives.check_prediction / check_weighting refuse, said as flags
+    # the flag pairs objectives.check_prediction / recipe.check_weighting refuse, said as flags
     require(cfg.prediction != "eps" or not cfg.zero_snr,
             "--prediction eps cannot be trained with --zero-snr: at the last step the input is pure noise, so "
             "eps says nothing about the image. Use --prediction v (Lin et al.) or x0, or --no-zero-snr.")
@@ -380,6 +368,41 @@ def build_model(cfg: TrainConfig, num_classes: int, channels: int = 3) -> UNet:
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
     return UNet.from_preset(cfg.preset, **overrides)
+
+
+def describe(cfg: TrainConfig, model: UNet) -> list[str]:
+    """The run's resolved settings, a line each, with the file and function that does each one:
+    printed when a run starts (docs/main_job.md explains the main job's)."""
+    unet = model.config
+    width = f"{unet['base_channels']} x {list(unet['channel_mults'])}, patch {unet['patch_size']}"
+    zsnr = ", rescaled to zero terminal SNR (schedules.rescale_zero_terminal_snr)" if cfg.zero_snr else ""
+    if cfg.timesteps == "uniform":
+        density = "uniform (recipe.draw_timesteps)"
+    else:
+        density = (f"log-SNR ~ N({cfg.timesteps_mean:g}, 2.4), {cfg.timesteps_low_snr:.0%} at N{LOW_SNR}, "
+                   f"{cfg.timesteps_uniform:.0%} uniform (recipe.timestep_probabilities)")
+    ema = (f"power EMA over {cfg.ema_share:.3g} of the steps so far" if cfg.ema_share else f"decay {cfg.ema_decay}")
+    guided = cfg.class_cond and cfg.guidance != 1
+    guidance = (f"{cfg.guidance:g}, rescale {cfg.guidance_rescale:g}, from log-SNR {cfg.guidance_from:g} "
+                "(guidance.cfg via samplers.guided_output)" if guided else "none")
+    rows = [
+        ("data", f"{cfg.dataset}, {cfg.resolution}x{cfg.resolution}, batch {cfg.batch_size}"
+                 + (f", {cfg.label_dropout:.0%} of labels dropped (train.drop_labels)" if cfg.class_cond else "")),
+        ("network", f"UNet preset {cfg.preset}: {width}, {model.num_parameters() / 1e6:.2f}M parameters (unet.UNet)"),
+        ("schedule", f"{cfg.schedule}{zsnr}"),
+        ("target", f"{cfg.prediction} (objectives.target)"),
+        ("timesteps", density),
+        ("weighting", f"{cfg.weighting} (recipe.recipe_loss" + (", recipe.LossPerLevel)" if cfg.weighting == "level_mean" else ")")),
+        ("target field", f"Stable Target Field over {cfg.stf_reference} images below log-SNR 0 (recipe.stable_target)"
+                         if cfg.stf_reference else "off"),
+        ("optimiser", f"Adam lr {cfg.lr:g}, beta2 {cfg.adam_beta2:g}, warm-up {cfg.warmup}, decay {cfg.lr_decay}, "
+                      f"clip {cfg.grad_clip:g} (runtime.learning_rate)"),
+        ("EMA", f"{ema} (ema.EMA)"),
+        ("length", f"{cfg.minutes:g} minutes or {cfg.max_steps} steps" if cfg.minutes else f"{cfg.max_steps} steps"),
+        ("sampler", f"{cfg.sampler}, {cfg.sample_steps} {cfg.spacing} steps (samplers.sample)"),
+        ("guidance", guidance),
+    ]
+    return [f"  {name:13s}{value}" for name, value in rows]
 
 
 def plain_config(cfg: TrainConfig) -> dict:

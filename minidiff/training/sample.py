@@ -16,6 +16,7 @@ an .npz holding `images`, uint8 [N, H, W, 3], and `labels` (what minidiff.evalua
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 from pathlib import Path
@@ -24,11 +25,14 @@ import torch
 
 from .cli import add_common_flags, check_sampling_flags, resolve_device
 from .data import to_uint8
-from .runtime import check_output_folder, load_checkpoint, require, run_command
+from .runtime import check_output_folder, ignored_settings, load_checkpoint, require, run_command
 from ..samplers import SAMPLERS, SPACINGS, sample
 from ..schedules import Schedule
 from ..unet import UNet
 
+# UNet options that studies retired after commit 7c7df62, at the value that means "off" (checkpoints
+# recorded them only when set, so a checkpoint that names one needs that commit's code)
+RETIRED_UNET = {"mean_input": None, "output_shift": False, "level_bias": 0}
 GRID_MAX = 256  # a grid of more images than this is too small to look at; the npz holds them all
 
 
@@ -45,7 +49,10 @@ def load_run(checkpoint: str | Path, *, ema: bool = True, device="cpu") -> tuple
     """load_model's (UNet, config), and the sampler settings the run's own report used
     (what checkpoints written before a setting was stored lack is rebuilt from the config)."""
     ckpt = load_checkpoint(checkpoint, kind="pixel")
-    model = UNet(**ckpt["model_config"])
+    config = dict(ckpt["model_config"])
+    for key in ignored_settings(config, inspect.signature(UNet).parameters, RETIRED_UNET, "sampling"):
+        del config[key]
+    model = UNet(**config)
     model.load_state_dict(ckpt["ema" if ema else "model"])
     settings = {**report_sampling(ckpt["config"]), **(ckpt.get("sampling") or {})}  # keys added since: from the config
     return model.to(device).eval(), ckpt["config"], settings

@@ -2,7 +2,7 @@
 
     config       every flag, with a recipe of defaults per dataset: minidiff.training.config
     setup        DDP when launched by torchrun, seeds, data held as one tensor, UNet, EMA, Adam
-    the loop     batch(step) -> diffusion_loss -> backward -> clip -> Adam -> EMA, with a progress bar
+    the loop     batch(step) -> recipe_loss -> backward -> clip -> Adam -> EMA, with a progress bar
     outputs      metrics.jsonl, loss.png, checkpoint.pt; samples/step_*.png from the EMA model and
                  the end-of-run quality.json (minidiff.training.report)
 
@@ -23,7 +23,6 @@ The config's names (TrainConfig, RECIPES, parse_args, check_config, ...) and the
 
 from __future__ import annotations
 
-import dataclasses  # noqa: F401 (re-exported: benchmarks/quality.py uses T.dataclasses)
 import json
 import math
 import time
@@ -34,11 +33,11 @@ import torch
 from . import data as datasets
 from . import runtime
 from .ema import EMA
-from ..objectives import LOW_SNR_BAND, LossPerLevel, diffusion_loss, logsnr_band_shares, timestep_probabilities
+from .recipe import LossPerLevel, logsnr_band_shares, recipe_loss, timestep_probabilities
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from ..schedules import Schedule
-from .config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
-                           build_model, check_config, default_run_name, make_schedule, native_resolution, parse_args,
+from .config import (EMA_SHARE, IDENTITY, RECIPES, RETIRED, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
+                           build_model, check_config, default_run_name, describe, make_schedule, native_resolution, parse_args,
                            plain_config)
 from .report import judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
 
@@ -59,11 +58,11 @@ def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator
 
 
 def training_timesteps(cfg: TrainConfig, schedule: Schedule) -> torch.Tensor | None:
-    """p(t) of the training timesteps (float64), or None for uniform (objectives.timestep_probabilities)."""
+    """p(t) of the training timesteps (float64), or None for uniform (recipe.timestep_probabilities)."""
     if cfg.timesteps == "uniform":
         return None
     return timestep_probabilities(schedule, cfg.timesteps, mean=cfg.timesteps_mean, uniform_share=cfg.timesteps_uniform,
-                                  low_snr_share=cfg.timesteps_low_snr, low_snr=(cfg.timesteps_low_snr_mean, LOW_SNR_BAND[1]))
+                                  low_snr_share=cfg.timesteps_low_snr)
 
 
 def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: TrainConfig,
@@ -80,19 +79,13 @@ def training_step(forward, model, optimizer, ema: EMA, schedule: Schedule, cfg: 
     """
     if cfg.class_cond:
         y = drop_labels(y, cfg.label_dropout, null_class, noise_gen)
-    # --adam-beta2-late: torch's Adam then bias-corrects with 1 - late ** step, so at the switch
-    # (0.999 at step 2,000: 0.86) each step is about 7% smaller, fading out over the next 2,000.
-    late = cfg.adam_beta2_late is not None and step >= cfg.adam_beta2_from
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(cfg, step, progress)
-        if late:
-            group["betas"] = (group["betas"][0], cfg.adam_beta2_late)
     with torch.autocast(x.device.type, torch.bfloat16, enabled=cfg.bf16):
-        loss = diffusion_loss(forward, x, schedule, cfg.prediction,
-                              y=y if cfg.class_cond else None, generator=noise_gen,
-                              weighting=cfg.weighting, offset_noise_strength=cfg.offset_noise,
-                              timestep_probs=timestep_probs, loss_per_level=loss_per_level,
-                              reference=reference, null_class=null_class)
+        loss = recipe_loss(forward, x, schedule, cfg.prediction, y=y if cfg.class_cond else None,
+                           generator=noise_gen, timestep_probs=timestep_probs, offset=cfg.offset_noise,
+                           weighting=cfg.weighting, loss_per_level=loss_per_level, reference=reference,
+                           null_class=null_class)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -133,7 +126,7 @@ def train(cfg: TrainConfig) -> dict:
     ckpt_path = out / CHECKPOINT
     saved = runtime.start_or_resume(out, resume=cfg.resume, kind="pixel", config=plain_config(cfg),
                                     keys=IDENTITY, max_steps=cfg.max_steps, out_flag="--out",
-                                    unrecorded=UNRECORDED)
+                                    unrecorded=UNRECORDED, retired=RETIRED)
     if saved is not None and saved["step"] >= cfg.max_steps:
         return dict(step=saved["step"], loss=math.nan, images_per_s=math.nan, out=str(out), finished=True)
     if cfg.threads:
@@ -160,6 +153,8 @@ def train(cfg: TrainConfig) -> dict:
     noise_gen = torch.Generator(device).manual_seed(cfg.seed + 1 + 1000 * rank)
     timestep_probs = training_timesteps(cfg, schedule)
     timestep_probs = None if timestep_probs is None else timestep_probs.float().to(device)
+    if master:
+        print(f"{out}: " + ("resuming" if saved is not None else "a new run") + " with\n" + "\n".join(describe(cfg, model)))
     if master and timestep_probs is not None:
         bands = logsnr_band_shares(schedule, timestep_probs.double().cpu())
         print("training timesteps by log-SNR band: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in bands.items()))
