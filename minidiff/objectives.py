@@ -76,7 +76,8 @@ def from_x0_eps(prediction: str, x0: torch.Tensor, eps: torch.Tensor, ab) -> tor
 
 
 def to_x0_eps(prediction: str, output: torch.Tensor, x_t: torch.Tensor, ab) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a model output into the predicted clean sample x0 and the predicted noise eps.
+    """Turn a model output into the predicted clean sample x0 and the predicted noise eps (for v:
+    x0 = sqrt(a) x_t - sqrt(1 - a) v and eps = sqrt(a) v + sqrt(1 - a) x_t, Lin et al. eqs. 19 and 17).
 
     Exact at a = 0 and a = 1 for v; eps at a = 0 and x0 at a = 1 are undefined and raise.
     """

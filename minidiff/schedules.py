@@ -67,7 +67,7 @@ def make_betas(kind: str, num_timesteps: int = 1000, *, cosine_clip: float | Non
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
-    """alpha_bar_t = prod_{s <= t} (1 - beta_s), in float64."""
+    """alpha_bar_t = prod_{s <= t} (1 - beta_s), in float64 (Ho et al. 2020, above eq. 4)."""
     return torch.cumprod(1 - betas.to(torch.float64), dim=0)
 
 

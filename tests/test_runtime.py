@@ -219,6 +219,24 @@ def test_a_checkpoint_from_before_a_key_was_recorded_resumes_with_the_old_value(
     assert resumed["step"] == 3 and resumed["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
 
 
+def test_a_checkpoint_with_a_setting_main_no_longer_has_resumes_with_a_note(tmp_path, capsys):
+    """An option that a study retired (here one named as an older minidiff wrote it) is ignored on
+    resume, with a note that shows its value and the commit that still has its code; the run then
+    continues bit for bit as one without it."""
+    T.main(tiny_args(tmp_path / "r", "--max-steps", "2"))
+    T.main(tiny_args(tmp_path / "plain", "--max-steps", "3"))
+    path = tmp_path / "r" / T.CHECKPOINT
+    state = T.load_checkpoint(path)
+    state["config"]["adam_beta2_late"] = None  # as a minidiff of commit 7c7df62 wrote it
+    runtime.save_checkpoint(path, state)
+    capsys.readouterr()
+    T.main(tiny_args(tmp_path / "r", "--max-steps", "3", "--resume"))
+    out = capsys.readouterr().out
+    assert "note: ignoring settings" in out and "adam_beta2_late=None" in out and runtime.RETIRED_AT in out
+    resumed, plain = T.load_checkpoint(path), T.load_checkpoint(tmp_path / "plain" / T.CHECKPOINT)
+    assert resumed["step"] == 3 and all(torch.equal(resumed["model"][k], plain["model"][k]) for k in plain["model"])
+
+
 # -------------------------------------------------------------------------------- schedules
 
 

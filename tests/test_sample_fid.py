@@ -160,6 +160,26 @@ def test_sample_uses_ema_weights_by_default(tiny_checkpoint):
     assert config["prediction"] == "v" and not ema_model.training
 
 
+def test_an_older_checkpoint_with_a_retired_unet_option(tiny_checkpoint, tmp_path, capsys):
+    """A UNet option that main no longer has loads with a note while it changed no weights (it was
+    recorded at its "off" value); once the checkpoint holds weights of the part it added, sampling
+    is refused in one line that names the commit with its code."""
+    from minidiff.training import runtime
+
+    ckpt = T.load_checkpoint(tiny_checkpoint)
+    ckpt["model_config"]["level_bias"] = 0  # as an older minidiff could record it
+    runtime.save_checkpoint(tmp_path / "off.pt", ckpt)
+    model, _ = sample.load_model(tmp_path / "off.pt")
+    assert all(torch.equal(v, ckpt["ema"][k]) for k, v in model.state_dict().items())
+    assert "level_bias=0" in capsys.readouterr().out
+    ckpt["ema"]["level_bias"] = torch.zeros(50, 3)
+    runtime.save_checkpoint(tmp_path / "on.pt", ckpt)
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main([str(tmp_path / "on.pt"), "--png", ""])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "level_bias" in err and runtime.RETIRED_AT in err and err.count("\n") == 1
+
+
 def test_sample_rejects_bad_classes(tiny_checkpoint, capsys):
     with pytest.raises(SystemExit) as exit_info:
         sample.main([str(tiny_checkpoint), "--class", "10", "11", "--png", ""])

@@ -85,9 +85,6 @@ IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", 
             "stf_reference", "dropout")
 # What checkpoints written before these flags were recorded were trained with.
 UNRECORDED = {"adam_beta2": 0.999, "lr_cooldown": 0.2, "timesteps_mean": 2.4, "ema_share": 0.0, "stf_reference": 0}
-# Settings that older checkpoints recorded and main no longer has (negative results, removed after
-# commit 7c7df62, where they can be rerun): a resumed or sampled run accepts them at these values only.
-RETIRED = {"adam_beta2_late": None, "adam_beta2_from": 2000, "timesteps_low_snr_mean": -6.0}
 
 
 @dataclass

@@ -40,10 +40,10 @@ def recipe_loss(model, x0: torch.Tensor, schedule: Schedule, prediction: str = "
     """objectives.diffusion_loss with the recipe's extras; with none of them it is that loss.
 
     t ~ `timestep_probs` (made once by timestep_probabilities; None: uniform) and eps with `offset`
-    noise, unless given; `reference` = (images, labels or None) puts the Stable Target Field's x0 below log-SNR 0
-    (labels equal to `null_class` use every image); `weighting` "min_snr" multiplies by
-    min_snr_weight, "level_mean" divides each sample's loss by its level's running mean
-    (`loss_per_level`, whose `last_unweighted` keeps the plain loss for the log).
+    noise, unless given. `reference` = (images, labels or None) puts the Stable Target Field's x0
+    into the target below log-SNR 0 (labels equal to `null_class` use every image). `weighting`
+    "min_snr" multiplies by min_snr_weight; "level_mean" divides each sample's loss by its level's
+    running mean (`loss_per_level`, whose `last_unweighted` keeps the plain loss for the log).
     """
     check_prediction(prediction, schedule)
     check_weighting(weighting, schedule)
@@ -55,13 +55,14 @@ def recipe_loss(model, x0: torch.Tensor, schedule: Schedule, prediction: str = "
     x_t = q_sample(x0, ab, noise)
     out = model(x_t, t, y=y)
     plain = per_sample = squared_error(out, target(prediction, x0, noise, ab))
-    hidden = table_on(schedule.log_snr, x0.device)[t] < STF_MAX_LOG_SNR
-    if reference is not None and hidden.any():
-        x0_goal = x0.clone()
-        x0_goal[hidden] = stable_target(x0[hidden], x_t[hidden], ab[hidden], reference[0], reference_y=reference[1],
-                                        y=None if y is None else y[hidden], null_class=null_class)
-        eps_goal = (x_t - ab.sqrt() * x0_goal) / (1 - ab).sqrt()  # the noise that pairs with it in x_t
-        per_sample = squared_error(out, target(prediction, x0_goal, eps_goal, ab))
+    if reference is not None:  # the Stable Target Field, where the image is still hidden
+        hidden = table_on(schedule.log_snr, x0.device)[t] < STF_MAX_LOG_SNR
+        if hidden.any():
+            x0_goal = x0.clone()
+            x0_goal[hidden] = stable_target(x0[hidden], x_t[hidden], ab[hidden], reference[0], reference_y=reference[1],
+                                            y=None if y is None else y[hidden], null_class=null_class)
+            eps_goal = (x_t - ab.sqrt() * x0_goal) / (1 - ab).sqrt()  # the noise that pairs with it in x_t
+            per_sample = squared_error(out, target(prediction, x0_goal, eps_goal, ab))
     if weighting == "min_snr":
         per_sample = per_sample * min_snr_weight(table_on(schedule.snr, x0.device)[t], prediction, min_snr_gamma).float()
     if weighting == "level_mean":

@@ -289,12 +289,12 @@ def load_checkpoint(path: str | Path, kind: str | None = None, *, missing: str =
     return state
 
 
-def check_resume(saved: dict, current: dict, keys, unrecorded: dict | None = None, retired: dict | None = None) -> None:
+def check_resume(saved: dict, current: dict, keys, unrecorded: dict | None = None) -> None:
     """The one resume rule: the settings that decide what is trained (`keys`) must equal the
     checkpoint's. A resume may change how long and how fast the run goes, nothing else.
-    `unrecorded` gives the value a key had in checkpoints written before it was recorded;
-    `retired` the one value a setting that main no longer has may hold (any other is refused)."""
-    ignored_settings(saved, current, retired, "resuming")
+    `unrecorded` gives the value a key had in checkpoints written before it was recorded; a key
+    that this version no longer has is ignored with a note (ignored_settings)."""
+    ignored_settings(saved, current)
     saved = {**(unrecorded or {}), **saved}
     changed = [k for k in keys if saved.get(k) != current.get(k)]
     if changed:
@@ -303,23 +303,18 @@ def check_resume(saved: dict, current: dict, keys, unrecorded: dict | None = Non
                          "values, or start a new run in another output folder.")
 
 
-def ignored_settings(saved: dict, known, retired: dict | None, doing: str) -> list[str]:
-    """The settings of an older checkpoint that this version does not know: each is ignored with a
-    note, unless it is a `retired` one holding another value than the one main still trains with
-    (the run needs the removed code: a UsageError names the commit that has it)."""
+def ignored_settings(saved: dict, known) -> list[str]:
+    """The settings of an older checkpoint that this version does not know (options that studies
+    retired, see docs/recipe_history.md): each is ignored, with a note that shows its value."""
     unknown = sorted(k for k in saved if k not in known)
-    changed = [k for k in unknown if k in (retired or {}) and saved[k] != retired[k]]
-    if changed:
-        raise UsageError(f"this checkpoint was trained with {', '.join(f'{k}={saved[k]!r}' for k in changed)}, "
-                         f"options removed from minidiff after commit {RETIRED_AT}; for {doing} it, "
-                         f"use that commit (git checkout {RETIRED_AT}).")
     if unknown:
-        print(f"note: ignoring settings this version of minidiff does not have: {', '.join(unknown)}")
+        print("note: ignoring settings this version of minidiff does not have: "
+              + ", ".join(f"{k}={saved[k]!r}" for k in unknown) + f" (the code that used them: git checkout {RETIRED_AT})")
     return unknown
 
 
 def start_or_resume(out: Path, *, resume: bool, kind: str, config: dict, keys, max_steps: int,
-                    out_flag: str, unrecorded: dict | None = None, retired: dict | None = None) -> dict | None:
+                    out_flag: str, unrecorded: dict | None = None) -> dict | None:
     """The checkpoint a run continues from, or None for a new run.
 
     A new run never overwrites a checkpoint; a resume must keep `keys` (check_resume). A run
@@ -332,7 +327,7 @@ def start_or_resume(out: Path, *, resume: bool, kind: str, config: dict, keys, m
         return None
     state = load_checkpoint(path, kind, missing="nothing to resume. Drop --resume to start a new run, or "
                                                   f"point {out_flag} at the run you mean.")
-    check_resume(state["config"], config, keys, unrecorded, retired)
+    check_resume(state["config"], config, keys, unrecorded)
     if state["step"] >= max_steps:
         print(f"{out} is finished: it reached step {state['step']} of --max-steps {max_steps}. "
               "Nothing to do; pass a larger --max-steps to train on.")

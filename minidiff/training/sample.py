@@ -25,14 +25,11 @@ import torch
 
 from .cli import add_common_flags, check_sampling_flags, resolve_device
 from .data import to_uint8
-from .runtime import check_output_folder, ignored_settings, load_checkpoint, require, run_command
+from .runtime import RETIRED_AT, check_output_folder, ignored_settings, load_checkpoint, require, run_command
 from ..samplers import SAMPLERS, SPACINGS, sample
 from ..schedules import Schedule
 from ..unet import UNet
 
-# UNet options that studies retired after commit 7c7df62, at the value that means "off" (checkpoints
-# recorded them only when set, so a checkpoint that names one needs that commit's code)
-RETIRED_UNET = {"mean_input": None, "output_shift": False, "level_bias": 0}
 GRID_MAX = 256  # a grid of more images than this is too small to look at; the npz holds them all
 
 
@@ -50,10 +47,14 @@ def load_run(checkpoint: str | Path, *, ema: bool = True, device="cpu") -> tuple
     (what checkpoints written before a setting was stored lack is rebuilt from the config)."""
     ckpt = load_checkpoint(checkpoint, kind="pixel")
     config = dict(ckpt["model_config"])
-    for key in ignored_settings(config, inspect.signature(UNet).parameters, RETIRED_UNET, "sampling"):
+    for key in ignored_settings(config, inspect.signature(UNet).parameters):
         del config[key]
     model = UNet(**config)
-    model.load_state_dict(ckpt["ema" if ema else "model"])
+    weights = ckpt["ema" if ema else "model"]
+    extra = sorted({k.split(".")[0] for k in set(weights) - set(model.state_dict())})
+    require(not extra, f"{checkpoint} holds weights of parts this version's UNet does not have ({', '.join(extra)}): "
+                       f"it was trained with an option removed since; sample it with that code (git checkout {RETIRED_AT})")
+    model.load_state_dict(weights)
     settings = {**report_sampling(ckpt["config"]), **(ckpt.get("sampling") or {})}  # keys added since: from the config
     return model.to(device).eval(), ckpt["config"], settings
 

@@ -36,7 +36,7 @@ from .ema import EMA
 from .recipe import LossPerLevel, logsnr_band_shares, recipe_loss, timestep_probabilities
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 from ..schedules import Schedule
-from .config import (EMA_SHARE, IDENTITY, RECIPES, RETIRED, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
+from .config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
                            build_model, check_config, default_run_name, describe, make_schedule, native_resolution, parse_args,
                            plain_config)
 from .report import judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
@@ -126,7 +126,7 @@ def train(cfg: TrainConfig) -> dict:
     ckpt_path = out / CHECKPOINT
     saved = runtime.start_or_resume(out, resume=cfg.resume, kind="pixel", config=plain_config(cfg),
                                     keys=IDENTITY, max_steps=cfg.max_steps, out_flag="--out",
-                                    unrecorded=UNRECORDED, retired=RETIRED)
+                                    unrecorded=UNRECORDED)
     if saved is not None and saved["step"] >= cfg.max_steps:
         return dict(step=saved["step"], loss=math.nan, images_per_s=math.nan, out=str(out), finished=True)
     if cfg.threads:
