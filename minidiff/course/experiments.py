@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..training import data as datasets
 from .. import objectives, samplers, solvers
 from ..exact.analytic import GaussianDenoiser
 from ..repro.common import pyplot, save_figure
 from ..repro.exact import exact_moments
 from ..repro.leakage import leakage
 from ..schedules import BETA_SCHEDULES, Schedule, alphas_cumprod, log_snr, make_betas, rescale_zero_terminal_snr
+from ..training import data as datasets
 from .ex_schedules import TABLE1
 
 D = 3 * 32 * 32                   # pixels of the image the two coordinates stand for

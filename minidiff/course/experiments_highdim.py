@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..exact.models import GaussianMixture, euler_mixture_reduced, mean_chi_over_sqrt
 from ..exact.interpolants import Interpolant, make_interpolant, tau_grid, uniform_time
+from ..exact.models import GaussianMixture, euler_mixture_reduced, mean_chi_over_sqrt
 from ..repro.common import pyplot, save_figure
 from ..repro.highdim_common import Features, Setup, mixture_features_exact, step_candidates
 

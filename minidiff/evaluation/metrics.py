@@ -53,10 +53,10 @@ import torch
 import torch.nn.functional as F
 
 from ..training.data import as_uint8_images, nchw  # noqa: F401 (re-exported: the image formats the measures accept)
-from .fid import frechet_distance, statistics
 from .classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classifier,  # noqa: F401 (re-exported)
-                                 RealData, builtin_data, cache_path, check_class_folder, classify, folder_data,
-                                 load_cached, random_flips, shuffle_channels, train_classifier)
+                         RealData, builtin_data, cache_path, check_class_folder, classify, folder_data,
+                         load_cached, random_flips, shuffle_channels, train_classifier)
+from .fid import frechet_distance, statistics
 
 DATASETS = ("builtin", "folder")
 CALIBRATIONS = ("real", "blurred", "squeezed", "noise")

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from ..training.data import IMAGE_SUFFIXES, resize_center_crop, to_float
-from .stable_diffusion import LatentComponents, _atomic_write_text, encode_images, encode_prompts
 from ..training.runtime import UsageError
+from .stable_diffusion import LatentComponents, _atomic_write_text, encode_images, encode_prompts
 
 
 def _barrier(world_size: int) -> None:

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from ..training.data import ImageSet, builtin_shapes, to_float
-from .minisd_text import MAX_TOKENS, all_captions, captions_of, write_tokenizer
 from ..training.runtime import check_output_folder, require, run_command
+from .minisd_text import MAX_TOKENS, all_captions, captions_of, write_tokenizer
 
 # ------------------------------------------------------------------------------------ networks
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from ..samplers import SAMPLERS, SPACINGS
 from ..training.cli import add_common_flags, check_sampling_flags, resolve_device
 from ..training.runtime import check_output_folder, require, run_command
-from ..samplers import SAMPLERS, SPACINGS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

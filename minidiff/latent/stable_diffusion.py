@@ -37,9 +37,9 @@ except ImportError as err:  # the latent path is an optional extra; the core nev
     raise ImportError("minidiff.latent.stable_diffusion needs the 'latent' extra: pip install -e '.[latent]' "
                       "(diffusers, transformers, accelerate, safetensors)") from err
 
-from ..training.runtime import UsageError
 from ..samplers import sample
 from ..schedules import Schedule, make_betas, rescale_zero_terminal_snr
+from ..training.runtime import UsageError
 
 # ------------------------------------------------------------------------- checkpoint folder
 

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..training import runtime
-from ..training.ema import EMA
-from .stable_diffusion import (LatentComponents, LatentUNet, base_schedule, check_resolution, encode_images,
-                     encode_prompts, generate, load_components, save_diffusers)
-from .data import CaptionedImages, cache_latents
 from ..objectives import PREDICTIONS, check_prediction, diffusion_loss
+from ..training import runtime
 from ..training.cli import add_common_flags
+from ..training.ema import EMA
 from ..training.runtime import CHECKPOINT, require
+from .data import CaptionedImages, cache_latents
+from .stable_diffusion import (LatentComponents, LatentUNet, base_schedule, check_resolution, encode_images,
+                               encode_prompts, generate, load_components, save_diffusers)
 
 
 @dataclass

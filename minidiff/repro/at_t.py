@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..training import data as datasets
 from ..objectives import to_x0_eps
+from ..training import data as datasets
 from .common import (experiment_parser, mosaic, publish_figures, pyplot, save_figure, scale_of, timer, trained_model,
                      training_data, write_json)
 

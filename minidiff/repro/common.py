@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from ..training import data as datasets
-from ..training.cli import add_common_flags, fail, resolve_device
 from ..samplers import sample
 from ..schedules import Schedule
+from ..training import data as datasets
+from ..training.cli import add_common_flags, fail, resolve_device
 from ..unet import PRESETS
 
 # The CPU scale's network (0.27M parameters, 0.03 GFLOP per 16x16 image): 16 base channels, levels

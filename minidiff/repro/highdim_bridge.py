@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..exact.models import GaussianMixture
 from ..exact.interpolants import dilated_timesteps, interpolant_time, speciation_alpha_bar, speciation_timestep
+from ..exact.models import GaussianMixture
 from ..samplers import make_timesteps
 from ..schedules import Schedule
 from .common import publish_figures, pyplot, save_figure, write_json

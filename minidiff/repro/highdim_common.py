@@ -19,11 +19,11 @@ from typing import Callable
 
 import torch
 
-from ..training.cli import add_common_flags
+from ..exact.interpolants import INTERPOLANTS, PATHS, TIME_CHANGES, dilated_timesteps, euler, make_interpolant, make_time_change, tau_grid
 from ..exact.models import (CurieWeiss, GaussianMixture, PosteriorMeanModel, ReducedMixture, euler_mixture_reduced,
                             mean_chi_over_sqrt, mixture_noise)
-from ..exact.interpolants import INTERPOLANTS, PATHS, TIME_CHANGES, dilated_timesteps, euler, make_interpolant, make_time_change, tau_grid
 from ..samplers import sample
+from ..training.cli import add_common_flags
 from .common import experiment_parser
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..exact.models import GaussianMixture
 from ..exact.interpolants import INTERPOLANTS
+from ..exact.models import GaussianMixture
 from .common import publish_figures, pyplot, save_figure, write_json
 from .highdim_common import COLORS, dims, highdim_parser, mixture_features_exact, paper_setups, parse, step_candidates
 

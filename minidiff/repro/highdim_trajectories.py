@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from ..exact.models import CurieWeiss, GaussianMixture, euler_mixture_reduced, mixture_noise
 from ..exact.interpolants import Interpolant, make_interpolant
+from ..exact.models import CurieWeiss, GaussianMixture, euler_mixture_reduced, mixture_noise
 from .common import publish_figures, pyplot, save_figure, write_json
 from .highdim_common import COLORS, highdim_parser, paper_setups, parse, run_curie_weiss, run_mixture
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from ..training import data as datasets
 from ..objectives import q_sample
 from ..schedules import Schedule
+from ..training import data as datasets
 from ..training.cli import add_common_flags
 from .common import experiment_parser, publish_figures, pyplot, save_figure, timer, write_json
 

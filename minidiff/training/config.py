@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from . import data as datasets
-from . import runtime
-from .cli import add_common_flags, check_guidance_from
 from ..objectives import PREDICTIONS
-from .recipe import LOW_SNR, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
-from .runtime import LR_DECAYS, UsageError, require
 from ..samplers import SAMPLERS, SPACINGS
 from ..schedules import BETA_SCHEDULES, Schedule
 from ..unet import PRESETS, UNet
+from . import data as datasets
+from . import runtime
+from .cli import add_common_flags, check_guidance_from
+from .recipe import LOW_SNR, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
+from .runtime import LR_DECAYS, UsageError, require
 
 
 # Defaults that depend on the dataset. CIFAR-10 is DDPM's recipe. The built-in set's recipe is

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from . import data as datasets
 from ..samplers import sample
 from ..schedules import Schedule
-from .sample import describe_sampling, report_sampling, sampler_kwargs
+from . import data as datasets
 from .config import TrainConfig, plain_config
+from .sample import describe_sampling, report_sampling, sampler_kwargs
 
 
 @torch.no_grad()

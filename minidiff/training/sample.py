@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .cli import add_common_flags, check_sampling_flags, resolve_device
-from .data import to_uint8
-from .runtime import RETIRED_AT, check_output_folder, ignored_settings, load_checkpoint, require, run_command
 from ..samplers import SAMPLERS, SPACINGS, sample
 from ..schedules import Schedule
 from ..unet import UNet
+from .cli import add_common_flags, check_sampling_flags, resolve_device
+from .data import to_uint8
+from .runtime import RETIRED_AT, check_output_folder, ignored_settings, load_checkpoint, require, run_command
 
 GRID_MAX = 256  # a grid of more images than this is too small to look at; the npz holds them all
 

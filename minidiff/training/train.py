@@ -30,16 +30,16 @@ from pathlib import Path
 
 import torch
 
+from ..schedules import Schedule
 from . import data as datasets
 from . import runtime
+from .config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
+                     build_model, check_config, default_run_name, describe, make_schedule, native_resolution, parse_args,
+                     plain_config)
 from .ema import EMA
 from .recipe import LossPerLevel, logsnr_band_shares, recipe_loss, timestep_probabilities
-from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
-from ..schedules import Schedule
-from .config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
-                           build_model, check_config, default_run_name, describe, make_schedule, native_resolution, parse_args,
-                           plain_config)
 from .report import judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
+from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 
 
 # ------------------------------------------------------------------------------------ setup
