@@ -13,8 +13,8 @@ and rescaled classifier-free guidance (Algorithm 2). This file gives that path t
 
 The networks are not re-implemented: `LatentUNet` only gives the diffusers UNet minidiff's model
 signature model(x, t, y), with y the text encoder's hidden states. This file loads the parts,
-exports and samples; the captioned images and their cache are in `latent_data.py`, the training
-loop in `latent_train.py` (its command line is `train_latent.py`), and `minidiff.latent.sample`
+exports and samples; the captioned images and their cache are in `data.py`, the training
+loop in `train.py` (its command line is `minidiff train-latent`, or `train_latent.py`), and `sample.py`
 is the sampling command.
 """
 

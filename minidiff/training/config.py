@@ -58,7 +58,7 @@ RECIPES = {
     # holds and then falls linearly to 0 over the last fifth of the run (wsd): at 10 minutes one pair
     # of runs drew the data's brightness range on both seeds where a constant rate squeezed it (the
     # brightness of a 10-minute run still varies from run to run: W1 0.026 to 0.070 over four).
-    # Its EMA averages about the last thirtieth of the steps so far (a power EMA, minidiff/ema.py):
+    # Its EMA averages about the last thirtieth of the steps so far (a power EMA, minidiff/training/ema.py):
     # 0.995 at 6,000 steps, where 0.995 drew W1 0.028 and 0.038 against 0.98's 0.048 and 0.036 in one
     # run per seed (docs/recipe_history.md, "the EMA at 10 minutes"), and 0.985 at 2,000 steps, where the
     # fixed 0.995 reached back to weights that had not learnt the shapes yet (--ema-share 0 falls

@@ -1,4 +1,4 @@
-"""What both trainers (pixel space: `train.py`; latent space: `latent_train.py`) share.
+"""What both trainers (pixel space: `train.py`; latent space: `latent/train.py`) share.
 
     errors        UsageError (bad input: one line, exit 2) and TrainingError (a run that cannot go on)
     devices       the default device (cuda, then mps, then cpu) and the check of a --device value
