@@ -4,6 +4,12 @@
     minidiff course start N [--dir D]          # writes D/exNN_<slug>.py, never overwriting
     minidiff course check N FILE [--json]      # one line per check; exit 0 when all pass
     minidiff course run N FILE [--out DIR]     # the experiment with your function; writes a figure
+    minidiff course notebook N [--dir D]       # the exercise as a Jupyter notebook
+    minidiff course check N FILE --gradescope results.json   # teachers: Gradescope's format, hidden checks too
+    minidiff course check N FILE --json --all  # teachers: --json with the hidden checks
+    minidiff course autograder N [--out ZIP]   # the zip a Gradescope programming assignment runs
+
+FILE may be a folder: the .py file in it that defines the exercise's function is graded.
 
 Exit codes: 0 all checks pass (or the command did its job), 1 a check failed, 2 a usage error
 (bad N, missing file, a file without the function), printed as one line without a traceback.
@@ -17,11 +23,11 @@ import json
 import sys
 from pathlib import Path
 
-from .core import Fail, UsageError
+from .core import Fail, Result, UsageError, find_submission, hidden_line
 from .exercises import EXERCISES
-from .runner import exercise, in_child
+from .runner import (CHECK_TIME_LIMIT, TIMED_OUT, autograder_zip, exercise, gradescope_results, in_child,
+                     write_json)
 
-CHECK_TIME_LIMIT = 10.0  # seconds per check; every check of the reference takes well under one
 RUN_TIME_LIMIT = 300.0
 
 
@@ -66,29 +72,58 @@ def cmd_start(args) -> int:
     return 0
 
 
+def submission(number: int, file: str) -> str:
+    """FILE, or for a folder the .py file in it that defines the exercise's function."""
+    path = Path(file)
+    if path.is_dir():
+        return str(find_submission(path, EXERCISES[number].function))
+    if not path.is_file():
+        raise UsageError(f"no such file: {file} (make one with: minidiff course start {number})")
+    return file
+
+
 def cmd_check(args) -> int:
     ex = exercise(args.n)
-    if not Path(args.file).is_file():
-        raise UsageError(f"no such file: {args.file} (make one with: minidiff course start {args.n})")
-    if not args.json:
-        print(f"exercise {args.n}: {ex.title} ({ex.function} in {args.file})")
-    show = None if args.json else (lambda r: print(r.line(), flush=True))
-    results = in_child("check", args.n, args.file, time_limit=args.time_limit, on_result=show)
+    teacher = bool(args.all or args.gradescope)  # a teacher's grading runs the hidden checks too
+    graded = ex.graded(hidden=teacher)
+    try:
+        file = submission(args.n, args.file)
+        if not args.json:
+            print(f"exercise {args.n}: {ex.title} ({ex.function} in {file})")
+        show = None if args.json else (lambda r: print(r.line(), flush=True))
+        results = in_child("check", args.n, file, time_limit=args.time_limit, on_result=show,
+                           names=[name for name, _ in graded])
+    except (UsageError, Fail) as e:
+        if args.gradescope:  # Gradescope shows the student why there is no score
+            write_json(args.gradescope, gradescope_results(ex, [], output=f"not graded: {e}", not_run=f"not graded: {e}"))
+        if isinstance(e, UsageError):
+            raise
+        print(f"exercise {args.n} ({ex.function}): {e}")
+        return 1
     ran = {r.name for r in results}
-    skipped = [name for name, _ in ex.checks if name not in ran]
+    results += [Result(name, False, TIMED_OUT, skipped=True) for name, _ in graded if name not in ran]
     passed = sum(r.passed for r in results)
-    total = len(ex.checks)
+    total = len(graded)
+    hidden = len(ex.checks) - total
+    if args.gradescope:
+        write_json(args.gradescope, gradescope_results(ex, results, output=f"exercise {args.n}: {ex.title} "
+                                                       f"({ex.function} in {Path(file).name}): {passed}/{total} checks pass"))
     if args.json:
-        print(json.dumps({"exercise": args.n, "function": ex.function, "file": str(args.file), "passed": passed,
-                          "total": total, "score": passed / total,
-                          "checks": [{"name": r.name, "passed": r.passed, "message": r.message} for r in results]
-                          + [{"name": name, "passed": False, "message": "not run (an earlier check timed out)"}
-                             for name in skipped]}, indent=1))
+        print(json.dumps({"exercise": args.n, "function": ex.function, "file": str(file), "passed": passed,
+                          "total": total, "score": passed / total, "hidden": hidden,
+                          "checks": [{"name": r.name, "passed": r.passed, "message": r.message}
+                                     | ({"hidden": r.name in ex.hidden} if teacher else {}) for r in results]},
+                         indent=1))
     else:
-        for name in skipped:
-            print(f"SKIP  {name}: not run (an earlier check timed out)")
+        for r in results:
+            if r.skipped:
+                print(r.line())
+        if hidden:
+            print(hidden_line(hidden))
         print(f"{passed}/{total} checks pass" + ("" if passed < total else
-              f"; now see it in the experiment: minidiff course run {args.n} {args.file}"))
+              f"; now see it in the experiment: minidiff course run {args.n} {file}"))
+        if args.gradescope:
+            print(f"wrote {args.gradescope}")
     return 0 if passed == total else 1
 
 
@@ -107,6 +142,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_notebook(args) -> int:
+    exercise(args.n)
+    folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--dir {folder} is a file, not a folder")
+    from .notebook import write_notebook
+
+    path = write_notebook(args.n, folder)
+    print(f"wrote {path}; open it in Jupyter or Colab (jupyter lab {path})")
+    return 0
+
+
+def cmd_autograder(args) -> int:
+    path = autograder_zip(args.n, args.out, time_limit=args.time_limit)
+    print(f"wrote {path}: upload it as the autograder of a Gradescope programming assignment; students "
+          f"hand in the .py file that defines {EXERCISES[args.n].function} (docs/exercises/README.md)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="minidiff course", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,15 +172,26 @@ def main(argv=None) -> int:
     c.add_argument("n", type=int)
     c.add_argument("file")
     c.add_argument("--json", action="store_true", help="one JSON object for automatic grading")
+    c.add_argument("--all", action="store_true", help="teachers: run the hidden checks too")
+    c.add_argument("--gradescope", metavar="OUT", help="teachers: write Gradescope's results.json to OUT "
+                   "(every check, hidden ones visible after the due date)")
     c.add_argument("--time-limit", type=float, default=CHECK_TIME_LIMIT, help="seconds a check may take")
     r = sub.add_parser("run", help="run exercise N's experiment with FILE's function and write the figure")
     r.add_argument("n", type=int)
     r.add_argument("file")
     r.add_argument("--out", help="folder for the figure (default runs/course/N)")
     r.add_argument("--time-limit", type=float, default=RUN_TIME_LIMIT, help="seconds the experiment may take")
+    nb = sub.add_parser("notebook", help="write exercise N as a Jupyter notebook (starter, check and run cells)")
+    nb.add_argument("n", type=int)
+    nb.add_argument("--dir", default=".", help="folder for the notebook (default: here)")
+    a = sub.add_parser("autograder", help="teachers: build the Gradescope autograder zip of exercise N")
+    a.add_argument("n", type=int)
+    a.add_argument("--out", help="the zip to write, or a folder for it (default: minidiff_autograder_exNN.zip here)")
+    a.add_argument("--time-limit", type=float, default=CHECK_TIME_LIMIT, help="seconds a check may take")
     args = p.parse_args(argv)
     try:
-        return {"list": cmd_list, "start": cmd_start, "check": cmd_check, "run": cmd_run}[args.command](args)
+        return {"list": cmd_list, "start": cmd_start, "check": cmd_check, "run": cmd_run, "notebook": cmd_notebook,
+                "autograder": cmd_autograder}[args.command](args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

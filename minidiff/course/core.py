@@ -14,6 +14,7 @@ None, or (in a child process, `runner.in_child`) does not return at all.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 import traceback
@@ -41,6 +42,9 @@ class Exercise:
     library: where that function lives, for the docs and the `list` command.
     checks: [(name, check(fn))], run in order.
     run: run(fn, out_dir, quick) -> lines to print; writes at least one figure in out_dir.
+    hidden: names of checks kept from the students until the deadline: `check` shows only that
+        they exist; teachers' grading (`--gradescope`, `--json --all`) runs them
+        (docs/exercises/teachers.md).
     """
 
     number: int
@@ -55,6 +59,15 @@ class Exercise:
     library: str
     checks: list = field(default_factory=list)
     run: Callable | None = None
+    hidden: tuple = ()
+
+    def graded(self, hidden: bool) -> list:
+        """The (name, check) pairs a grading runs: all of them for a teacher (hidden=True), the
+        visible ones for a student."""
+        unknown = set(self.hidden) - {name for name, _ in self.checks}
+        if unknown:
+            raise ValueError(f"exercise {self.number}: hidden names no check: {sorted(unknown)}")
+        return [(name, c) for name, c in self.checks if hidden or name not in self.hidden]
 
 
 @dataclass
@@ -62,9 +75,71 @@ class Result:
     name: str
     passed: bool
     message: str = ""
+    skipped: bool = False  # not run, because an earlier check did not finish in time
 
     def line(self) -> str:
-        return f"PASS  {self.name}" if self.passed else f"FAIL  {self.name}: {self.message}"
+        if self.passed:
+            return f"PASS  {self.name}"
+        return f"{'SKIP' if self.skipped else 'FAIL'}  {self.name}: {self.message}"
+
+
+def hidden_line(count: int) -> str:
+    """What a student sees of the hidden checks: that they exist, not what they are."""
+    return f"HIDDEN {count} check{'s' if count != 1 else ''}, graded after the deadline"
+
+
+class Report(list):
+    """The Results of one grading (a list, as before), with the score and a display for Jupyter.
+
+    passed, total (the checks graded here), hidden (checks not shown), lines (one per check),
+    score (passed / total). str() is the text the command prints; in a notebook the returned
+    report shows the score and what failed, in colour.
+    """
+
+    def __init__(self, results, *, number: int, function: str, hidden: int = 0):
+        super().__init__(results)
+        self.number, self.function, self.hidden = number, function, hidden
+
+    @property
+    def passed(self) -> int:
+        return sum(r.passed for r in self)
+
+    @property
+    def total(self) -> int:
+        return len(self)
+
+    @property
+    def score(self) -> float:
+        return self.passed / self.total if self.total else 0.0
+
+    @property
+    def lines(self) -> list[str]:
+        return [r.line() for r in self] + ([hidden_line(self.hidden)] if self.hidden else [])
+
+    def summary(self) -> str:
+        return f"exercise {self.number} ({self.function}): {self.passed}/{self.total} checks pass"
+
+    def __str__(self) -> str:
+        return "\n".join([*self.lines, self.summary()])
+
+    def __repr__(self) -> str:
+        return f"<{self.summary()}" + (f", {hidden_line(self.hidden).lower()}" if self.hidden else "") + ">"
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        ok = self.passed == self.total and self.total > 0
+        colour = "#1a7f37" if ok else "#cf222e"
+        rows = "".join(
+            f"<tr><td style='color:{'#1a7f37' if r.passed else '#9a6700' if r.skipped else '#cf222e'};"
+            f"font-weight:bold;text-align:left'>{'PASS' if r.passed else 'SKIP' if r.skipped else 'FAIL'}</td>"
+            f"<td style='text-align:left'>{escape(r.name)}</td>"
+            f"<td style='text-align:left'>{escape(r.message)}</td></tr>" for r in self)
+        if self.hidden:
+            rows += f"<tr><td style='color:#57606a;text-align:left'>HIDDEN</td><td colspan=2 " \
+                    f"style='text-align:left'>{escape(hidden_line(self.hidden)[7:])}</td></tr>"
+        return (f"<div><b style='color:{colour}'>{escape(self.summary())}</b>"
+                f"<table style='margin-left:0'>{rows}</table></div>")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,18 +209,21 @@ def fmt(value: float) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _where(exc: BaseException, student_file: str | None) -> str:
+def _where(exc: BaseException, student_file: str | None, what: str = "your file") -> str:
     """' (line N of your file)' for the deepest frame in the student's file, if any."""
     frames = traceback.extract_tb(exc.__traceback__)
     if student_file:
-        mine = [f for f in frames if Path(f.filename).resolve() == Path(student_file).resolve()]
+        mine = [f for f in frames if f.filename == student_file
+                or Path(f.filename).resolve() == Path(student_file).resolve()]
         if mine:
-            return f" (line {mine[-1].lineno} of your file: {mine[-1].line})"
+            return f" (line {mine[-1].lineno} of {what}: {mine[-1].line})"
     return ""
 
 
-def run_check(name: str, check: Callable, fn: Callable, student_file: str | None = None) -> Result:
-    """One check as a Result: never raises, never prints a traceback."""
+def run_check(name: str, check: Callable, fn: Callable, student_file: str | None = None,
+              what: str = "your file") -> Result:
+    """One check as a Result: never raises (an Exception), never prints a traceback. `what` names
+    the student's file in the line of an error ("your file", "your cell")."""
     try:
         check(fn)
     except Fail as e:
@@ -154,20 +232,21 @@ def run_check(name: str, check: Callable, fn: Callable, student_file: str | None
         why = str(e) if isinstance(e, NotWritten) else "the body raises NotImplementedError"
         return Result(name, False, f"not written yet: {why}")
     except Exception as e:  # the student's function raised: say what and where, in one line
-        return Result(name, False, describe(e, student_file))
+        return Result(name, False, describe(e, student_file, what))
     return Result(name, True)
 
 
-def describe(exc: BaseException, student_file: str | None = None) -> str:
+def describe(exc: BaseException, student_file: str | None = None, what: str = "your file") -> str:
     """An exception from the student's function in one line: its type, message and line."""
     if isinstance(exc, (NotWritten, NotImplementedError)):
         return "not written yet: " + (str(exc) if isinstance(exc, NotWritten) else "the body raises NotImplementedError")
     msg = str(exc).splitlines()[0] if str(exc) else ""
-    return f"your function raised {type(exc).__name__}: {msg}{_where(exc, student_file)}"
+    return f"your function raised {type(exc).__name__}: {msg}{_where(exc, student_file, what)}"
 
 
 def check_function(exercise: Exercise, fn: Callable, student_file: str | None = None) -> list[Result]:
-    """Every check of `exercise` on `fn`, in this process (no time limit): what the tests use."""
+    """Every check of `exercise` on `fn`, hidden ones too, in this process (no time limit): what
+    the tests use."""
     return [run_check(name, check, fn, student_file) for name, check in exercise.checks]
 
 
@@ -194,3 +273,40 @@ def load_student(path: str, function: str) -> Callable:
     if not callable(fn):
         raise UsageError(f"{path} has no function {function}(...): the exercise grades a function of that name")
     return fn
+
+
+def defines(path: Path, function: str) -> bool:
+    """Whether the Python file at `path` binds `function` at its top level (a def, an import or
+    an assignment), read without running it; False for a file that does not parse."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except (SyntaxError, ValueError, OSError):
+        return False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function:
+            return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (a.asname or a.name.split(".")[0]) == function for a in node.names):
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == function for t in targets):
+                return True
+    return False
+
+
+def find_submission(folder: str | Path, function: str) -> Path:
+    """The .py file in `folder` (searched recursively, in name order) that defines `function`: what
+    Gradescope's run_autograder grades. A folder with one .py file that defines nothing (one that
+    does not parse, say) gives that file, so that loading it says what is wrong; otherwise no
+    such file is a UsageError."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*.py") if p.is_file() and "__pycache__" not in p.parts)
+    found = [p for p in files if defines(p, function)]
+    if found:
+        return found[0]
+    if len(files) == 1:
+        return files[0]
+    names = ", ".join(str(p.relative_to(folder)) for p in files[:5]) or "none"
+    raise UsageError(f"no .py file in {folder} defines {function}(...) (the .py files there: {names}); "
+                     f"hand in the file with your {function}")
