@@ -1,11 +1,12 @@
 """What the model is trained to predict, and how to get x0 and eps back from it.
 
-Write a = alpha_bar_t. The forward process and the three parameterisations:
+Write a = alpha_bar_t. The forward process and the four parameterisations:
 
     x_t = sqrt(a) x0 + sqrt(1 - a) eps                       q(x_t | x0), Lin et al. eq. 4
     eps prediction:  the noise eps
     x0 prediction:   the clean sample x0
     v prediction:    v = sqrt(a) eps - sqrt(1 - a) x0        Salimans and Ho 2022; Lin eq. 11
+    u prediction:    u = eps - x0                            the rectified flow's velocity
 
 Because (x_t, v) is a rotation of (x0, eps) by the angle with cos = sqrt(a), v converts
 back to both exactly at every a, including a = 0 (x_t = eps, v = -x0) and a = 1:
@@ -16,6 +17,17 @@ back to both exactly at every a, including a = 0 (x_t = eps, v = -x0) and a = 1:
 eps prediction cannot give x0 at a = 0 (x0 = (x_t - sqrt(1-a) eps) / sqrt(a) divides by
 zero: the input *is* the noise, so predicting it says nothing about the image), and x0
 prediction cannot give eps at a = 1. Those two cases raise instead of returning inf.
+
+u is the velocity d/ds of the rectified flow x^flow = (1 - s) x0 + s eps (Liu et al. 2023;
+Esser et al. 2024), whose state is the VP state scaled down: with s = sqrt(1 - a) / (sqrt(a) +
+sqrt(1 - a)) (docs/09_flow_matching.md, eqs. F1-F4),
+
+    x^flow = x_t / (sqrt(a) + sqrt(1 - a))                                        (F3)
+    x0  = x^flow - s u        = (x_t - sqrt(1 - a) u) / (sqrt(a) + sqrt(1 - a))  (F4)
+    eps = x^flow + (1 - s) u  = (x_t + sqrt(a) u)     / (sqrt(a) + sqrt(1 - a))
+
+so u, like v, converts back exactly at every a, both ends included (the divisor is at least 1).
+The network always sees the VP state x_t; a flow model is a model whose output is u.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ import torch.nn.functional as F
 
 from .schedules import Schedule, table_on
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "u")
 
 
 def extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -59,13 +71,15 @@ def q_sample(x0: torch.Tensor, ab, noise: torch.Tensor) -> torch.Tensor:
 
 
 def target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, ab) -> torch.Tensor:
-    """The regression target of each parameterisation for the pair (x0, eps): eps, x0, or
-    v = sqrt(a) eps - sqrt(1 - a) x0 (Lin et al. eq. 11)."""
+    """The regression target of each parameterisation for the pair (x0, eps): eps, x0,
+    v = sqrt(a) eps - sqrt(1 - a) x0 (Lin et al. eq. 11), or u = eps - x0 (eq. F1)."""
     _check_prediction_name(prediction)
     if prediction == "eps":
         return noise
     if prediction == "x0":
         return x0
+    if prediction == "u":
+        return noise - x0
     ab = torch.as_tensor(ab, dtype=x0.dtype, device=x0.device)
     return ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
@@ -77,15 +91,18 @@ def from_x0_eps(prediction: str, x0: torch.Tensor, eps: torch.Tensor, ab) -> tor
 
 def to_x0_eps(prediction: str, output: torch.Tensor, x_t: torch.Tensor, ab) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a model output into the predicted clean sample x0 and the predicted noise eps (for v:
-    x0 = sqrt(a) x_t - sqrt(1 - a) v and eps = sqrt(a) v + sqrt(1 - a) x_t, Lin et al. eqs. 19 and 17).
+    x0 = sqrt(a) x_t - sqrt(1 - a) v and eps = sqrt(a) v + sqrt(1 - a) x_t, Lin et al. eqs. 19 and 17;
+    for u: eq. F4 above).
 
-    Exact at a = 0 and a = 1 for v; eps at a = 0 and x0 at a = 1 are undefined and raise.
+    Exact at a = 0 and a = 1 for v and u; eps at a = 0 and x0 at a = 1 are undefined and raise.
     """
     _check_prediction_name(prediction)
     ab = torch.as_tensor(ab, dtype=x_t.dtype, device=x_t.device)
     sa, s1a = ab.sqrt(), (1 - ab).sqrt()
     if prediction == "v":
         return sa * x_t - s1a * output, sa * output + s1a * x_t
+    if prediction == "u":
+        return (x_t - s1a * output) / (sa + s1a), (x_t + sa * output) / (sa + s1a)
     if prediction == "eps":
         if bool((ab == 0).any()):
             raise ValueError("x0 cannot be recovered from an eps prediction at alpha_bar = 0 (zero SNR); use v or x0")

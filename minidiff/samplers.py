@@ -26,7 +26,7 @@ from .schedules import Schedule
 from .solvers import SOLVER_ORDERS, dpmpp_2m_step, dpmpp_3m_step, first_order_step, heun_step
 
 SPACINGS = ("leading", "linspace", "trailing")
-SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "heun")
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "heun", "euler")
 
 
 def _round_half_even(num: int, den: int) -> int:
@@ -91,6 +91,21 @@ def ddim_step(x_t, x0, eps, ab_t: float, ab_prev: float, eta: float = 0.0, noise
             raise ValueError("ddim_step with eta > 0 needs `noise`")
         x_prev = x_prev + sigma * noise
     return x_prev
+
+
+def flow_euler_step(x_t, x0, eps, ab_t: float, ab_prev: float):
+    """One Euler step of the rectified flow's ODE d x^flow / ds = u (Liu et al. 2023), in the VP view:
+
+        x^flow = x_t / (sqrt(a_t) + sqrt(1 - a_t)),   s = sqrt(1 - a) / (sqrt(a) + sqrt(1 - a))   (F3, F1)
+        x^flow_prev = x^flow + (s_prev - s_t) u,      u = eps - x0
+        x_prev = (sqrt(a_prev) + sqrt(1 - a_prev)) x^flow_prev
+
+    It is deterministic DDIM in other coordinates: (1 - s_prev) x0 + s_prev eps is the flow state of
+    sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, so the two agree to round-off (docs/09_flow_matching.md).
+    """
+    c_t, c_prev = math.sqrt(ab_t) + math.sqrt(1 - ab_t), math.sqrt(ab_prev) + math.sqrt(1 - ab_prev)
+    s_t, s_prev = math.sqrt(1 - ab_t) / c_t, math.sqrt(1 - ab_prev) / c_prev
+    return c_prev * (x_t / c_t + (s_prev - s_t) * (eps - x0))
 
 
 def ddpm_posterior(ab_t: float, ab_prev: float) -> tuple[float, float, float]:
@@ -181,11 +196,11 @@ def sample(
     return_trajectory: bool = False,
     progress: bool = True,
 ):
-    """Draw samples from `model` by running DDIM, DDPM, DPM-Solver++ (2M, 3M) or Heun steps over
-    a list of timesteps.
+    """Draw samples from `model` by running DDIM, DDPM, DPM-Solver++ (2M, 3M), Heun or the flow's
+    Euler steps over a list of timesteps.
 
-    model(x, t, y=None) is any callable returning the `prediction` parameterisation (eps, x0
-    or v) with t an int64 tensor [B] of training timesteps. `timesteps` overrides
+    model(x, t, y=None) is any callable returning the `prediction` parameterisation (eps, x0,
+    v or u) with t an int64 tensor [B] of training timesteps. `timesteps` overrides
     (steps, spacing). Sampling starts from x_T ~ N(0, I) whatever alpha_bar of the first
     timestep is: that mismatch is exactly what Lin et al. fix.
 
@@ -238,6 +253,8 @@ def sample(
             x_next = ddim_step(x, x0, eps, ab_t, ab_prev, eta, noise)
         elif sampler == "ddpm":
             x_next = ddpm_step(x, x0, ab_t, ab_prev, noise)
+        elif sampler == "euler":
+            x_next = flow_euler_step(x, x0, eps, ab_t, ab_prev)
         elif sampler == "heun":
             # the step to a clean sample has no end point to evaluate the model at: Euler there, as in EDM
             x_next = first_order_step(x, x0, ab_t, ab_prev)

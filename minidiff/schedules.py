@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")  # the names make_betas knows
+BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")  # the beta schedules of Lin et al.'s Table 1
+SCHEDULES = BETA_SCHEDULES + ("flow",)  # the names make_betas knows: those and the rectified flow
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -49,11 +50,33 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, clip: float | None = 0.99
     return betas.clamp(max=clip)
 
 
+def flow_times(num_timesteps: int) -> torch.Tensor:
+    """The rectified flow's time s of each training timestep: s_t = (t + 1) / T, so s runs from 1/T
+    to exactly 1 at t = T-1 (the grid of diffusers' FlowMatchEulerDiscreteScheduler)."""
+    return torch.arange(1, num_timesteps + 1, dtype=torch.float64) / num_timesteps
+
+
+def flow_betas(num_timesteps: int) -> torch.Tensor:
+    """The rectified flow x = (1 - s) x0 + s eps (Liu et al. 2023; Esser et al. 2024) as a schedule.
+
+    Its state is a VP state scaled by sqrt((1 - s)^2 + s^2), so its alpha_bar is
+
+        alpha_bar(s) = (1 - s)^2 / ((1 - s)^2 + s^2)                  (docs/09_flow_matching.md, eq. F2)
+
+    exactly 0 at s = 1: zero terminal SNR by construction (the last beta is exactly 1).
+    """
+    s = flow_times(num_timesteps)
+    ab = (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+    betas = 1 - torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    betas[0] = s[0] ** 2 / ((1 - s[0]) ** 2 + s[0] ** 2)  # 1 - alpha_bar_0 without losing its digits
+    return betas
+
+
 def make_betas(kind: str, num_timesteps: int = 1000, *, cosine_clip: float | None = 0.999) -> torch.Tensor:
     """The betas of a named schedule as a float64 tensor of length `num_timesteps`.
 
     kind: "linear" (1e-4..0.02), "cosine" (s = 0.008, betas clipped at `cosine_clip`;
-    None removes the clip) or "scaled_linear" (Stable Diffusion).
+    None removes the clip), "scaled_linear" (Stable Diffusion) or "flow" (the rectified flow).
     """
     if num_timesteps < 2:
         raise ValueError(f"num_timesteps must be at least 2, got {num_timesteps}")
@@ -63,7 +86,9 @@ def make_betas(kind: str, num_timesteps: int = 1000, *, cosine_clip: float | Non
         return cosine_betas(num_timesteps, clip=cosine_clip)
     if kind == "scaled_linear":
         return scaled_linear_betas(num_timesteps)
-    raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+    if kind == "flow":
+        return flow_betas(num_timesteps)
+    raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:

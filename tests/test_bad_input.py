@@ -62,6 +62,8 @@ def test_eps_with_zero_snr_is_a_flag_error_as_a_real_command(tmp_path):
 @pytest.mark.parametrize("flags, words", [
     (["--prediction", "eps"], ["--prediction eps", "--zero-snr"]),
     (["--weighting", "min_snr"], ["--weighting min_snr", "--no-zero-snr"]),
+    (["--prediction", "u"], ["--prediction u", "--schedule flow"]),
+    (["--schedule", "flow", "--no-zero-snr"], ["--schedule flow", "--no-zero-snr"]),
 ])
 def test_train_refuses_what_zero_snr_cannot_train(tmp_path, capsys, flags, words):
     out = tmp_path / "run"

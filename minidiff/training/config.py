@@ -22,7 +22,7 @@ import torch
 
 from ..objectives import PREDICTIONS
 from ..samplers import SAMPLERS, SPACINGS
-from ..schedules import BETA_SCHEDULES, Schedule
+from ..schedules import SCHEDULES, Schedule
 from ..unet import PRESETS, UNet
 from . import data as datasets
 from . import runtime
@@ -112,7 +112,7 @@ class TrainConfig:
     adam_beta2: float | None = None   # Adam's second-moment decay (PyTorch's and DDPM's 0.999; EDM2's 0.99)
     grad_clip: float = 1.0
     weighting: str | None = None      # loss weight per timestep: none (Lin et al.'s v loss), min_snr, or level_mean
-    timesteps: str | None = None      # training timesteps: uniform (DDPM) or logsnr_normal (EDM-like)
+    timesteps: str | None = None      # training timesteps: uniform (DDPM), logsnr_normal (EDM-like) or logit_normal (SD3)
     timesteps_mean: float = 2.4       # with logsnr_normal: the mean of the log-SNR normal (EDM's 2.4)
     timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
     timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (recipe.LOW_SNR)
@@ -205,9 +205,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     model = p.add_argument_group("model and diffusion")
     model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset (recipe: small-patch2 builtin, ddpm-cifar10 cifar10, small folder)")
     model.add_argument("--dropout", type=float, help="override the preset's dropout")
-    model.add_argument("--schedule", choices=BETA_SCHEDULES, default=d.schedule, help="beta schedule")
+    model.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                       help="noise schedule: a beta schedule, or flow, the rectified flow (zero terminal SNR by construction)")
     model.add_argument("--zero-snr", action=flag, default=d.zero_snr, help="rescale to zero terminal SNR (Lin et al. Alg. 1)")
-    model.add_argument("--prediction", choices=PREDICTIONS, default=d.prediction, help="model output (v: Lin et al. Sec. 3.2)")
+    model.add_argument("--prediction", choices=PREDICTIONS, default=d.prediction, help="model output (v: Lin et al. Sec. 3.2; u = eps - x0: the flow's velocity, with --schedule flow)")
     model.add_argument("--class-cond", action=flag, help="condition on class labels (recipe: on for builtin)")
     model.add_argument("--label-dropout", type=float, default=d.label_dropout, help="P(null label), for classifier-free guidance")
     opt = p.add_argument_group("optimisation")
@@ -227,7 +228,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "
                           "learned weighting; recipe: level_mean builtin, none else)")
     opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS,
-                     help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(2.4, 2.4), mixed with uniform)")
+                     help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(--timesteps-mean, 2.4); logit_normal: "
+                          "logit(s) ~ N(0, 1) of the flow's time s, as SD3; each mixed with uniform)")
     opt.add_argument("--timesteps-mean", type=float, default=d.timesteps_mean,
                      help="with --timesteps logsnr_normal: the mean of the log-SNR normal (lower: noisier levels)")
     opt.add_argument("--timesteps-uniform", type=float,
@@ -334,6 +336,12 @@ def check_config(cfg: TrainConfig) -> None:
     require(cfg.dataset != "folder" or cfg.data_root, "--dataset folder needs --data-root DIR (a folder of images)")
     runtime.check_device(cfg.device)
     # the flag pairs objectives.check_prediction / recipe.check_weighting refuse, said as flags
+    require(cfg.schedule != "flow" or cfg.zero_snr,
+            "--schedule flow reaches pure noise at its last step (zero terminal SNR by construction), so "
+            "--no-zero-snr contradicts it. Drop --no-zero-snr, or choose a beta schedule.")
+    require(cfg.prediction != "u" or cfg.schedule == "flow",
+            f"--prediction u is the rectified flow's velocity; with --schedule {cfg.schedule} train v (Lin et al.), "
+            "or use --schedule flow.")
     require(cfg.prediction != "eps" or not cfg.zero_snr,
             "--prediction eps cannot be trained with --zero-snr: at the last step the input is pure noise, so "
             "eps says nothing about the image. Use --prediction v (Lin et al.) or x0, or --no-zero-snr.")
@@ -376,8 +384,9 @@ def describe(cfg: TrainConfig, model: UNet) -> list[str]:
     if cfg.timesteps == "uniform":
         density = "uniform (recipe.draw_timesteps)"
     else:
-        density = (f"log-SNR ~ N({cfg.timesteps_mean:g}, 2.4), {cfg.timesteps_low_snr:.0%} at N{LOW_SNR}, "
-                   f"{cfg.timesteps_uniform:.0%} uniform (recipe.timestep_probabilities)")
+        law = f"log-SNR ~ N({cfg.timesteps_mean:g}, 2.4)" if cfg.timesteps == "logsnr_normal" else "logit(s) ~ N(0, 1)"
+        density = (f"{law}, {cfg.timesteps_low_snr:.0%} at N{LOW_SNR}, {cfg.timesteps_uniform:.0%} uniform "
+                   "(recipe.timestep_probabilities)")
     ema = (f"power EMA over {cfg.ema_share:.3g} of the steps so far" if cfg.ema_share else f"decay {cfg.ema_decay}")
     guided = cfg.class_cond and cfg.guidance != 1
     guidance = (f"{cfg.guidance:g}, rescale {cfg.guidance_rescale:g}, from log-SNR {cfg.guidance_from:g} "

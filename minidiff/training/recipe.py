@@ -25,7 +25,8 @@ import torch
 from ..objectives import PREDICTIONS, check_prediction, extract, q_sample, randn, squared_error, target
 from ..schedules import Schedule, table_on
 
-TIMESTEP_DISTRIBUTIONS = ("uniform", "logsnr_normal")
+TIMESTEP_DISTRIBUTIONS = ("uniform", "logsnr_normal", "logit_normal")
+LOGIT_NORMAL = (0.0, 1.0)  # (mean, std) of logit(s), Esser et al. 2024's default for the rectified flow
 WEIGHTINGS = ("none", "min_snr", "level_mean")
 LOW_SNR = (-6.0, 2.0)  # (mean, std) of the log-SNR normal where a 32x32 image's brightness is decided
 LOG_SNR_BANDS = (-9.0, -3.0, 0.0, 3.0, 6.0)  # the edges logsnr_band_shares reports between
@@ -101,11 +102,18 @@ def timestep_probabilities(schedule: Schedule, distribution: str = "uniform", me
     decided far below it: the mean of d = 3 * 32 * 32 pixels sees about d / 3 times the per-pixel
     SNR of the data's brightness spread, so it emerges from the noise near lambda = -ln(1000) = -7,
     where N(2.4, 2.4) draws about 1% of the timesteps (`logsnr_band_shares` prints the split).
+
+    "logit_normal" is Stable Diffusion 3's density for the rectified flow (Esser et al. 2024,
+    Sec. 3.1): logit(s) ~ N(LOGIT_NORMAL), s the flow's time. On any schedule s = sqrt(1 - a) /
+    (sqrt(a) + sqrt(1 - a)) (eq. F1), so logit(s) = -lambda / 2 and the law is the log-SNR normal
+    N(-2 m, 2 std): the same code, mixed with the same shares.
     """
     T = schedule.num_timesteps
     if distribution == "uniform":
         return torch.full((T,), 1.0 / T, dtype=torch.float64)
-    if distribution != "logsnr_normal":
+    if distribution == "logit_normal":
+        mean, std = -2 * LOGIT_NORMAL[0], 2 * LOGIT_NORMAL[1]
+    elif distribution != "logsnr_normal":
         raise ValueError(f"unknown timestep distribution {distribution!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}")
     if not (0 <= uniform_share <= 1 and 0 <= low_snr_share <= 1 - uniform_share):
         raise ValueError(f"uniform_share {uniform_share} and low_snr_share {low_snr_share} must be shares "
@@ -124,8 +132,9 @@ def timestep_probabilities(schedule: Schedule, distribution: str = "uniform", me
 
 def logsnr_band_shares(schedule: Schedule, probs: torch.Tensor, edges=LOG_SNR_BANDS) -> dict[str, float]:
     """The share of training draws p(t) whose log-SNR falls in each band between `edges`, e.g.
-    {"< -9": 0.011, "-9..-3": 0.046, ...}: where a timestep distribution spends the training."""
-    lam = schedule.log_snr
+    {"< -9": 0.011, "-9..-3": 0.046, ...}: where a timestep distribution spends the training (the
+    zero-SNR step, log-SNR -inf, counts in the first band)."""
+    lam = schedule.log_snr.nan_to_num(neginf=-1e300)
     bounds = [-math.inf, *edges, math.inf]
     names = [f"< {edges[0]:g}", *(f"{a:g}..{b:g}" for a, b in zip(edges[:-1], edges[1:])), f"> {edges[-1]:g}"]
     return {name: float(probs[(lam > lo) & (lam <= hi)].sum()) for name, lo, hi in zip(names, bounds[:-1], bounds[1:])}
