@@ -165,3 +165,16 @@ def test_the_trainer_trains_the_flow_and_the_sample_command_draws_it_as_trained(
     with np.load(tmp_path / "s.npz") as f:
         assert f["images"].shape == (4, 16, 16, 3) and f["images"].dtype == np.uint8
     assert settings["steps"] == 3  # the run's own report settings
+
+
+def test_repro_flow_prints_the_identity_to_round_off_and_draws_the_paths(tmp_path, capsys):
+    from minidiff.repro import flow as experiment
+
+    experiment.main(["--out", str(tmp_path)])
+    import json
+
+    rows = json.loads((tmp_path / "flow.json").read_text())["rows"]
+    assert len(rows) == 4 and {r["data"] for r in rows} == {"Gaussian", "two-mode mixture"}
+    for r in rows:
+        assert r["predictions_max_diff"] < 1e-10 and all(r[f"euler_vs_ddim_{s}"] < 1e-12 for s in experiment.STEPS)
+    assert (tmp_path / "flow_snr.png").stat().st_size > 10_000 and "Euler vs DDIM" in capsys.readouterr().out

@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "cfg-rescale": "minidiff.repro.cfg_rescale",
     "exact": "minidiff.repro.exact",
     "fast-samplers": "minidiff.repro.fast_samplers",
+    "flow": "minidiff.repro.flow",
     "highdim-trajectories": "minidiff.repro.highdim_trajectories",
     "highdim-features": "minidiff.repro.highdim_features",
     "highdim-table": "minidiff.repro.highdim_table",
