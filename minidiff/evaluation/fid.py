@@ -177,7 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from ..training.cli import add_common_flags
 
     p = argparse.ArgumentParser(prog="minidiff fid", description="FID of generated images "
-                                "(an .npz from minidiff.training.sample) against a dataset's training images.",
+                                "(an .npz from minidiff sample) against a dataset's training images.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", help=".npz with uint8 `images` [N, H, W, 3]")
     p.add_argument("--dataset", choices=("cifar10", "builtin", "folder"), default="cifar10")
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> float:
     try:
         samples = load_images(args.samples)
     except (ValueError, KeyError, OSError) as err:
-        raise UsageError(f"{args.samples} holds no uint8 images from minidiff.training.sample ({err})") from None
+        raise UsageError(f"{args.samples} holds no uint8 images from minidiff sample ({err})") from None
     if len(samples) < args.num:
         raise UsageError(f"{args.samples} holds {len(samples)} images, fewer than --num {args.num}; "
                          f"draw more, or pass --num {len(samples)} (FID at small N reads high).")

@@ -376,7 +376,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="minidiff metrics", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", nargs="?",
-                   help=".npz from minidiff.training.sample (`images` uint8 [N, H, W, C], optional `labels`)")
+                   help=".npz from minidiff sample (`images` uint8 [N, H, W, C], optional `labels`)")
     p.add_argument("--dataset", choices=DATASETS, default="builtin", help="the labelled set the samples imitate")
     p.add_argument("--data-root", help="for --dataset folder: a folder with one sub-folder of images per class")
     p.add_argument("--resolution", type=int, help="the classifier's image side (default: the samples')")
