@@ -137,7 +137,7 @@ def test_at_least_ten_exercises_across_both_papers():
     assert len(EXERCISES) >= 10
     papers = {ex.paper for ex in EXERCISES.values()}
     assert any("Lin" in p for p in papers) and any("Aranguri" in p for p in papers)
-    assert all(len(MUTANTS[n]) >= 3 for n in EXERCISES)
+    assert all(len(MUTANTS[n]) >= 3 for n in EXERCISES if n not in (12, 13, 14))  # 12-14's: test_course_training.py
 
 
 @pytest.mark.parametrize("number", sorted(EXERCISES))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import ex_guidance, ex_highdim, ex_sampling, ex_schedules
+from . import ex_guidance, ex_highdim, ex_sampling, ex_schedules, ex_training
 
-EXERCISES = {ex.number: ex for group in (ex_schedules, ex_sampling, ex_guidance, ex_highdim) for ex in group.EXERCISES}
+EXERCISES = {ex.number: ex for group in (ex_schedules, ex_sampling, ex_guidance, ex_highdim, ex_training) for ex in group.EXERCISES}
 
 from . import experiments, experiments_highdim  # noqa: E402  (the runs import the exercise modules' facts)
 
