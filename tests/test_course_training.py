@@ -177,7 +177,7 @@ def test_the_loop_check_knows_the_exact_answer(one_thread):
 
 
 def test_the_fixes_are_the_papers(one_thread):
-    from minidiff.course.ex_training import FIXES, FLAWED, brightness_std_ratio
+    from minidiff.course.ex_brightness import FIXES, FLAWED, brightness_std_ratio
     from minidiff.schedules import Schedule
     assert FIXES == dict(zero_snr=True, prediction="v", spacing="trailing")
     fixed = EXERCISES[14].reference(FLAWED)
@@ -260,7 +260,7 @@ def test_quick_runs_write_their_figures(number, tmp_path, one_thread):
 
 def test_the_sampling_run_uses_a_checkpoint(tmp_path, one_thread):
     """Exercise 13's run samples the model exercise 12's run saved, and the student's loop draws what minidiff's does."""
-    from minidiff.course.ex_training import run_sampling, run_training
+    from minidiff.course.experiments_training import run_sampling, run_training
     run_training(EXERCISES[12].reference, tmp_path / "12", True)
     lines = run_sampling(EXERCISES[13].reference, tmp_path / "13", True, checkpoint=tmp_path / "12" / "model.pt")
     assert lines[0].startswith("the model of") and "difference from minidiff's DDIM on the same x_T: 0.00e+00" in lines[1]

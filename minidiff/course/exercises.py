@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from . import ex_guidance, ex_highdim, ex_sampling, ex_schedules, ex_training
+from . import ex_brightness, ex_guidance, ex_highdim, ex_sampling, ex_schedules, ex_training
 
-EXERCISES = {ex.number: ex for group in (ex_schedules, ex_sampling, ex_guidance, ex_highdim, ex_training) for ex in group.EXERCISES}
+GROUPS = (ex_schedules, ex_sampling, ex_guidance, ex_highdim, ex_training, ex_brightness)
+EXERCISES = {ex.number: ex for group in GROUPS for ex in group.EXERCISES}
 
-from . import experiments, experiments_highdim  # noqa: E402  (the runs import the exercise modules' facts)
+from . import experiments, experiments_highdim, experiments_training  # noqa: E402  (the runs import the exercise modules' facts)
 
-for _n, _run in {**experiments.RUNS, **experiments_highdim.RUNS}.items():
+for _n, _run in {**experiments.RUNS, **experiments_highdim.RUNS, **experiments_training.RUNS}.items():
     EXERCISES[_n].run = _run
