@@ -83,6 +83,16 @@ def _dilated(knot_of, slope=2.0):
     return tau
 
 
+def _velocity(x0_of, eps_of):
+    """A u -> (x0, eps) conversion built from (x^flow, s, sqrt(1 - a), u) -> x0 and -> eps."""
+    def fn(u, x_t, a):
+        a = torch.as_tensor(a, dtype=x_t.dtype)
+        sa, s1a = a.sqrt(), (1 - a).sqrt()
+        xf, s = x_t / (sa + s1a), s1a / (sa + s1a)
+        return x0_of(xf, s, s1a, u, x_t), eps_of(xf, s, s1a, u, x_t)
+    return fn
+
+
 MUTANTS = {
     1: [(lambda x0, ab, n: ab * x0 + (1 - ab) * n, "need square roots"),
         (lambda x0, ab, n: (1 - ab) ** 0.5 * x0 + ab**0.5 * n, "swapped"),
@@ -124,6 +134,10 @@ MUTANTS = {
     9: [(lambda x_t, x0, x0_prev, ab_t, ab_s, ab_prev: solvers.first_order_step(x_t, x0, ab_t, ab_s), "not second order"),
         (_dpm(lambda h, hp: -h / (2 * hp)), "wrong sign"),
         (_dpm(lambda h, hp: h / hp), "misses the 1/2"), (_dpm(lambda h, hp: hp / (2 * h)), "upside down")],
+    15: [(_velocity(lambda xf, s, s1a, u, x: xf + s * u, lambda xf, s, s1a, u, x: xf - (1 - s) * u), "sign of u"),
+         (_velocity(lambda xf, s, s1a, u, x: x - s * u, lambda xf, s, s1a, u, x: x + (1 - s) * u), "VP state"),
+         (_velocity(lambda xf, s, s1a, u, x: xf - s1a * u, lambda xf, s, s1a, u, x: xf + (1 - s) * u), "flow's time"),
+         (_velocity(lambda xf, s, s1a, u, x: xf - s * u, lambda xf, s, s1a, u, x: xf + s * u), "share 1 - s")],
     10: [(lambda k, tau, a, z: (a.shape[-1] if k == "ve" else 1) * (1 - tau) * z + tau * a, "not by d"),
          (lambda k, tau, a, z: (a.shape[-1] ** 0.5 if k == "ve" else 1) * tau * z + (1 - tau) * a, "swapped"),
          (lambda k, tau, a, z: (1 - tau) * z + (a.shape[-1] ** 0.5 if k == "ve" else 1) * tau * a, "belongs to the noise"),

@@ -297,5 +297,33 @@ def run_solver(fn, out: Path, quick: bool):
     return lines + [f"wrote {out / 'solver_error.png'}"]
 
 
+def run_flow(fn, out: Path, quick: bool) -> list[str]:
+    """Exercise 15: Euler on the rectified flow, each step's (x0, eps) from your conversion of the
+    exact Gaussian model's u, against minidiff's DDIM from the same noise (they are one update)."""
+    from ..repro.flow import plot_paths
+
+    flow = Schedule.make("flow")
+    g = torch.Generator().manual_seed(0)
+    mean = 0.5 * torch.randn(3, 8, 8, generator=g, dtype=torch.float64)
+    model = GaussianDenoiser(mean, var=0.05 + torch.rand(3, 8, 8, generator=g, dtype=torch.float64), schedule=flow,
+                             prediction="u")
+    x_T = torch.randn(64, 3, 8, 8, generator=g, dtype=torch.float64)
+    ab, lines = flow.alphas_cumprod.tolist(), []
+    for steps in (10,) if quick else (10, 25, 50):
+        ts = samplers.make_timesteps(1000, steps, "trailing").tolist()
+        ddim = samplers.sample(model, x_T.shape, flow, prediction="u", steps=steps, sampler="ddim", x_T=x_T,
+                               dtype=torch.float64, return_trajectory=True, progress=False).xs
+        x, worst = x_T.clone(), 0.0
+        for i, t in enumerate(ts):
+            ab_prev = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
+            x0, eps = fn(model(x, torch.full((len(x),), t)), x, ab[t])
+            x = samplers.flow_euler_step(x, x0, eps, ab[t], ab_prev)
+            worst = max(worst, (x - ddim[i + 1]).abs().max().item())
+        lines.append(f"{steps} steps: Euler on the flow through your u_to_x0_eps against minidiff's DDIM: "
+                     f"largest difference {worst:.1e} (float64)")
+    plot_paths(out / "flow_snr.png")
+    return lines + [f"wrote {out / 'flow_snr.png'} (the flow's log-SNR and alpha_bar beside Table 1's schedules)"]
+
+
 RUNS = {1: run_forward, 2: run_table1, 3: run_leakage, 4: run_objectives, 5: run_timesteps, 6: run_ddim,
-        7: run_denoiser, 8: run_guidance, 9: run_solver}
+        7: run_denoiser, 8: run_guidance, 9: run_solver, 15: run_flow}
