@@ -12,7 +12,7 @@ import torch
 from .. import objectives
 from .core import Exercise, Fail, call, explain, random_inputs, same, tensor_like, tolerance
 
-FLOW = "flow matching (Liu et al. 2023; Esser et al. 2024)"
+FLOW = "Flow matching (Liu et al. 2023; Esser et al. 2024)"
 
 
 def reference_u_to_x0_eps(u, x_t, alpha_bar):
