@@ -13,12 +13,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from minidiff import objectives, samplers
 from minidiff.course import check
 from minidiff.course.__main__ import main
-from minidiff.course.core import Exercise, Fail, Report, UsageError, find_submission
+from minidiff.course.core import Exercise, Report, UsageError, find_submission
 from minidiff.course.exercises import EXERCISES
 
 LOOP = "def make_timesteps(num_train_timesteps, num_steps, spacing):\n    while True:\n        pass\n"

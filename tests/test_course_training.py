@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minidiff import objectives, samplers
+from minidiff import samplers
 from minidiff.course.__main__ import main, starter_name
 from minidiff.course.core import check_function
 from minidiff.course.exercises import EXERCISES

@@ -1,7 +1,5 @@
 """Objectives: targets, conversions at the ends of the schedule, losses (Lin et al. Sec. 3.2)."""
 
-import math
-
 import pytest
 import torch
 

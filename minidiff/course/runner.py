@@ -13,7 +13,6 @@ import ctypes
 import json
 import multiprocessing
 import threading
-import time
 import zipfile
 from pathlib import Path
 from typing import Callable
