@@ -10,6 +10,12 @@ conditional output's standard deviation undoes that; phi (0.7 in the paper) mixe
 of the plain guided output back in, because full rescaling makes images look plain.
 The paper applies this to its v-prediction model's output; minidiff applies it to whatever
 the model outputs, so for a v model it is exactly the paper's operation.
+
+Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3) attacks the same over-saturation in
+image space instead, on each predicted x0 (`dynamic_threshold`; the samplers' `threshold`):
+
+    s  = max(1, percentile_p |x0|)        per sample
+    x0 = clip(x0, -s, s) / s
 """
 
 from __future__ import annotations
@@ -40,3 +46,18 @@ def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float, rescale: float =
     ratio = torch.where(std_guided > 0, std_cond / std_guided.clamp_min(torch.finfo(torch.float32).tiny), torch.ones_like(std_guided))
     factor = rescale * ratio + (1 - rescale)
     return (guided * factor).to(cond.dtype)
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
+    """Imagen's dynamic thresholding of a predicted x0 [B, ...] (Saharia et al. 2022, Sec. 2.3).
+
+    s is the `percentile` (a fraction, 0.995 in Imagen's code) of |x0| over each sample's values,
+    never below 1: a sample already inside [-1, 1] is left as it is; one with values beyond is
+    clipped at s and divided by s, which pulls saturated pixels back inside without flattening them
+    all to the edge as a plain clip to [-1, 1] (s = 1) does.
+    """
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"percentile must lie in (0, 1] (Imagen: 0.995), got {percentile}")
+    x = x0 if x0.dtype == torch.float64 else x0.float()
+    s = torch.quantile(x.abs().flatten(1), percentile, dim=1).clamp_min(1.0).reshape(-1, *([1] * (x0.ndim - 1)))
+    return (torch.minimum(torch.maximum(x, -s), s) / s).to(x0.dtype)

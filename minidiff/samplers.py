@@ -10,6 +10,15 @@ So they stay finite at alpha_bar = 0, where a zero-terminal-SNR schedule starts.
 Each step goes from a listed timestep t to the *next listed* timestep s (not t - T // S,
 which is wrong for linspace and for trailing when S does not divide T); after the last
 listed timestep it goes to alpha_bar = 1, a clean sample.
+
+The same loop edits images (docs/10_editing.md). Image-to-image (SDEdit, Meng et al. 2022): start
+at the timestep t_S = round(S T) - 1 of a strength S in (0, 1], from the input noised there by
+q(x_t | x0), and visit the listed timesteps below it. Inpainting (RePaint, Lugmayr et al. 2022):
+after every step, the pixels the mask keeps are replaced by the input noised to the step's level,
+so the model only fills the rest; `resample` = r goes back up and repeats each step r more times.
+At zero terminal SNR, strength 1 starts from sqrt(0) x0 + sqrt(1) eps = eps: pure noise whatever the
+input, so editing at full strength is generation. A flawed schedule leaks the input through
+sqrt(alpha_bar_T).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .guidance import cfg
+from .guidance import cfg, dynamic_threshold
 from .objectives import check_prediction, randn, to_x0_eps
 from .schedules import Schedule
 from .solvers import SOLVER_ORDERS, dpmpp_2m_step, dpmpp_3m_step, first_order_step, heun_step
@@ -67,6 +76,20 @@ def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "tra
             f"lower steps_offset or num_steps"
         )
     return steps.sort(descending=True).values
+
+
+def start_timestep(num_train_timesteps: int, strength: float) -> int:
+    """SDEdit's starting timestep for an edit of strength S in (0, 1]: t_S = round(S T) - 1, so S = 1
+    is the last training step (generation, at zero terminal SNR) and small S keeps most of the input."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must lie in (0, 1] (1: start from the last step), got {strength}")
+    return max(0, round(strength * num_train_timesteps) - 1)
+
+
+def edit_timesteps(timesteps: torch.Tensor, t_start: int) -> torch.Tensor:
+    """The timesteps an edit visits: t_start, then the listed ones below it."""
+    below = timesteps[timesteps < t_start]
+    return torch.cat([torch.tensor([t_start], dtype=torch.int64), below])
 
 
 def ddim_coefficients(ab_t: float, ab_prev: float, eta: float = 0.0) -> tuple[float, float]:
@@ -161,6 +184,35 @@ class SampleResult:
     timesteps: torch.Tensor
 
 
+def noised(x0: torch.Tensor, ab: float, noise: torch.Tensor) -> torch.Tensor:
+    """x0 carried to noise level alpha_bar = ab: sqrt(ab) x0 + sqrt(1 - ab) noise (q(x_t | x0), eq. 4).
+    Also one step back up, from x_s to x_t with ab = a_t / a_s (q(x_t | x_s))."""
+    return math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise
+
+
+def _check_edit(shape, init, strength: float, mask, resample: int) -> None:
+    """An edit's inputs, checked before any work: what is wrong and what to give instead."""
+    if init is None:
+        if mask is not None or strength != 1.0 or resample:
+            raise ValueError("strength, mask and resample edit an image: give init (the image to edit) too")
+        return
+    if tuple(init.shape) != tuple(shape):
+        raise ValueError(f"init must have the samples' shape {tuple(shape)}, got {tuple(init.shape)}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must lie in (0, 1] (1: start from the last step), got {strength}")
+    if mask is not None:
+        try:
+            torch.broadcast_shapes(mask.shape, init.shape)
+        except RuntimeError:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast against the images {tuple(init.shape)}") from None
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError("mask must be binary: 1 where the model draws, 0 where the input is kept")
+    if not (isinstance(resample, int) and resample >= 0):
+        raise ValueError(f"resample must be a whole number of extra passes, 0 or more, got {resample!r}")
+    if resample and mask is None:
+        raise ValueError("resample repeats inpainting steps: give a mask too")
+
+
 def _check_timesteps(timesteps: torch.Tensor, T: int) -> torch.Tensor:
     timesteps = torch.as_tensor(timesteps, dtype=torch.int64).flatten()
     if len(timesteps) == 0 or timesteps.min() < 0 or timesteps.max() > T - 1:
@@ -189,6 +241,11 @@ def sample(
     guidance_rescale: float = 0.0,
     guidance_interval: tuple[float, float] | None = None,
     clip_x0: bool = False,
+    threshold: float | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+    mask: torch.Tensor | None = None,
+    resample: int = 0,
     generator: torch.Generator | None = None,
     device=None,
     dtype: torch.dtype = torch.float32,
@@ -211,7 +268,15 @@ def sample(
     `clip_x0` clips every predicted x0 to the data range [-1, 1] and takes eps from the clipped x0
     (DDPM's sampler does; diffusers' clip_sample). It rescues eps prediction where x0 = (x_t -
     sqrt(1 - a) eps) / sqrt(a) magnifies the network's error by 1 / sqrt(a), 157 at the last step
-    of DDPM's linear schedule; with v prediction it is rarely needed.
+    of DDPM's linear schedule; with v prediction it is rarely needed. `threshold` = p is Imagen's
+    dynamic thresholding instead (`guidance.dynamic_threshold`): each x0 is clipped at its own p-th
+    percentile of |x0| (when over 1) and divided by it.
+
+    Editing: `init` [B, C, H, W] (images in [-1, 1]) starts the loop at `start_timestep(T, strength)`
+    from init noised there with x_T as the noise (drawn when not given); `mask` (1: the model draws
+    the pixel, 0: the pixel is init's; broadcast against init) keeps init's pixels, noised to each
+    step's level, and `resample` repeats every step that many more times, going back up with fresh
+    noise in between (RePaint's jumps of one step).
     """
     check_prediction(prediction, schedule)
     if sampler not in SAMPLERS:
@@ -221,10 +286,18 @@ def sample(
     if timesteps is None:
         timesteps = make_timesteps(schedule.num_timesteps, steps, spacing, steps_offset)
     timesteps = _check_timesteps(timesteps, schedule.num_timesteps)
+    _check_edit(shape, init, strength, mask, resample)
+    if clip_x0 and threshold is not None:
+        raise ValueError("clip_x0 and threshold both clip x0; give one (threshold=p: Imagen's dynamic thresholding)")
     if device is None:
         device = x_T.device if x_T is not None else "cpu"
     x = randn(shape, generator=generator, device=device, dtype=dtype) if x_T is None else x_T.to(device, dtype)
     ab = schedule.alphas_cumprod.tolist()
+    if init is not None:  # SDEdit: x_t of the input at the starting step, with x_T as its noise
+        init = init.to(device, dtype)
+        timesteps = edit_timesteps(timesteps, start_timestep(schedule.num_timesteps, strength))
+        x = noised(init, ab[timesteps[0]], x)
+        mask = None if mask is None else mask.to(device, dtype)
     stochastic = sampler == "ddpm" or eta > 0
     xs, x0s = ([x.cpu()], []) if return_trajectory else (None, None)
 
@@ -236,42 +309,54 @@ def sample(
         w = guidance if log_snr is None or guidance_interval[0] <= log_snr[t] <= guidance_interval[1] else 1.0
         out = guided_output(model, x, t_batch, y=y, uncond_y=uncond_y, guidance=w, guidance_rescale=guidance_rescale)
         x0, eps = to_x0_eps(prediction, out.to(dtype), x, ab[t])
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
+        if clip_x0 or threshold is not None:
+            x0 = x0.clamp(-1.0, 1.0) if clip_x0 else dynamic_threshold(x0, threshold)
             if ab[t] < 1:  # eps from the clipped x0, as if the network had predicted it
                 _, eps = to_x0_eps("x0", x0, x, ab[t])
         return x0, eps
 
-    history = []  # the multistep solvers' past (x0, alpha_bar), newest first
     ts = timesteps.tolist()
-    for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
-        ab_t = ab[t]
-        ab_prev = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
+
+    def step(x, i, t, ab_t, ab_prev, history):
+        """One step of `sampler` from listed timestep ts[i] = t to the next level: (x_next, x0, history)."""
         x0, eps = denoise(x, t)
         noise = randn(x.shape, generator=generator, device=device, dtype=dtype) if stochastic and ab_prev < 1 else None
         if sampler == "ddim":
-            x_next = ddim_step(x, x0, eps, ab_t, ab_prev, eta, noise)
-        elif sampler == "ddpm":
-            x_next = ddpm_step(x, x0, ab_t, ab_prev, noise)
-        elif sampler == "euler":
-            x_next = flow_euler_step(x, x0, eps, ab_t, ab_prev)
-        elif sampler == "heun":
+            return ddim_step(x, x0, eps, ab_t, ab_prev, eta, noise), x0, history
+        if sampler == "ddpm":
+            return ddpm_step(x, x0, ab_t, ab_prev, noise), x0, history
+        if sampler == "euler":
+            return flow_euler_step(x, x0, eps, ab_t, ab_prev), x0, history
+        if sampler == "heun":
             # the step to a clean sample has no end point to evaluate the model at: Euler there, as in EDM
             x_next = first_order_step(x, x0, ab_t, ab_prev)
             if ab_prev < 1:
                 x0_end, _ = denoise(x_next, ts[i + 1])
                 x_next = heun_step(x, x0, x0_end, ab_t, ab_prev)
+            return x_next, x0, history
+        # as many past predictions as exist, up to the solver's order; first order to a clean sample
+        order = 1 if ab_prev == 1.0 else min(SOLVER_ORDERS[sampler], len(history) + 1)
+        if order == 1:
+            x_next = first_order_step(x, x0, ab_t, ab_prev)
+        elif order == 2:
+            x_next = dpmpp_2m_step(x, x0, history[0][0], ab_t, ab_prev, history[0][1])
         else:
-            # as many past predictions as exist, up to the solver's order; first order to a clean sample
-            order = 1 if ab_prev == 1.0 else min(SOLVER_ORDERS[sampler], len(history) + 1)
-            if order == 1:
-                x_next = first_order_step(x, x0, ab_t, ab_prev)
-            elif order == 2:
-                x_next = dpmpp_2m_step(x, x0, history[0][0], ab_t, ab_prev, history[0][1])
-            else:
-                x_next = dpmpp_3m_step(x, x0, history[0][0], history[1][0], ab_t, ab_prev, history[0][1], history[1][1])
-            history = [(x0, ab_t)] + history[:1]
-        x = x_next
+            x_next = dpmpp_3m_step(x, x0, history[0][0], history[1][0], ab_t, ab_prev, history[0][1], history[1][1])
+        return x_next, x0, [(x0, ab_t)] + history[:1]
+
+    history = []  # the multistep solvers' past (x0, alpha_bar), newest first
+    for i, t in enumerate(tqdm(ts, desc=f"{sampler} sampling", disable=not progress, leave=False)):
+        ab_t = ab[t]
+        ab_prev = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
+        for r in range(resample + 1 if mask is not None and ab_prev < 1 else 1):
+            if r > 0:  # RePaint: back up to step t with fresh noise, then take the step again
+                x = noised(x, ab_t / ab_prev, randn(x.shape, generator=generator, device=device, dtype=dtype))
+            x_next, x0, history_next = step(x, i, t, ab_t, ab_prev, history)
+            if mask is not None:  # the known pixels: the input, noised to the next step's level
+                known = noised(init, ab_prev, randn(x.shape, generator=generator, device=device, dtype=dtype))
+                x_next = mask * x_next + (1 - mask) * known
+            x = x_next
+        history = history_next
         if return_trajectory:
             xs.append(x.cpu())
             x0s.append(x0.cpu())
