@@ -80,11 +80,15 @@ class ModelSpec:
     zero_snr: bool = False
     prediction: str = "eps"
     offset_noise: float = 0.0  # Guttenberg's offset noise (Lin et al. Sec. 5.4), the earlier fix
+    weighting: str = "none"    # the loss weight per timestep (training.recipe): none is Lin et al.'s v loss
 
     @property
     def label(self) -> str:
-        snr = "zero-SNR" if self.zero_snr else "SD schedule"
+        names = {"scaled_linear": "SD schedule"}
+        snr = ("zero-SNR " if self.zero_snr else "") + names.get(self.schedule, f"{self.schedule} schedule")
+        snr = "zero-SNR" if snr == "zero-SNR SD schedule" else snr
         extra = f", offset noise {self.offset_noise:g}" if self.offset_noise else ""
+        extra += f", {self.weighting} weighting" if self.weighting != "none" else ""
         return f"{snr}, {self.prediction}{extra}"
 
 
@@ -201,7 +205,7 @@ def train_config(spec: ModelSpec, scale: dict, models_dir: Path, seed: int = 0):
         max_steps=scale["max_steps"], minutes=0, class_cond=True, label_dropout=0.1, seed=seed,
         device=scale["device"], bf16=scale["bf16"], sample_every=0, ckpt_every=max(1000, scale["max_steps"] // 10),
         num_samples=20, sample_steps=10, log_every=10, offset_noise=spec.offset_noise, judge_samples=0,
-        timesteps="uniform", timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0, stf_reference=0)
+        timesteps="uniform", timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting=spec.weighting, guidance=1.0, stf_reference=0)
     # The key holds the network's full config too: a preset retuned under the same name is a new model.
     key = {**dataclasses.asdict(cfg), "network": network_config(cfg.preset)}
     key.pop("device")
@@ -296,11 +300,15 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def draw(tm: TrainedModel, n: int, scale: dict, *, steps: int, spacing: str, guidance: float = 1.0,
-         guidance_rescale: float = 0.0, labels: torch.Tensor | None = None, seed: int = 0, desc: str = "") -> torch.Tensor:
+         guidance_rescale: float = 0.0, labels: torch.Tensor | None = None, seed: int = 0, desc: str = "",
+         init: torch.Tensor | None = None, mask: torch.Tensor | None = None, **sample_kwargs) -> torch.Tensor:
     """n samples of `tm` (float [n, 3, H, W], on the CPU, not clamped), drawn with DDIM (eta = 0).
 
     The same seed gives the same starting noise x_T to every model and spacing, so differences
     between setups are the setups', not the noise's. Labels default to balanced classes.
+    `init` ([n, 3, H, W] in [-1, 1]) and `mask` (one for all, or [n, ...]) edit images instead
+    (samplers.sample's init and mask, split into the same batches); the other keywords (strength,
+    resample, threshold, timesteps, ...) go to samplers.sample as they are.
     """
     from tqdm.auto import tqdm
 
@@ -313,11 +321,17 @@ def draw(tm: TrainedModel, n: int, scale: dict, *, steps: int, spacing: str, gui
                       leave=False):
         y = labels[start:start + batch].to(device)
         x_T = torch.randn((len(y), 3, tm.image_size, tm.image_size), generator=gen)
+        edit = {}
+        if init is not None:
+            edit["init"] = init[start:start + batch]
+        if mask is not None:
+            edit["mask"] = mask[start:start + batch] if mask.ndim == 4 and len(mask) == n else mask
         with torch.autocast(device.type, torch.bfloat16, enabled=scale["bf16"]):
             x = sample(tm.model, x_T.shape, tm.schedule, prediction=tm.prediction, steps=steps,
                        spacing=spacing, y=y, uncond_y=torch.full_like(y, tm.num_classes),
                        guidance=guidance, guidance_rescale=guidance_rescale, x_T=x_T.to(device), device=device,
-                       progress=False)
+                       progress=False, generator=torch.Generator().manual_seed(seed * 1_000_003 + start),
+                       **edit, **sample_kwargs)
         out.append(x.float().cpu())
     return torch.cat(out)
 

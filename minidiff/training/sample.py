@@ -11,6 +11,13 @@ an .npz holding `images`, uint8 [N, H, W, 3], and `labels` (what minidiff.evalua
     minidiff sample runs/builtin-small-patch2-linear-zsnr-v/checkpoint.pt --num 100
     minidiff sample CKPT --sampler dpmpp_2m --steps 10                # faster, same model
     minidiff sample CKPT --num 50000 --npz samples.npz --png ""      # for FID
+
+Editing (docs/10_editing.md): --init IMAGE(S) starts from the given images noised to --strength
+(SDEdit; 1.0 is plain generation on a zero-SNR model), --mask MASK redraws only the mask's white
+pixels and keeps the rest of the input (inpainting; --resample R repeats each step R more times).
+
+    minidiff sample CKPT --init photo.png --strength 0.6 --num 8
+    minidiff sample CKPT --init photo.png --mask centre.png --resample 2 --num 8
 """
 
 from __future__ import annotations
@@ -120,15 +127,59 @@ def class_labels(classes: list[str] | None, num: int, num_classes: int | None) -
     return torch.tensor(wanted)[torch.arange(num) % len(wanted)]
 
 
+def read_images(paths: list[str], channels: int, size: int, flag: str) -> torch.Tensor:
+    """PNG or JPEG files as uint8 [N, C, H, W], each checked against the model's channels and size
+    (a mismatch is an error that says what to do, not a silent resize)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in paths:
+        require(Path(path).is_file(), f"{flag} {path}: no such file")
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr") else im
+                img = torch.from_numpy(np.array(im, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError, TypeError):
+            require(False, f"{flag} {path} is not an image PIL can read (give a PNG or JPEG)")
+        img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+        c, h, w = img.shape
+        if flag == "--mask" and c in (3, 4):  # a mask drawn in colour: white is 1 in every channel
+            img = img[:3].min(dim=0, keepdim=True).values if bool((img[:3] == img[:1]).all()) else img[:3]
+            c = img.shape[0]
+        require((h, w) == (size, size), f"{flag} {path} is {w}x{h} pixels; this model draws {size}x{size} images: "
+                                        f"resize it to {size}x{size} first")
+        wanted = (1, channels) if flag == "--mask" else (channels,)
+        require(c in wanted, f"{flag} {path} has {c} channel(s); this model's images have {channels}"
+                             + (" (a mask may also have 1)" if flag == "--mask" else "") + ": convert it first")
+        images.append(img)
+    return torch.stack(images)
+
+
+def read_mask(path: str, channels: int, size: int) -> torch.Tensor:
+    """A black-and-white mask image as float [1, 1 or C, H, W]: 1 (white, 255) where the model draws,
+    0 (black) where the input is kept. Grey values are an error: inpainting needs a yes or no per pixel."""
+    m = read_images([path], channels, size, "--mask")
+    require(bool(((m == 0) | (m == 255)).all()),
+            f"--mask {path} is not binary: its pixels must be black (0, keep the input) or white (255, draw); "
+            f"it has {int(((m != 0) & (m != 255)).sum())} grey ones (save it without anti-aliasing, or threshold it)")
+    return (m == 255).float()
+
+
 @torch.no_grad()
 def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", steps: int = 50,
              spacing: str | None = None, eta: float = 0.0, guidance: float = 1.0,
              guidance_rescale: float = 0.0, guidance_interval: tuple[float, float] | None = None,
              guidance_from: float = -math.inf, clip_x0: bool = False, labels: torch.Tensor | None = None, seed: int = 0,
-             batch_size: int = 256, device="cpu", progress: bool = True) -> torch.Tensor:
+             batch_size: int = 256, device="cpu", progress: bool = True, init: torch.Tensor | None = None,
+             strength: float = 1.0, mask: torch.Tensor | None = None, resample: int = 0,
+             threshold: float | None = None) -> torch.Tensor:
     """`num` samples as uint8 [num, C, H, W] (the checkpoint's channels and size), drawn in batches (one seed per batch index, so the
     same seed and batch size give the same images). `guidance_from` = g guides only where log-SNR >= g
-    (the same as guidance_interval=(g, inf); the report's setting, stored in the checkpoint)."""
+    (the same as guidance_interval=(g, inf); the report's setting, stored in the checkpoint).
+
+    Editing: `init` (uint8 [K, C, H, W]; sample i edits init[i % K]) with `strength`, `mask` and
+    `resample` as in samplers.sample; `threshold` is the sampler's dynamic thresholding."""
     from tqdm.auto import tqdm
 
     if guidance_interval is not None and guidance_from != -math.inf:
@@ -148,12 +199,15 @@ def generate(model: UNet, config: dict, num: int, *, sampler: str = "ddim", step
             y = labels[start:start + n].to(device)
             uncond = torch.full_like(y, null)
         gen = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
+        edit = {}
+        if init is not None:
+            picks = torch.arange(start, start + n) % len(init)
+            edit = dict(init=init[picks].float() / 127.5 - 1, strength=strength, mask=mask, resample=resample)
         x = sample(model, (n, channels, size, size), schedule, prediction=config["prediction"], steps=steps,
                    spacing=spacing or config.get("spacing", "trailing"), sampler=sampler, eta=eta,
                    y=y, uncond_y=uncond if guidance != 1.0 else None, guidance=guidance,
                    guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, clip_x0=clip_x0,
-                   generator=gen,
-                   device=device, progress=False)
+                   threshold=threshold, generator=gen, device=device, progress=False, **edit)
         out[start:start + n] = to_uint8(x).cpu()
     return out
 
@@ -199,6 +253,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: the run's report's)")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction,
                    help="clip each predicted x0 to [-1, 1] (default: as the run's report)")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="Imagen's dynamic thresholding of each predicted x0 at percentile P, e.g. 0.995 (default: off)")
+    edit = p.add_argument_group("editing (docs/10_editing.md)")
+    edit.add_argument("--init", nargs="+", metavar="IMAGE",
+                      help="PNG/JPEG image(s) of the model's size to start from (sample i edits image i mod K): SDEdit")
+    edit.add_argument("--strength", type=float,
+                      help="with --init: how much to redraw, in (0, 1]: start at step round(S*1000)-1 "
+                           "(default 1.0: from the last step, generation on a zero-SNR model)")
+    edit.add_argument("--mask", metavar="MASK",
+                      help="with --init: black-and-white image, white = draw, black = keep the input (inpainting)")
+    edit.add_argument("--resample", type=int, default=0,
+                      help="with --mask: repeat each step R more times, going back up with fresh noise (RePaint)")
     p.add_argument("--class", dest="classes", nargs="+", metavar="K",
                    help="class label(s) to draw, in turn; 'null' for unconditional (default: every class)")
     p.add_argument("--num", type=int, default=64, help="number of images")
@@ -214,6 +280,18 @@ def check_args(args: argparse.Namespace) -> None:
     """Every flag in range before the model is loaded: one line naming the flag, exit 2."""
     check_sampling_flags(args)
     require(args.num >= 1 and args.batch_size >= 1, "--num and --batch-size must be at least 1")
+    require(args.threshold is None or 0 < args.threshold <= 1,
+            f"--threshold is a percentile in (0, 1] (Imagen: 0.995), got {args.threshold}")
+    require(not (args.threshold is not None and args.clip_x0),
+            "--threshold and --clip-x0 both clip x0: give one")
+    require(args.init or (args.strength is None and args.mask is None and not args.resample),
+            "--strength, --mask and --resample edit an image: give it with --init IMAGE")
+    require(args.strength is None or 0 < args.strength <= 1,
+            f"--strength must lie in (0, 1] (1: start from the last step), got {args.strength}")
+    require(args.resample >= 0, f"--resample must be 0 or more, got {args.resample}")
+    require(not args.resample or args.mask, "--resample repeats inpainting steps: give a --mask too")
+    for path in (args.init or []) + ([args.mask] if args.mask else []):
+        require(Path(path).is_file(), f"{'--mask' if path == args.mask else '--init'} {path}: no such file")
     for flag, path in (("--png", args.png), ("--npz", args.npz)):
         if path:
             require(not Path(path).is_dir(), f"{flag} {path} is a folder; give a file name")
@@ -236,7 +314,17 @@ def run(args: argparse.Namespace) -> None:
     if args.guidance == 1.0 and "guidance_rescale" not in given:
         args.guidance_rescale = 0.0
     check_sampling_flags(args)
+    if args.clip_x0 and args.threshold is not None:
+        args.clip_x0 = False  # the report clipped x0; --threshold takes its place
+    channels, size = model.config["in_channels"], model.config["image_size"]
+    init = read_images(args.init, channels, size, "--init") if args.init else None
+    mask = read_mask(args.mask, channels, size) if args.mask else None
     settings = {k: getattr(args, k) for k in report}
+    if init is not None:
+        strength = 1.0 if args.strength is None else args.strength
+        print(f"editing {len(init)} image(s): strength {strength:g} (from step {round(strength * 1000) - 1})"
+              + (f", inpainting the mask's {int(mask.sum())} white pixels, {args.resample} resampling step(s)"
+                 if mask is not None else ""))
     print(f"sampling with {describe_sampling(settings)}"
           + (f" (flags: {', '.join('--' + k.replace('_', '-') for k in sorted(given))}; the rest as the run's report)"
              if given else " (the run's report's settings, stored in the checkpoint)"))
@@ -247,7 +335,8 @@ def run(args: argparse.Namespace) -> None:
                       spacing=args.spacing, eta=args.eta, guidance=args.guidance,
                       guidance_rescale=args.guidance_rescale, guidance_from=args.guidance_from,
                       clip_x0=args.clip_x0, labels=labels, seed=args.seed,
-                      batch_size=args.batch_size, device=args.device)
+                      batch_size=args.batch_size, device=args.device, threshold=args.threshold, init=init,
+                      strength=1.0 if args.strength is None else args.strength, mask=mask, resample=args.resample)
     png = Path(args.checkpoint).with_name("samples.png") if args.png is None else args.png
     if png:
         # With classes given in turn, one grid row per round of classes puts each class in a column.
