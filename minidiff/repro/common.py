@@ -40,6 +40,7 @@ from ..schedules import Schedule
 from ..training import data as datasets
 from ..training.cli import add_common_flags, fail, resolve_device
 from ..unet import PRESETS
+from .figures import grid_figure, mosaic, pyplot, save_figure, to_display  # noqa: F401 (the experiments import them from here)
 
 # The CPU scale's network (0.27M parameters, 0.03 GFLOP per 16x16 image): 16 base channels, levels
 # 1-2-2 with one ResBlock each, attention only in the middle block, so that a model trains in
@@ -173,16 +174,6 @@ def write_json(out: Path, name: str, result: dict) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # -------------------------------------------------------------------------------- the models
@@ -387,19 +378,6 @@ def data_brightness_stats(data_brightness: torch.Tensor) -> dict:
 # ----------------------------------------------------------------------------------- figures
 
 
-def to_display(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float or uint8 images -> float [0, 1], for plotting."""
-    return images.float() / 255 if images.dtype == torch.uint8 else (images.float().clamp(-1, 1) + 1) / 2
-
-
-def mosaic(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
-    """A grid of images as one [H, W, 3] array in [0, 1] (what imshow takes)."""
-    import torchvision
-
-    grid = torchvision.utils.make_grid(to_display(images), nrow=nrow, padding=pad, pad_value=1.0)
-    return grid.permute(1, 2, 0)
-
-
 def by_brightness(images: torch.Tensor, k: int) -> torch.Tensor:
     """k images at evenly spaced quantiles of brightness, darkest first: the range a set covers."""
     order = image_brightness(images).argsort()
@@ -418,32 +396,6 @@ def brightness_strips(rows: list[tuple[str, torch.Tensor]], path: Path, title: s
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     axes[0].set_title(title, fontsize=8)
     save_figure(fig, path, dpi=110)
-
-
-def grid_figure(cells: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str], nrow: int,
-                path: Path, cell_size: tuple[float, float], dpi: int = 100) -> None:
-    """A table of sample mosaics: cells[i][j] is a batch of images shown with `mosaic(.., nrow)`,
-    rows labelled on the left, columns on top."""
-    plt = pyplot()
-    fig, axes = plt.subplots(len(row_labels), len(col_labels), squeeze=False,
-                             figsize=(cell_size[0] * len(col_labels), cell_size[1] * len(row_labels) + 0.4))
-    for i, row in enumerate(cells):
-        for j, images in enumerate(row):
-            ax = axes[i, j]
-            ax.imshow(mosaic(images, nrow=nrow).numpy(), interpolation="nearest")
-            ax.set(xticks=[], yticks=[])
-            if i == 0:
-                ax.set_title(col_labels[j], fontsize=9)
-            if j == 0:
-                ax.set_ylabel(row_labels[i], fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=dpi)
-
-
-def save_figure(fig, path: Path, dpi: int = 100) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
 
 
 def timer() -> callable:
