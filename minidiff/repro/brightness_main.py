@@ -41,29 +41,19 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
     (with `judge`, default the built-in set's metrics.Judge), and write brightness_main.json and
     brightness_main.png to `out`."""
     from ..evaluation import metrics
-    from ..training import train as T
-    from ..training.sample import generate, load_run
+    from ..training.sample import generate
 
     results, images = {}, {}
-    suffix, schedule_flag = ("", "") if schedule == "linear" else (f"-{schedule}", f" --schedule {schedule}")
-    for name, changes in RUNS.items():
-        cfg = T.TrainConfig(max_steps=max_steps, minutes=0, seed=seed, device=device, threads=threads, schedule=schedule,
-                            judge_samples=0, sample_every=0, out=str(models_dir / f"main-{name}{suffix}"), **changes)
-        ckpt = Path(cfg.out) / T.CHECKPOINT
-        cfg.resume = ckpt.exists()
-        print(f"== {name}: python train_cifar.py --max-steps {max_steps}{schedule_flag} {FLAGS[name]}".rstrip())
-        try:
-            T.train(cfg)
-        except T.UsageError as err:  # a model of an older recipe in --models: say which flag to change
-            raise T.UsageError(f"{err} Here: pass another --models folder ({models_dir} holds main-{name}{suffix} "
-                               "from other settings).") from None
-        model, config, settings = load_run(ckpt, device=cfg.resolved().device)
+    suffix = run_suffix(schedule)
+    for name in RUNS:
+        model, config, settings = main_model(name, models_dir, max_steps=max_steps, seed=seed, schedule=schedule,
+                                             device=device, threads=threads)
         judge = judge or metrics.Judge.for_dataset("builtin", resolution=config["resolution"])
         labels = torch.arange(num_samples) % len(judge.real.classes)
         images[name] = generate(model, config, num_samples, labels=labels, seed=seed + 777, progress=False,
                                 device=str(next(model.parameters()).device), **settings)
         score = judge.score(images[name], labels)
-        results[name] = dict(score, sampling=settings, flags=(schedule_flag + " " + FLAGS[name]).strip(), steps=max_steps)
+        results[name] = dict(score, sampling=settings, flags=main_flags(name, schedule), steps=max_steps)
         print(metrics.format_table(score, judge.calibration(score["num"]), judge.describe()))
     calibration = judge.calibration(num_samples)
     result = dict(experiment="brightness --recipe main", max_steps=max_steps, num_samples=num_samples, seed=seed,
@@ -75,6 +65,65 @@ def run(out: Path, models_dir: Path, *, max_steps: int, num_samples: int, seed: 
     write_json(out, name, result)
     plot(result, images, judge.real.other[0], out / result["figure"])
     return result
+
+
+def run_suffix(schedule: str) -> str:
+    """What a run's folder name adds for a schedule other than the recipe's: main-fixed-scaled_linear."""
+    return "" if schedule == "linear" else f"-{schedule}"
+
+
+def main_flags(name: str, schedule: str = "linear") -> str:
+    """The flags of `python train_cifar.py` beyond --max-steps that make run `name` (fixed or flawed)."""
+    schedule_flag = "" if schedule == "linear" else f"--schedule {schedule}"
+    return (schedule_flag + " " + FLAGS[name]).strip()
+
+
+def main_model(name: str, models_dir: Path, *, max_steps: int = 2000, seed: int = 0, schedule: str = "linear",
+               device: str | None = None, threads: int | None = None, grid_samples: int | None = None):
+    """The main recipe's run `name` (a key of RUNS) in models_dir/main-NAME[-SCHEDULE]: trained, or
+    finished from where it stopped, or loaded when it has reached `max_steps` (then nothing is
+    written). `grid_samples` changes only the size of the grid drawn when training ends (the
+    recipe's 100; fewer for a quick test). Returns `training.sample.load_run`'s (EMA model, config,
+    the sampler settings of the run's own report)."""
+    from ..training import train as T
+    from ..training.sample import load_run
+
+    cfg = T.TrainConfig(max_steps=max_steps, minutes=0, seed=seed, device=device, threads=threads, schedule=schedule,
+                        judge_samples=0, sample_every=0, out=str(Path(models_dir) / f"main-{name}{run_suffix(schedule)}"),
+                        **RUNS[name])
+    cfg.num_samples = grid_samples or cfg.num_samples
+    ckpt = Path(cfg.out) / T.CHECKPOINT
+    cfg.resume = ckpt.exists()
+    print(f"== {name}: python train_cifar.py --max-steps {max_steps} {main_flags(name, schedule)}".rstrip())
+    try:
+        T.train(cfg)
+    except T.UsageError as err:  # a model of an older recipe in --models: say which flag to change
+        raise T.UsageError(f"{err} Here: pass another --models folder ({models_dir} holds {Path(cfg.out).name} "
+                           "from other settings).") from None
+    return load_run(ckpt, device=cfg.resolved().device)
+
+
+def main_trained(name: str, models_dir: Path, **kwargs):
+    """`main_model`'s run as the experiments' common.TrainedModel (what common.draw samples), with
+    the sampler settings of its report: (TrainedModel, settings). `kwargs` are main_model's."""
+    import json
+    import math
+
+    from ..training.runtime import CHECKPOINT, load_checkpoint
+    from ..training.sample import schedule_of
+    from .common import ModelSpec, TrainedModel
+
+    folder = Path(models_dir) / f"main-{name}{run_suffix(kwargs.get('schedule', 'linear'))}"
+    ckpt = folder / CHECKPOINT
+    trained_now = not ckpt.exists() or load_checkpoint(ckpt)["step"] < kwargs.get("max_steps", 2000)
+    model, config, settings = main_model(name, models_dir, **kwargs)
+    log = folder / "metrics.jsonl"  # the training's own clock: elapsed_s of its last line
+    lines = log.read_text().splitlines() if log.exists() else []
+    seconds = json.loads(lines[-1]).get("elapsed_s", math.nan) if lines else math.nan
+    spec = ModelSpec(folder.name, schedule=config["schedule"], zero_snr=config["zero_snr"], prediction=config["prediction"])
+    tm = TrainedModel(spec, model, schedule_of(config), model.config["num_classes"], model.config["image_size"],
+                      str(folder), seconds, trained_now)
+    return tm, settings
 
 
 def report_samples() -> int:
