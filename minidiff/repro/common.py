@@ -100,6 +100,11 @@ MODELS = {
     "sd-v": ModelSpec("sd-v", prediction="v"),                              # v alone
     "zsnr-v": ModelSpec("zsnr-v", zero_snr=True, prediction="v"),           # zero SNR (+ v, required)
     "sd-eps-offset": ModelSpec("sd-eps-offset", offset_noise=0.1),          # offset noise, the old fix
+    # the questions lab's: zero SNR designed in (repro zero-snr-designs) and other loss weights (repro weighting)
+    "cosine-zsnr-v": ModelSpec("cosine-zsnr-v", schedule="cosine", zero_snr=True, prediction="v"),
+    "flow-v": ModelSpec("flow-v", schedule="flow", zero_snr=True, prediction="v"),
+    "sd-v-minsnr": ModelSpec("sd-v-minsnr", prediction="v", weighting="min_snr"),
+    "zsnr-v-level": ModelSpec("zsnr-v-level", zero_snr=True, prediction="v", weighting="level_mean"),
 }
 
 

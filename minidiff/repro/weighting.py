@@ -32,16 +32,10 @@ from ..training import data as datasets
 from ..training.recipe import LossPerLevel, check_weighting, min_snr_weight
 from ..training.train import CHECKPOINT, load_checkpoint
 from .cfg_rescale import overexposure
-from .common import (MODELS, ModelSpec, brightness_stats, brightness_strips, data_brightness_stats, draw,
+from .common import (brightness_stats, brightness_strips, data_brightness_stats, draw,
                      experiment_parser, image_brightness, publish_figures, pyplot, save_figure, scale_of, timer,
                      trained_model, training_data, write_json)
 
-# The weighted models the brightness study lacks; trained_model looks a name up in common.MODELS.
-WEIGHTED = (ModelSpec("sd-v-minsnr", prediction="v", weighting="min_snr"),
-            ModelSpec("zsnr-v-level", zero_snr=True, prediction="v", weighting="level_mean"))
-for _spec in WEIGHTED:
-    if MODELS.setdefault(_spec.name, _spec) != _spec:
-        raise RuntimeError(f"common.MODELS already holds another model named {_spec.name!r}")
 
 COMPARED = (("sd-v", "SD schedule, v, none"), ("sd-v-minsnr", "SD schedule, v, min-SNR 5"),
             ("zsnr-v", "zero SNR, v, none (Lin et al.)"), ("zsnr-v-level", "zero SNR, v, level_mean"))

@@ -37,16 +37,10 @@ import torch
 from ..exact.analytic import gaussian_sampler_moments
 from ..samplers import make_timesteps
 from ..schedules import Schedule, alphas_cumprod, make_betas, rescale_zero_terminal_snr
-from .common import (MODELS, ModelSpec, brightness_stats, brightness_strips, data_brightness_stats, draw,
+from .common import (brightness_stats, brightness_strips, data_brightness_stats, draw,
                      experiment_parser, image_brightness, publish_figures, pyplot, save_figure, scale_of, timer,
                      trained_model, training_data, write_json)
 
-# The trained designs the brightness study lacks; trained_model looks a name up in common.MODELS.
-DESIGNED = (ModelSpec("cosine-zsnr-v", schedule="cosine", zero_snr=True, prediction="v"),
-            ModelSpec("flow-v", schedule="flow", zero_snr=True, prediction="v"))
-for _spec in DESIGNED:
-    if MODELS.setdefault(_spec.name, _spec) != _spec:
-        raise RuntimeError(f"common.MODELS already holds another model named {_spec.name!r}")
 
 TRAINED = (("sd-v", "SD schedule, no rescale"), ("zsnr-v", "SD + Algorithm 1"),
            ("cosine-zsnr-v", "cosine + Algorithm 1 (~ clip removed)"), ("flow-v", "flow (alpha_bar_T = 0 by design)"))
