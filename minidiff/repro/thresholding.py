@@ -12,6 +12,8 @@ act at different places:
                          (guidance.dynamic_threshold, the samplers' threshold=p); it needs the data's
                          range, [-1, 1] for pixels
     static clipping      Imagen's baseline: x0 clipped to [-1, 1] (clip_x0)
+    guidance interval    the guidance formula itself changed (Kynkaanniemi et al. 2024): no guidance at the
+                         noisiest steps, log-SNR < -3 (the samplers' guidance_interval; the main job's choice)
 
 The cfg-rescale experiment's model (zsnr-v) is sampled with each method over w in {1, 2, 4, 7.5}, from
 the same noises and labels as cfg-rescale (its plain and rescale-0.7 rows are the same numbers),
@@ -43,6 +45,10 @@ METHODS = {
     "dyn-0.9": ("dynamic threshold p 0.9", {"threshold": 0.9}),
     "dyn-0.995": ("dynamic threshold p 0.995", {"threshold": 0.995}),
     "rescale+dyn": ("rescale 0.7 + dynamic p 0.995", {"guidance_rescale": 0.7, "threshold": 0.995}),
+    # the guidance formula changed instead: guided only at log-SNR >= -3 (Kynkaanniemi et al. 2024; the main
+    # job's --guidance-from -3), so the noisiest steps, where a zero-SNR model decides the image, are unguided
+    # (30 is above every step's log-SNR, which ends near 7 at t = 0)
+    "interval": ("guided only at log-SNR >= -3", {"guidance_interval": (-3.0, 30.0)}),
 }
 
 
