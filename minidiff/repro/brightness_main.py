@@ -159,3 +159,13 @@ def plot(result: dict, images: dict, real: torch.Tensor, path: Path, k: int = 16
     sched = "" if result.get("schedule", "linear") == "linear" else f", {result['schedule']} schedule"
     brightness_strips(rows, path, f"the main job's recipe{sched}, {result['max_steps']:,} steps: darkest -> brightest", k,
                       row_height=0.85, label_width=3.6)
+
+
+def add_run_flags(p, sizes: dict, models_help: str, seed_help: str) -> None:
+    """The flags of the experiments that reuse the main recipe's runs (img2img, inpaint): their own run
+    sizes (--scale), the model cache, the seed, the device and the CPU threads."""
+    p.add_argument("--scale", choices=sorted(sizes), default="cpu", help="run size: cpu (default, minutes), test (seconds)")
+    p.add_argument("--models", default="runs/repro/models", help=models_help)
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--device", default=None, help="torch device (default: cuda, else mps, else cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a CPU shared with other jobs)")

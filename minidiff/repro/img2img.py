@@ -192,11 +192,8 @@ def parse_strengths(values: list[float]) -> tuple:
 
 def main(argv=None):
     p = experiment_parser("img2img", __doc__.split("\n\n")[0], trained=False)
-    p.add_argument("--scale", choices=sorted(SIZES), default="cpu", help="run size: cpu (default, minutes), test (seconds)")
-    p.add_argument("--models", default="runs/repro/models", help="cache of trained models (main-fixed/flawed-scaled_linear; --scale test: its test-scale folder)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the models' training, the inputs and the noises")
-    p.add_argument("--device", default=None, help="torch device (default: cuda, else mps, else cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a CPU shared with other jobs)")
+    brightness_main.add_run_flags(p, SIZES, "cache of trained models (main-fixed/flawed-scaled_linear; --scale test: its test-scale folder)",
+                                  "seed of the models' training, the inputs and the noises")
     p.add_argument("--inputs", type=int, help="images to edit (default: the scale's, 500)")
     p.add_argument("--strengths", type=float, nargs="+", help=f"edit strengths (default: {' '.join(map(str, STRENGTHS))})")
     p.add_argument("--main-steps", type=int, help="training steps of each run (default: the scale's, 2000)")

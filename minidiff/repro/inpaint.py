@@ -184,11 +184,8 @@ def print_row(row: dict) -> None:
 
 def main(argv=None):
     p = experiment_parser("inpaint", __doc__.split("\n\n")[0], trained=False)
-    p.add_argument("--scale", choices=sorted(SIZES), default="cpu", help="run size: cpu (default, minutes), test (seconds)")
-    p.add_argument("--models", default="runs/repro/models", help="cache of trained models (main-fixed-scaled_linear; --scale test: its test-scale folder)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model's training, the images and the noises")
-    p.add_argument("--device", default=None, help="torch device (default: cuda, else mps, else cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a CPU shared with other jobs)")
+    brightness_main.add_run_flags(p, SIZES, "cache of trained models (main-fixed-scaled_linear; --scale test: its test-scale folder)",
+                                  "seed of the model's training, the images and the noises")
     p.add_argument("--images", type=int, help="images to inpaint under each mask (default: the scale's, 200)")
     p.add_argument("--resample", type=int, nargs="+", default=list(RESAMPLE),
                    help="RePaint's extra passes per step to compare (0: none)")
