@@ -69,3 +69,11 @@ def test_every_command_on_the_page_parses(line, monkeypatch):
         return
     except SystemExit as exit_:
         pytest.fail(f"`{line}` exits {exit_.code} before its parser accepts it")
+
+
+def test_the_table_of_contents_links_reach_their_sections():
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    text = PAGE.read_text(encoding="utf-8")
+    slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert len(links) == 26 and not [a for a in links if a not in slugs]
