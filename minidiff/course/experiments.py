@@ -325,5 +325,62 @@ def run_flow(fn, out: Path, quick: bool) -> list[str]:
     return lines + [f"wrote {out / 'flow_snr.png'} (the flow's log-SNR and alpha_bar beside Table 1's schedules)"]
 
 
+def _inpaint_pixel(fn, model, init, mask, steps: int, resample: int, seed: int = 1):
+    """RePaint with DDIM steps (eta = 1) and the known pixels put back by `fn`, drawing its noise in the
+    order `samplers.sample` does, so that a right fn gives minidiff's samples bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda: torch.randn(init.shape, generator=g, dtype=torch.float64)
+    ab, ts, x = model.schedule.alphas_cumprod.tolist(), samplers.make_timesteps(1000, steps, "trailing").tolist(), draw()
+    for i, t in enumerate(ts):
+        a, a_next = ab[t], (ab[ts[i + 1]] if i + 1 < len(ts) else 1.0)
+        for r in range(resample + 1 if a_next < 1 else 1):
+            if r > 0:  # back up to t with fresh noise, q(x_t | x_next)
+                x = samplers.noised(x, a / a_next, draw())
+            x0, eps = objectives.to_x0_eps("x0", model(x, torch.full((len(x),), t)), x, a)
+            x_next = samplers.ddim_step(x, x0, eps, a, a_next, 1.0, draw() if a_next < 1 else None)
+            x = fn(x_next, init, mask, a_next, draw())
+    return x
+
+
+def run_editing(fn, out: Path, quick: bool) -> list[str]:
+    """Exercise 16: two pixels of correlation rho, the first kept at k, the second filled; its exact law
+    given the first is N(rho k, 1 - rho^2). Your keep_known in RePaint's loop against minidiff's sample."""
+    rho, k = 0.9, 1.5
+    n, steps = (1000, 25) if quick else (4000, 100)
+    passes = (0, 3) if quick else (0, 1, 3, 10)
+    sched = Schedule.make("linear", zero_snr=True)
+    model = GaussianDenoiser(torch.zeros(2), torch.tensor([[1.0, rho], [rho, 1.0]]), schedule=sched, prediction="x0")
+    init, mask = torch.tensor([k, 0.0], dtype=torch.float64).expand(n, 2).clone(), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    lines = [f"inpainting x2 given x1 = {k} (correlation {rho}; exact: mean {rho * k:.3f}, std {math.sqrt(1 - rho**2):.3f}), "
+             f"{steps} DDIM steps (eta 1), {n} draws, your keep_known:",
+             f"  {'resample':>8s} {'mean':>7s} {'minidiff':>8s} {'std':>6s} {'x1 kept: max |x1 - k|':>22s} {'yours - minidiff':>17s}"]
+    yours, ref = {}, {}
+    for r in passes:
+        yours[r] = _inpaint_pixel(fn, model, init, mask, steps, r)
+        ref[r] = samplers.sample(model, (n, 2), sched, prediction="x0", steps=steps, sampler="ddim", eta=1.0, init=init,
+                                 mask=mask, resample=r, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+                                 progress=False)
+        y = yours[r]
+        lines.append(f"  {r:8d} {y[:, 1].mean().item():7.3f} {ref[r][:, 1].mean().item():8.3f} {y[:, 1].std().item():6.3f} "
+                     f"{(y[:, 0] - k).abs().max().item():22.1e} {(y - ref[r]).abs().max().item():17.1e}")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    calls = [r + 1 for r in passes]
+    axes[0].plot(calls, [yours[r][:, 1].mean().item() for r in passes], "o-", label="yours")
+    axes[0].plot(calls, [ref[r][:, 1].mean().item() for r in passes], "--", alpha=0.7, label="minidiff's sample")
+    axes[0].axhline(rho * k, color="k", lw=0.8, label=f"exact E[x2 | x1 = {k}] = {rho * k:.2f}")
+    axes[0].set_xscale("log"), axes[0].set_xlabel("passes per step (resample + 1)"), axes[0].set_ylabel("mean of the filled x2")
+    axes[0].grid(alpha=0.3), axes[0].legend(fontsize=8), axes[0].set_title("the fill's mean against its exact value", fontsize=9)
+    grid = torch.linspace(-1.5, 3.5, 201, dtype=torch.float64)
+    for r in (passes[0], passes[-1]):
+        axes[1].hist(yours[r][:, 1].numpy(), bins=60, range=(-1.5, 3.5), density=True, alpha=0.45, label=f"yours, resample {r}")
+    density = torch.exp(-((grid - rho * k) ** 2) / (2 * (1 - rho**2))) / math.sqrt(2 * math.pi * (1 - rho**2))
+    axes[1].plot(grid, density, "k", lw=1, label="exact N(rho k, 1 - rho^2)")
+    axes[1].set_xlabel("filled x2"), axes[1].legend(fontsize=8), axes[1].grid(alpha=0.3)
+    axes[1].set_title(f"kept x1: largest |x1 - k| = {max((yours[r][:, 0] - k).abs().max().item() for r in passes):.1e}", fontsize=9)
+    save_figure(fig, out / "inpaint_pixel.png")
+    return lines + [f"wrote {out / 'inpaint_pixel.png'}"]
+
+
 RUNS = {1: run_forward, 2: run_table1, 3: run_leakage, 4: run_objectives, 5: run_timesteps, 6: run_ddim,
-        7: run_denoiser, 8: run_guidance, 9: run_solver, 15: run_flow}
+        7: run_denoiser, 8: run_guidance, 9: run_solver, 15: run_flow, 16: run_editing}
