@@ -169,3 +169,17 @@ def add_run_flags(p, sizes: dict, models_help: str, seed_help: str) -> None:
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--device", default=None, help="torch device (default: cuda, else mps, else cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a CPU shared with other jobs)")
+
+
+def run_sizes(args, sizes: dict, keys: tuple) -> dict:
+    """The scale's sizes (`sizes[args.scale]`) with the command line's overrides of `keys` applied,
+    each at least 2 (one line and exit 2 otherwise)."""
+    from ..training.cli import fail
+
+    chosen = dict(sizes[args.scale])
+    for key in keys:
+        value = getattr(args, key)
+        if value is not None and value < 2:
+            fail(f"--{key.replace('_', '-')} must be at least 2, got {value}")
+        chosen[key] = value or chosen[key]
+    return chosen

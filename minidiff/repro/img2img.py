@@ -198,12 +198,7 @@ def main(argv=None):
     p.add_argument("--strengths", type=float, nargs="+", help=f"edit strengths (default: {' '.join(map(str, STRENGTHS))})")
     p.add_argument("--main-steps", type=int, help="training steps of each run (default: the scale's, 2000)")
     a = p.parse_args(argv)
-    sizes = dict(SIZES[a.scale])
-    for key in ("inputs", "main_steps"):
-        value = getattr(a, key)
-        if value is not None and value < 2:
-            fail(f"--{key.replace('_', '-')} must be at least 2, got {value}")
-        sizes[key] = value or sizes[key]
+    sizes = brightness_main.run_sizes(a, SIZES, ("inputs", "main_steps"))
     sizes["show"] = min(sizes["show"], sizes["inputs"] // 2 * 2)
     strengths = parse_strengths(a.strengths) if a.strengths else STRENGTHS
     if a.threads:

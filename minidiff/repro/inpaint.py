@@ -192,12 +192,7 @@ def main(argv=None):
     p.add_argument("--masks", nargs="+", choices=MASKS, default=list(MASKS), help="which masks")
     p.add_argument("--main-steps", type=int, help="training steps of the fixed run (default: the scale's, 2000)")
     a = p.parse_args(argv)
-    sizes = dict(SIZES[a.scale])
-    for key in ("images", "main_steps"):
-        value = getattr(a, key)
-        if value is not None and value < 2:
-            fail(f"--{key.replace('_', '-')} must be at least 2, got {value}")
-        sizes[key] = value or sizes[key]
+    sizes = brightness_main.run_sizes(a, SIZES, ("images", "main_steps"))
     sizes["show"] = min(sizes["show"], sizes["images"])
     if min(a.resample) < 0:
         fail(f"--resample counts extra passes per step: 0 or more, got {min(a.resample)}")
