@@ -1,7 +1,7 @@
 """Quality per CPU-minute: train a recipe for M minutes, then measure the samples it draws.
 
     python benchmarks/quality.py --name baseline --minutes 10 --seeds 0 1
-    python benchmarks/quality.py --name wide --minutes 10 --seeds 0 1 --set unet='{"base_channels": 32}'
+    python benchmarks/quality.py --name wide --minutes 10 --seeds 0 1 --set unet.base_channels=64
     python benchmarks/quality.py --name cosine --set lr_decay=cosine --eval-steps 10 25 50
     python benchmarks/quality.py --table runs/quality/results.jsonl     # the study as a markdown table
 
@@ -17,8 +17,6 @@ figures, not by the training loss. Run it on an otherwise idle machine: it measu
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import json
 import math
 import statistics
@@ -32,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from minidiff.training import data as datasets, train as T  # noqa: E402
+from minidiff.training.config import parse_settings  # noqa: E402
+from minidiff.training.runtime import UsageError  # noqa: E402
 from minidiff.evaluation import metrics  # noqa: E402
 from minidiff.training.sample import generate  # noqa: E402
 from minidiff.samplers import SAMPLERS  # noqa: E402
@@ -55,23 +55,15 @@ def check_args(args) -> None:
 
 
 def parse_sets(items: list[str]) -> dict:
-    """["lr=2e-3", "unet={'base_channels': 32}", "lr_decay=cosine"] -> a dict of TrainConfig fields."""
-    fields = {f.name for f in dataclasses.fields(T.TrainConfig)}
-    out = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"error: --set {item}: {key!r} is not a TrainConfig field")
+    """["lr=2e-3", "unet.base_channels=64", "lr_decay=cosine"] -> TrainConfig fields (config.parse_settings)."""
+    try:
+        sets = parse_settings(items)
+    except UsageError as err:
+        raise SystemExit(f"error: {err}") from None
+    for key in sets:
         if key in ("seed", "minutes", "out", "dataset", "data_root", "resume"):
-            raise SystemExit(f"error: --set {item}: use --{key.replace('_', '-')}{'s' if key == 'seed' else ''} for that")
-        try:
-            out[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            if text.lstrip().startswith(("{", "[", "(")):
-                raise SystemExit(f"error: --set {item}: not a Python literal; write it as Python does "
-                                 "(True/False/None, quoted strings), e.g. unet='{\"patch_size\": 2}'") from None
-            out[key] = text  # a plain word, e.g. cosine
-    return out
+            raise SystemExit(f"error: --set {key}: use --{key.replace('_', '-')}{'s' if key == 'seed' else ''} for that")
+    return sets
 
 
 def run_one(args, seed: int, sets: dict, judge: metrics.Judge) -> list[dict]:

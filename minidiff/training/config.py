@@ -31,52 +31,72 @@ from .recipe import LOW_SNR, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
 from .runtime import LR_DECAYS, UsageError, require
 
 
-# Defaults that depend on the dataset. CIFAR-10 is DDPM's recipe. The built-in set's recipe is
-# chosen by measurement so that the README's main job (no flags) gives recognisable samples in a
-# 10-minute run on a 2-core CPU; docs/training.md has the figures.
+# Defaults that depend on the dataset: one block a recipe, one setting a line, and why. CIFAR-10 is
+# DDPM's recipe. The built-in set's is chosen by measurement so that the README's main job (no flags)
+# draws recognisable samples in a 10-minute run on a 2-core CPU (docs/training.md, docs/recipe_history.md).
+# Any setting can be changed for one run with its flag or `--set NAME=VALUE` (`--set unet.base_channels=64`).
 EMA_SHARE = 1 / 30  # the built-in recipe's EMA: the last thirtieth of the run (0.995 at 6,000 steps)
 UNIFORM_SHARE = 0.1  # chosen by benchmarks/quality.py (docs/recipe_history.md): 0.3 and 0.5 drew worse shapes
-RECIPES = {
-    "cifar10": dict(preset="ddpm-cifar10", batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
-                    ema_share=0.0, max_steps=800_000, minutes=None, class_cond=False, sample_every=10_000,
-                    ckpt_every=5_000, sample_steps=50, judge_samples=0, timesteps="uniform", stf_reference=0,
-                    adam_beta2=0.999, timesteps_uniform=1.0, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
-                    guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
-    # The built-in recipe (docs/recipe_history.md, "the brightness study"): the space-to-depth network,
-    # 8% of the timesteps in the low-SNR band where brightness is decided and 5% uniform, and each
-    # noise level's loss over its running mean so that the noisy levels do not drown the shapes.
-    # Below log-SNR 0 its target is the Stable Target Field over 512 reference images (Xu et al. 2023,
-    # recipe.stable_target): the zero-SNR prediction had come out a few hundredths too bright,
-    # and seed 1 at 5,000 steps drew W1 0.096 -> 0.045 with it (docs/recipe_history.md, "the zero-SNR offset").
-    # Its report samples with guidance 2.5 and no guidance rescale (at w = 3 the rescale of 0.7
-    # squeezed the brightness: W1 0.19 against 0.11 without it, docs/06_guidance.md), guiding only at
-    # log-SNR >= -3: below it the brightness is decided, the data's brightness does not depend on the
-    # class, and guiding there only magnified the network's error (worst W1 of nine checkpoints
-    # 0.175 -> 0.099, docs/recipe_history.md, "guidance above the brightness band"). Its sampler is
-    # DPM-Solver++(2M): one network call a step as DDIM, and a wider brightness range at 25 steps
-    # (W1 0.040 against DDIM's 0.063 on the same checkpoint, docs/recipe_history.md). Its learning rate
-    # holds and then falls linearly to 0 over the last fifth of the run (wsd): at 10 minutes one pair
-    # of runs drew the data's brightness range on both seeds where a constant rate squeezed it (the
-    # brightness of a 10-minute run still varies from run to run: W1 0.026 to 0.070 over four).
-    # Its EMA averages about the last thirtieth of the steps so far (a power EMA, minidiff/training/ema.py):
-    # 0.995 at 6,000 steps, where 0.995 drew W1 0.028 and 0.038 against 0.98's 0.048 and 0.036 in one
-    # run per seed (docs/recipe_history.md, "the EMA at 10 minutes"), and 0.985 at 2,000 steps, where the
-    # fixed 0.995 reached back to weights that had not learnt the shapes yet (--ema-share 0 falls
-    # back to the fixed ema_decay). Its Adam averages squared gradients over about 100 steps
-    # (beta2 0.99, as EDM2) rather than 1,000: at 2,000 steps class accuracy 72.0% -> 88.2% on seed
-    # 1 (docs/recipe_history.md, "2,000 steps"). The report scores 1,000 samples: at 500, real images
-    # against real images alone range from W1 0.013 to 0.071 (`minidiff metrics --real-spread 500`).
-    "builtin": dict(preset="small-patch2", batch_size=32, lr=2e-3, warmup=100, adam_beta2=0.99, ema_decay=0.995,
-                    ema_share=EMA_SHARE, max_steps=100_000, minutes=10.0, class_cond=True, sample_every=500,
-                    ckpt_every=500, sample_steps=25, judge_samples=1000, timesteps="logsnr_normal",
-                    timesteps_uniform=0.05, timesteps_low_snr=0.08, weighting="level_mean", stf_reference=512, guidance=2.5,
-                    guidance_rescale=0.0, guidance_from=-3.0, sampler="dpmpp_2m", lr_decay="wsd"),
-    "folder": dict(preset="small", batch_size=64, lr=1e-3, warmup=200, adam_beta2=0.999, ema_decay=0.999,
-                   ema_share=0.0, max_steps=100_000, minutes=None, class_cond=False, sample_every=2_000,
-                   ckpt_every=2_000, sample_steps=50, judge_samples=500, timesteps="logsnr_normal", stf_reference=0,
-                   timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0, weighting="none", guidance=1.0,
-                   guidance_rescale=0.7, guidance_from=-math.inf, sampler="ddim", lr_decay="constant"),
-}
+LABELS = "labels"  # class_cond: on when the data has classes (a folder with one sub-folder per class)
+
+CIFAR10 = dict(  # DDPM (Ho et al. 2020), App. B: the GPU recipe the paper trained for 800k steps
+    preset="ddpm-cifar10",        # the paper's 35.7M-parameter UNet
+    batch_size=128, lr=2e-4,      # the paper's batch and Adam rate
+    warmup=5000,                  # the paper's linear warm-up
+    lr_decay="constant",          # the paper keeps the rate
+    adam_beta2=0.999,             # PyTorch's (and the paper's) Adam
+    ema_decay=0.9999, ema_share=0.0,  # the paper's EMA
+    max_steps=800_000, minutes=None,  # the paper's length
+    class_cond=False,             # the paper's model is unconditional
+    timesteps="uniform", timesteps_uniform=1.0, timesteps_low_snr=0.0,  # the paper's loss: t ~ U
+    weighting="none", stf_reference=0,  # the paper's loss: every level alike, the one x0
+    sample_every=10_000, ckpt_every=5_000,
+    sampler="ddim", sample_steps=50,  # the grids: DDIM (Song et al.'s 50 steps)
+    guidance=1.0, guidance_rescale=0.7, guidance_from=-math.inf,  # unguided; Lin et al.'s phi when guided
+    judge_samples=0,              # scored by FID (minidiff fid), not the CPU measure
+)
+
+BUILTIN = dict(  # the main job: shapes in 10 CPU-minutes (docs/recipe_history.md has each study)
+    preset="small-patch2",        # `small` twice as wide behind a 2x2 patch stem: half the cost a step, more learnt a step
+    batch_size=32, lr=2e-3,       # small batches, many steps: what ten CPU-minutes reward
+    warmup=100,
+    lr_decay="wsd",               # hold, then linear to 0 over the last fifth: drew the full brightness range where constant squeezed it
+    adam_beta2=0.99,              # EDM2's: squared gradients over ~100 steps; class accuracy 72.0% -> 88.2% at 2,000 steps (seed 1)
+    ema_decay=0.995,              # used only with --ema-share 0
+    ema_share=EMA_SHARE,          # power EMA over the last thirtieth of the run: 0.995 at 6,000 steps, 0.985 at 2,000
+    max_steps=100_000, minutes=10.0,  # the README's ten minutes
+    class_cond=True,              # ten classes: row r of a grid is class r
+    timesteps="logsnr_normal",    # log-SNR ~ N(2.4, 2.4) as EDM ...
+    timesteps_uniform=0.05,       # ... plus 5% uniform, so the zero-SNR step is trained ...
+    timesteps_low_snr=0.08,       # ... plus 8% at log-SNR ~ N(-6, 2), where an image's brightness is decided
+    weighting="level_mean",       # each level's loss over its running mean, so the noisy levels do not drown the shapes
+    stf_reference=512,            # Stable Target Field below log-SNR 0: seed 1's W1 0.096 -> 0.045 at 5,000 steps
+    sample_every=500, ckpt_every=500,
+    sampler="dpmpp_2m", sample_steps=25,  # one call a step as DDIM, wider brightness range at 25 steps (W1 0.040 vs 0.063)
+    guidance=2.5,                 # the report's guidance weight
+    guidance_rescale=0.0,         # at w = 3 the rescale squeezed the brightness: W1 0.19 against 0.11 (docs/06_guidance.md)
+    guidance_from=-3.0,           # guide only at log-SNR >= -3: worst W1 of nine checkpoints 0.175 -> 0.099
+    judge_samples=1000,           # at 500, real against real alone ranges over W1 0.013-0.071
+)
+
+FOLDER = dict(  # a user's own images, and Fashion-MNIST / MNIST by name
+    preset="small",               # 0.27M parameters; a 28x28 set keeps its size (28 -> 14 -> 7)
+    batch_size=64, lr=1e-3,
+    warmup=200,
+    lr_decay="constant",
+    adam_beta2=0.999,
+    ema_decay=0.999, ema_share=0.0,
+    max_steps=100_000, minutes=None,  # no time limit unless --minutes is given
+    class_cond=LABELS,            # class-conditional when the folder has one sub-folder per class
+    timesteps="logsnr_normal", timesteps_uniform=UNIFORM_SHARE, timesteps_low_snr=0.0,
+    weighting="none", stf_reference=0,
+    sample_every=2_000, ckpt_every=2_000,
+    sampler="ddim", sample_steps=50,
+    guidance=1.0, guidance_rescale=0.7, guidance_from=-math.inf,
+    judge_samples=500,
+)
+
+RECIPES = {"cifar10": CIFAR10, "builtin": BUILTIN, "folder": FOLDER, "fashion-mnist": FOLDER, "mnist": FOLDER}
 # Flags that define what is being trained: a resumed run must not change them.
 IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "lr_cooldown",
@@ -154,6 +174,8 @@ class TrainConfig:
         if self.ema_decay is not None and self.ema_share is None:
             filled["ema_share"] = 0.0  # an explicit --ema-decay means that fixed decay
         cfg = TrainConfig(**filled)
+        if cfg.class_cond == LABELS:
+            cfg.class_cond = has_labels(cfg.dataset, cfg.data_root)
         require(cfg.preset in PRESETS, f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
         if cfg.resolution is None:
             cfg.resolution = native_resolution(cfg) or PRESETS[cfg.preset]["image_size"]
@@ -164,12 +186,24 @@ class TrainConfig:
         return cfg
 
 
+def has_labels(dataset: str, data_root: str | None) -> bool:
+    """Whether `dataset` comes with classes: Fashion-MNIST and MNIST do, a folder does when its images
+    sit in one sub-folder per class (at least two), the layout `data.image_folder` reads as labels."""
+    if dataset in datasets.IDX_CLASSES:
+        return True
+    return dataset == "folder" and bool(data_root) and datasets.folder_classes(data_root) is not None
+
+
 def native_resolution(cfg: TrainConfig) -> int | None:
-    """A folder of square images that all share one size trains at that size when the preset's UNet
-    can take it (a 28 x 28 set on the small preset: 28 -> 14 -> 7), rather than being resized."""
-    if cfg.dataset != "folder" or not cfg.data_root:
+    """A folder of square images that all share one size (and Fashion-MNIST and MNIST, 28 x 28) trains
+    at that size when the preset's UNet can take it (28 on the small preset: 28 -> 14 -> 7), rather
+    than being resized."""
+    if cfg.dataset in datasets.IDX_CLASSES:
+        size = (28, 28)
+    elif cfg.dataset == "folder" and cfg.data_root:
+        size = datasets.folder_image_size(cfg.data_root)
+    else:
         return None
-    size = datasets.folder_image_size(cfg.data_root)
     if size is None or size[0] != size[1]:
         return None
     try:
@@ -189,17 +223,62 @@ def default_run_name(cfg: TrainConfig) -> str:
 # --------------------------------------------------------------------------------------- CLI
 
 
+def parse_settings(items: list[str]) -> dict:
+    """`--set` items -> TrainConfig fields: ["lr=2e-3", "unet.base_channels=64", "lr_decay=cosine"] ->
+    {"lr": 0.002, "unet": {"base_channels": 64}, "lr_decay": "cosine"}.
+
+    A value is read as a Python literal (2e-3, True, None, [1, 2]) or else kept as a word (cosine);
+    `unet.KEY` sets one key of the preset's UNet config (minidiff.unet.PRESETS). A UsageError names
+    an unknown field or key.
+    """
+    import ast
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unet_keys = sorted(set().union(*(PRESETS[name] for name in PRESETS)) | {"patch_size"})
+    out: dict = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        require(equals and key, f"--set {item!r}: write NAME=VALUE, e.g. --set lr=2e-3 or --set unet.base_channels=64")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            require(not text.lstrip().startswith(("{", "[", "(")),
+                    f"--set {item}: {text!r} is not a Python literal; write it as Python does (True/False/None, "
+                    "quoted strings, [1, 2])")
+            value = text  # a plain word, e.g. cosine
+        if key.startswith("unet."):
+            name = key[len("unet."):]
+            require(name in unet_keys, f"--set {item}: the UNet has no setting {name!r}; choose one of "
+                                       f"{', '.join(unet_keys)}")
+            out.setdefault("unet", {})[name] = tuple(value) if isinstance(value, list) else value
+            continue
+        require(key in fields, f"--set {item}: {key!r} is not a TrainConfig field (a setting of a run: "
+                               "`minidiff train --help` lists them, a flag's name with _ for -)")
+        kind = str(fields[key].type)
+        if kind.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind.startswith("bool"):
+            require(isinstance(value, bool), f"--set {item}: {key} is True or False")
+        out[key] = value
+    return out
+
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(
         prog="minidiff train",
-        description="Train a pixel-space diffusion UNet (DDPM's recipe, Lin et al.'s fixes as flags); also python train_cifar.py.",
+        description="Train a pixel-space diffusion UNet with the recipe of its dataset (config.py RECIPES: the built-in "
+                    "shapes, CIFAR-10 as DDPM, a folder or Fashion-MNIST/MNIST; Lin et al.'s fixes on by default); "
+                    "also python train_cifar.py.",
         formatter_class=_HelpFormatter)
     d = TrainConfig()
     flag = argparse.BooleanOptionalAction
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=datasets.DATASETS, default=d.dataset, help="what to train on")
-    data.add_argument("--data-root", help="CIFAR-10 folder (holds cifar-10-batches-py) or image folder")
-    data.add_argument("--download", action=flag, default=d.download, help="download CIFAR-10 if missing")
+    data.add_argument("--data-root", help="CIFAR-10 folder (holds cifar-10-batches-py), the folder of the four idx files "
+                                           "(fashion-mnist, mnist; Debian: /usr/share/datasets/fashion-mnist), or an image folder")
+    data.add_argument("--download", action=flag, default=d.download, help="download CIFAR-10 or (Fashion-)MNIST if missing")
     data.add_argument("--num-images", type=int, default=d.num_images, help="size of the built-in set")
     data.add_argument("--resolution", type=int, help="image side (default: the preset's)")
     model = p.add_argument_group("model and diffusion")
@@ -209,7 +288,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                        help="noise schedule: a beta schedule, or flow, the rectified flow (zero terminal SNR by construction)")
     model.add_argument("--zero-snr", action=flag, default=d.zero_snr, help="rescale to zero terminal SNR (Lin et al. Alg. 1)")
     model.add_argument("--prediction", choices=PREDICTIONS, default=d.prediction, help="model output (v: Lin et al. Sec. 3.2; u = eps - x0: the flow's velocity, with --schedule flow)")
-    model.add_argument("--class-cond", action=flag, help="condition on class labels (recipe: on for builtin)")
+    model.add_argument("--class-cond", action=flag,
+                       help="condition on class labels (recipe: on for builtin, fashion-mnist, mnist and a folder "
+                            "with one sub-folder per class; --no-class-cond opts out)")
     model.add_argument("--label-dropout", type=float, default=d.label_dropout, help="P(null label), for classifier-free guidance")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, help="global batch size")
@@ -276,8 +357,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                      help="samples scored at the end by minidiff.evaluation.metrics (recipe: 1000 builtin, 500 labelled folders; 0: none)")
     run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
     run.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
-    args = p.parse_args(argv)
-    return TrainConfig(**vars(args))
+    run.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
+                     help="any setting of the run by its name, repeatable: --set lr=2e-3, --set unet.base_channels=64 "
+                          "(a key of the UNet preset); the checkpoint's config records it")
+    args = vars(p.parse_args(argv))
+    settings = args.pop("settings")
+    try:
+        chosen = parse_settings(settings)
+    except UsageError as err:
+        p.error(str(err))
+    if "unet" in chosen:  # --set unet.a=1 --set unet.b=2 both count
+        chosen["unet"] = {**(args.get("unet") or {}), **chosen["unet"]}
+    return TrainConfig(**{**args, **chosen})
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -1,4 +1,4 @@
-"""Image data for pixel-space training: CIFAR-10, a folder of images, and a built-in set.
+"""Image data for pixel-space training: CIFAR-10, (Fashion-)MNIST, a folder of images, and a built-in set.
 
 Every dataset is loaded once into an `ImageSet`: all images as one uint8 tensor [N, 3, H, W] and
 their integer labels. Conversion to floats in [-1, 1] (the library's convention) happens per batch,
@@ -27,7 +27,14 @@ import torch.nn.functional as F
 
 from .runtime import StepOrder, UsageError, mix_seed
 
-DATASETS = ("builtin", "cifar10", "folder")
+DATASETS = ("builtin", "cifar10", "fashion-mnist", "mnist", "folder")
+# The 28x28 grayscale sets stored as the four idx files of LeCun et al. (MNIST) and Xiao et al. 2017
+# (Fashion-MNIST); the class names are those of the sets' papers.
+IDX_CLASSES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion-mnist": ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                      "ankle-boot"),
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 BUILTIN_CLASSES = ("disc", "square", "triangle", "ring", "cross",
@@ -264,6 +271,78 @@ def cifar10(root: str | Path = "data", *, train: bool = True, download: bool = T
     return ImageSet(resize_center_crop(images, resolution), labels, tuple(ds.classes), "cifar10")
 
 
+# ------------------------------------------------------------------------ MNIST, Fashion-MNIST
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """One idx file (the format of MNIST and Fashion-MNIST; gzipped or not) as a numpy array.
+
+    The header is two zero bytes, a type code (0x08: unsigned bytes) and the number of dimensions,
+    then one big-endian int32 per dimension; the data follow, row-major.
+    """
+    import gzip
+
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes (its header is {raw[:4].hex() or 'empty'})")
+    dims = np.frombuffer(raw, ">i4", count=raw[3], offset=4)
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3])
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: its header promises {int(np.prod(dims))} bytes, it holds {data.size}")
+    return data.reshape(tuple(int(d) for d in dims))
+
+
+def _idx_file(root: Path, stem: str) -> Path | None:
+    """root/stem, gzipped or not, also where torchvision keeps it (root/raw, root/FashionMNIST/raw, ...)."""
+    folders = (root, root / "raw", root / "FashionMNIST" / "raw", root / "MNIST" / "raw")
+    names = (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz")
+    found = [folder / name for folder in folders for name in names if (folder / name).is_file()]
+    return found[0] if found else None
+
+
+def idx_dataset(name: str, root: str | Path | None = "data", *, train: bool = True, download: bool = True,
+                resolution: int = 28) -> ImageSet:
+    """MNIST or Fashion-MNIST: the four standard idx files in `root` (or its raw/ folder, as
+    torchvision keeps them), else torchvision's download into `root` when `download` allows.
+
+    On Debian, `apt-get install dataset-fashion-mnist` puts Fashion-MNIST's files in
+    /usr/share/datasets/fashion-mnist, which is then the root to pass.
+    """
+    root = Path(root or "data").expanduser()
+    split = "train" if train else "t10k"
+    images_path = _idx_file(root, f"{split}-images-idx3-ubyte")
+    labels_path = _idx_file(root, f"{split}-labels-idx1-ubyte")
+    if images_path is None or labels_path is None:
+        fetched = None
+        if download:
+            import torchvision
+
+            kind = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
+            try:
+                fetched = kind(str(root), train=train, download=True)
+            except Exception as err:  # noqa: BLE001 (no network, a proxy, a full disk: say what to do)
+                raise FileNotFoundError(
+                    f"{name}: the idx files are not in {root.resolve()} and the download failed ({err}). Put "
+                    f"{split}-images-idx3-ubyte(.gz) and {split}-labels-idx1-ubyte(.gz) there, or point --data-root "
+                    "at the folder that holds them (Debian: apt-get install dataset-fashion-mnist, then "
+                    "--data-root /usr/share/datasets/fashion-mnist).") from None
+        if fetched is None:
+            raise FileNotFoundError(
+                f"{name}: no {split}-images-idx3-ubyte(.gz) and {split}-labels-idx1-ubyte(.gz) under {root.resolve()}; "
+                "point --data-root at the folder that holds the four idx files, or allow the download (drop --no-download).")
+        images, labels = fetched.data.numpy(), fetched.targets.numpy()
+    else:
+        images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.shape != (images.shape[0],):
+        raise ValueError(f"{name}: images {images.shape} and labels {labels.shape} do not match "
+                         "(expected [N, 28, 28] and [N])")
+    pixels = torch.from_numpy(images.copy())[:, None]  # one channel: the model draws grayscale
+    labels = torch.from_numpy(labels.astype(np.int64))
+    return ImageSet(resize_center_crop(pixels, resolution), labels, IDX_CLASSES[name], name)
+
+
 # -------------------------------------------------------------------------------- image folder
 
 
@@ -343,6 +422,19 @@ def grayscale(images: torch.Tensor) -> bool:
     return images.shape[1] == 3 and bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
 
 
+def folder_classes(root: str | Path) -> tuple[str, ...] | None:
+    """The class names of a folder with one sub-folder per class (at least two, and no image at its
+    top level), else None. Looks at the top level only, so it costs milliseconds."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return None
+    entries = list(root.iterdir())
+    if any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
+        return None
+    classes = tuple(sorted(p.name for p in entries if p.is_dir() and not p.name.startswith(".")))
+    return classes if len(classes) >= 2 else None
+
+
 def folder_image_size(root: str | Path, limit: int = 2_000) -> tuple[int, int] | None:
     """(H, W) when the first `limit` images under `root` all share one size, else None. Reads only
     the headers, so it costs milliseconds; the trainer keeps such a folder at its own size when
@@ -369,11 +461,13 @@ def folder_image_size(root: str | Path, limit: int = 2_000) -> tuple[int, int] |
 
 def load_dataset(name: str, *, data_root: str | Path | None = None, resolution: int = 32,
                  download: bool = True, seed: int = 0, num: int = 20_000) -> ImageSet:
-    """Load a dataset by name: "builtin" (num images from seed), "cifar10" or "folder"."""
+    """Load a dataset by name: "builtin" (num images from seed), "cifar10", "fashion-mnist", "mnist" or "folder"."""
     if name == "builtin":
         return builtin_shapes(num, seed=seed, resolution=resolution)
     if name == "cifar10":
         return cifar10(data_root or "data", download=download, resolution=resolution)
+    if name in IDX_CLASSES:
+        return idx_dataset(name, data_root or "data", download=download, resolution=resolution)
     if name == "folder":
         if data_root is None:
             raise UsageError("--dataset folder needs --data-root DIR (a folder of images).")
