@@ -2,7 +2,8 @@
 
 Lin et al.'s loss (eq. 12) draws t uniformly, regresses on the v target of the one x0 that made x_t,
 and weighs every timestep alike. The built-in recipe (training/config.py RECIPES["builtin"]) changes
-four things, each measured in docs/recipe_history.md, and `recipe_loss` puts them together:
+three of these, each measured in docs/recipe_history.md, and `recipe_loss` puts them together; a
+fourth extra is in no recipe:
 
     timestep_probabilities   where t is drawn: log-SNR ~ N(2.4, 2.4) as EDM, plus a share at
                              N(-6, 2) where an image's brightness is decided, plus a uniform share
