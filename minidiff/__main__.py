@@ -19,6 +19,8 @@ JOBS = {
             "Frechet Inception Distance of generated images (needs the fid extra)"),
     "brightness-gain": ("minidiff.evaluation.brightness_gain:main",
                         "how well a trained network reads an image's brightness from the noise"),
+    "explore": ("minidiff.explore:main",
+                "one self-contained web page: a checkpoint's forward and reverse process under sliders"),
     "repro": ("minidiff.repro.__main__:main",
               "one reproduction experiment of either paper: minidiff repro NAME (--help lists them)"),
     "course": ("minidiff.course.__main__:main",

@@ -14,8 +14,8 @@ import pytest
 from minidiff.__main__ import JOBS, main
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["train", "sample", "metrics", "fid", "brightness-gain", "repro", "course", "minisd", "train-latent",
-         "sample-latent"]
+NAMES = ["train", "sample", "metrics", "fid", "brightness-gain", "explore", "repro", "course", "minisd",
+         "train-latent", "sample-latent"]
 NEEDS_DIFFUSERS = {"train-latent", "sample-latent"}
 SCRIPTS = {"train_cifar.py": "train", "train_latent.py": "train-latent"}
 
