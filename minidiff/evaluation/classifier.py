@@ -6,6 +6,7 @@
     RealData           the real images: `train` fits the classifier, `held` is the reference
                        samples are compared with, `other` is what the calibration degrades
     builtin_data, folder_data   those draws for the built-in shapes or a folder of classes
+    split_real         any set of real images cut into those three parts
     cache_path, load_cached     one trained classifier on disk per fingerprint of its data
 
 minidiff.evaluation.metrics (the measures, the calibration, `Judge` and the command line) is built on these.
@@ -134,10 +135,11 @@ class RealData:
     train: tuple[torch.Tensor, torch.Tensor]
     held: tuple[torch.Tensor, torch.Tensor]
     other: tuple[torch.Tensor, torch.Tensor]
+    recipe: dict = field(default_factory=lambda: CLASSIFIER_RECIPE)  # how the network is trained
     fingerprint: str = field(init=False)
 
     def __post_init__(self):
-        h = hashlib.sha256(repr((self.name, self.classes, CLASSIFIER_RECIPE)).encode())
+        h = hashlib.sha256(repr((self.name, self.classes, self.recipe)).encode())
         for images, labels in (self.train, self.held, self.other):
             h.update(repr(tuple(images.shape)).encode())
             h.update(images.contiguous().numpy().tobytes())
@@ -145,8 +147,17 @@ class RealData:
         self.fingerprint = h.hexdigest()
 
     @property
+    def labelled(self) -> bool:
+        """Two classes or more: a classifier can be trained. One: the images carry no labels."""
+        return len(self.classes) > 1
+
+    @property
     def channels(self) -> int:
         return self.train[0].shape[1]
+
+    def all_images(self) -> torch.Tensor:
+        """Every real image of the three parts (some mirrored): for a folder, the whole folder."""
+        return torch.cat([self.train[0], self.held[0], self.other[0]])
 
     @property
     def resolution(self) -> int:
@@ -175,21 +186,37 @@ def check_class_folder(root: str | Path) -> Path:
     return root
 
 
+def split_real(name: str, images: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], *,
+               num_reference: int = 5_000, recipe: dict = CLASSIFIER_RECIPE, where: str = "the folder") -> RealData:
+    """A set of real images split at random (fixed seed) into held-out and other parts of
+    min(num_reference, N/5) images each, and the rest for training the network."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    k = min(num_reference, len(images) // 5)
+    if k < 10:
+        raise ValueError(f"{where} holds {len(images)} images; the metrics need at least 50 (to hold 20% out)")
+    held, other, train = order[:k], order[k:2 * k], order[2 * k:]
+    return RealData(name, tuple(classes), (images[train], labels[train]),
+                    (random_flips(images[held], 1), labels[held]),
+                    (random_flips(images[other], 2), labels[other]), recipe=recipe)
+
+
+def is_class_folder(root: str | Path) -> bool:
+    """True when `root` is laid out as one sub-folder of images per class (see check_class_folder)."""
+    try:
+        check_class_folder(root)
+    except ValueError:
+        return False
+    return True
+
+
 def folder_data(root: str | Path, *, resolution: int = 32, num_reference: int = 5_000) -> RealData:
-    """A class-labelled image folder split at random (fixed seed) into held-out and other sets of
-    min(num_reference, N/5) images each, and the rest for training."""
+    """A class-labelled image folder, split by `split_real`."""
     root = check_class_folder(root)
     data = datasets.load_dataset("folder", data_root=root, resolution=resolution)
     if data.num_classes < 2:
         raise ValueError(f"{root} must hold one sub-folder of images per class; found {data.num_classes} class")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-    k = min(num_reference, len(data) // 5)
-    if k < 10:
-        raise ValueError(f"{root} holds {len(data)} images; the metrics need at least 50 (to hold 20% out)")
-    held, other, train = order[:k], order[k:2 * k], order[2 * k:]
-    return RealData(f"folder-{root.resolve()}", data.classes, (data.images[train], data.labels[train]),
-                    (random_flips(data.images[held], 1), data.labels[held]),
-                    (random_flips(data.images[other], 2), data.labels[other]))
+    return split_real(f"folder-{root.resolve()}", data.images, data.labels, data.classes,
+                      num_reference=num_reference, where=str(root))
 
 
 # --------------------------------------------------------------------------------------- cache

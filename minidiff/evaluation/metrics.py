@@ -43,90 +43,27 @@ In Python (what the trainer calls at the end of a run):
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..training.data import as_uint8_images, nchw  # noqa: F401 (re-exported: the image formats the measures accept)
+from ..training.data import IMAGE_SUFFIXES, as_uint8_images, nchw  # noqa: F401 (re-exported: the image formats the measures accept)
 from .classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classifier,  # noqa: F401 (re-exported)
                          RealData, builtin_data, cache_path, check_class_folder, classify, folder_data,
-                         load_cached, random_flips, shuffle_channels, train_classifier)
+                         is_class_folder, load_cached, random_flips, shuffle_channels, split_real, train_classifier)
+from .copies import copy_check, format_copy_check
+from .self_supervised import SelfSupervisedNet, rotation_accuracy, train_self_supervised, unlabelled_data, unlabelled_folder_data
 from .fid import frechet_distance, statistics
+from .measures import (BACKGROUND_CORNER, NEAR_BLACK, NEAR_WHITE, background, background_shares,  # noqa: F401 (re-exported)
+                       blur, brightness, squeeze_brightness, uniform_noise, wasserstein1)
 
 DATASETS = ("builtin", "folder")
 CALIBRATIONS = ("real", "blurred", "squeezed", "noise")
 MEASURES = ("frechet", "accuracy", "brightness_w1", "black_backgrounds", "white_backgrounds")
 SHARES = ("accuracy", "black_backgrounds", "white_backgrounds")  # printed as percentages
-BACKGROUND_CORNER = 3           # pixels: the side of each corner square that stands for the background
-NEAR_BLACK, NEAR_WHITE = 0.15, 0.85  # background brightness thresholds, in [0, 1]
-
-
-# ------------------------------------------------------------------------------ degradations
-
-
-def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of uint8 images with standard deviation `sigma` pixels (reflected edges)."""
-    radius = max(1, math.ceil(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-taps**2 / (2 * sigma**2))
-    kernel /= kernel.sum()
-    c = images.shape[1]
-    x = F.pad(images.float(), (radius,) * 4, mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # along rows
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # along columns
-    return x.round().clamp(0, 255).to(torch.uint8)
-
-
-def squeeze_brightness(images: torch.Tensor, amount: float, centre: float | None = None) -> torch.Tensor:
-    """Shift each image so its mean brightness moves `amount` of the way towards `centre` (default:
-    the set's mean), contrast kept: the effect Lin et al. see in samples of flawed schedules."""
-    x = images.float()
-    means = x.mean((1, 2, 3), keepdim=True)
-    centre = float(means.mean()) if centre is None else centre
-    return (x - amount * (means - centre)).round().clamp(0, 255).to(torch.uint8)
-
-
-def uniform_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
-    """Independent uniform uint8 pixels, the shape of `like`: the worst a model can do."""
-    return torch.randint(0, 256, like.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-
-
-# ------------------------------------------------------------------------------------ measures
-
-
-def brightness(images: torch.Tensor) -> np.ndarray:
-    """Mean brightness of each uint8 image, in the library's [-1, 1] units (float64 [N])."""
-    return (images.double().mean((1, 2, 3)) / 127.5 - 1).numpy()
-
-
-def background(images: torch.Tensor, corner: int = BACKGROUND_CORNER) -> np.ndarray:
-    """Background brightness of each uint8 image, in [0, 1] (float64 [N]): the median over the
-    pixels of its four corner squares (corner x corner each) of the mean over colour channels."""
-    k = corner
-    x = images.double().mean(1) / 255  # [N, H, W]
-    corners = torch.cat([x[:, :k, :k], x[:, :k, -k:], x[:, -k:, :k], x[:, -k:, -k:]], dim=1)
-    return corners.flatten(1).median(dim=1).values.numpy()
-
-
-def background_shares(images: torch.Tensor) -> tuple[float, float]:
-    """(share of near-black backgrounds, share of near-white backgrounds) of uint8 images."""
-    b = background(images)
-    return float((b < NEAR_BLACK).mean()), float((b > NEAR_WHITE).mean())
-
-
-def wasserstein1(a, b) -> float:
-    """W1 between the empirical distributions of two 1-D samples: the integral of |F_a - F_b|,
-    the gap between their cumulative distribution functions, exactly (no binning)."""
-    a, b = np.sort(np.asarray(a, np.float64)), np.sort(np.asarray(b, np.float64))
-    grid = np.sort(np.concatenate([a, b]))
-    cdf_a = np.searchsorted(a, grid[:-1], side="right") / len(a)
-    cdf_b = np.searchsorted(b, grid[:-1], side="right") / len(b)
-    return float(np.sum(np.abs(cdf_a - cdf_b) * np.diff(grid)))
 
 
 # --------------------------------------------------------------------------------------- judge
@@ -149,18 +86,22 @@ class Judge:
         self.trained = stored is None
         if stored is None:
             start = time.perf_counter()
-            net = train_classifier(*real.train, len(real.classes), progress=progress)
+            if real.labelled:
+                net = train_classifier(*real.train, len(real.classes), recipe=real.recipe, progress=progress)
+                accuracy = float((classify(net, real.held[0])[1] == real.held[1].numpy()).mean())
+            else:  # no labels: the network learns which way up each image is (self_supervised.py)
+                net = train_self_supervised(real.train[0], recipe=real.recipe, progress=progress)
+                accuracy = rotation_accuracy(net, real.held[0])
             seconds = time.perf_counter() - start
-            feats, preds = classify(net, real.held[0])
-            stored = dict(fingerprint=real.fingerprint, state=net.state_dict(),
-                          accuracy=float((preds == real.held[1].numpy()).mean()), classes=list(real.classes),
-                          seconds=seconds)
+            stored = dict(fingerprint=real.fingerprint, state=net.state_dict(), accuracy=accuracy,
+                          classes=list(real.classes), seconds=seconds)
             if self.cache_file:
                 self.cache_file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = self.cache_file.with_name(self.cache_file.name + ".tmp")
                 torch.save(stored, tmp)
                 tmp.replace(self.cache_file)
-        self.net = Classifier(real.channels, len(real.classes))
+        self.net = (Classifier(real.channels, len(real.classes), real.recipe["widths"]) if real.labelled
+                    else SelfSupervisedNet(real.channels, real.recipe["widths"]))
         self.net.load_state_dict(stored["state"])
         self.net.eval()
         self.accuracy = stored["accuracy"]
@@ -174,20 +115,36 @@ class Judge:
     @classmethod
     def for_dataset(cls, dataset: str = "builtin", *, data_root: str | Path | None = None, resolution: int = 32,
                     num: int = 10_000, num_reference: int = 5_000, cache_dir: str | Path | None = DEFAULT_CACHE,
-                    progress: bool = True) -> "Judge":
+                    progress: bool = True, labels: bool = True) -> "Judge":
         """The judge of "builtin" (`num` training images drawn at `resolution`) or of "folder"
-        (`data_root`, one sub-folder per class, resized to `resolution`). The classifier is loaded
-        from `cache_dir` when one was trained on exactly these images, else trained and saved
-        there (cache_dir=None: never cached)."""
+        (`data_root` resized to `resolution`: with one sub-folder per class a classifier, without,
+        or with labels=False, the self-supervised network). The network is loaded from `cache_dir`
+        when one was trained on exactly these images, else trained and saved there (cache_dir=None:
+        never cached)."""
         if dataset == "builtin":
             real = builtin_data(num=num, num_reference=num_reference, resolution=resolution)
         elif dataset == "folder":
             if data_root is None:
-                raise ValueError("--dataset folder needs --data-root DIR (one sub-folder of images per class)")
-            real = folder_data(data_root, resolution=resolution, num_reference=num_reference)
+                raise ValueError("--dataset folder needs --data-root DIR (a folder of images)")
+            labelled = labels and is_class_folder(data_root)
+            real = (folder_data if labelled else unlabelled_folder_data)(data_root, resolution=resolution,
+                                                                         num_reference=num_reference)
         else:
             raise ValueError(f"the metrics need a labelled dataset: one of {', '.join(DATASETS)}, not {dataset!r} "
                              "(for CIFAR-10 use minidiff fid)")
+        return cls(real, cache_dir=cache_dir, progress=progress)
+
+    @classmethod
+    def for_images(cls, images: torch.Tensor, labels: torch.Tensor, classes, source: str, *, num_reference: int = 5_000,
+                   cache_dir: str | Path | None = DEFAULT_CACHE, progress: bool = True) -> "Judge":
+        """The judge of a set already in memory (uint8 [N, C, H, W], as the trainer holds it): a
+        classifier with two classes or more, else the self-supervised network. `source` names the
+        set; for a folder, its resolved path, so this judge and `for_dataset("folder", ...)` share
+        the cache when they see the same images."""
+        if len(classes) > 1:
+            real = split_real(f"folder-{source}", images, labels, tuple(classes), num_reference=num_reference, where=source)
+        else:
+            real = unlabelled_data(images, source, num_reference=num_reference)
         return cls(real, cache_dir=cache_dir, progress=progress)
 
     @property
@@ -204,7 +161,7 @@ class Judge:
             labels = None  # the sample CLI writes -1 for an unconditional model
         black, white = background_shares(images)
         return dict(frechet=frechet_distance(*statistics(feats), *self.reference),
-                    accuracy=None if labels is None else float((preds == labels).mean()),
+                    accuracy=None if labels is None or not self.real.labelled else float((preds == labels).mean()),
                     brightness_w1=wasserstein1(brightness(images), self.reference_brightness),
                     black_backgrounds=black, white_backgrounds=white, num=len(images))
 
@@ -217,7 +174,7 @@ class Judge:
             labels = np.asarray(labels).reshape(-1).astype(np.int64)
             if len(labels) != len(images):
                 raise ValueError(f"{len(labels)} labels for {len(images)} images")
-            if labels.max() >= len(self.real.classes):
+            if self.real.labelled and labels.max() >= len(self.real.classes):
                 raise ValueError(f"label {labels.max()} out of range: the dataset has {len(self.real.classes)} classes")
         return {**self._measure(images, labels), "notes": notes}
 
@@ -281,10 +238,19 @@ class Judge:
         fig.savefig(path, dpi=150)
         plt.close(fig)
 
+    def copies(self, images) -> dict:
+        """copies.copy_check of `images` against every real image of the set (for a folder: the
+        images a model trained on it saw)."""
+        images, _ = as_uint8_images(images, channels=self.channels, resolution=self.resolution)
+        return copy_check(images, self.real.all_images())
+
     def describe(self) -> str:
         n_train, n_held = len(self.real.train[0]), len(self.real.held[0])
-        return (f"classifier of {self.real.name} ({len(self.real.classes)} classes, {self.resolution}x{self.resolution}, "
-                f"{self.channels} ch; trained on {n_train} real images, {100 * self.accuracy:.1f}% right on "
+        what = (f"classifier of {self.real.name} ({len(self.real.classes)} classes" if self.real.labelled else
+                f"self-supervised network of {self.real.name} (no labels: trained to name each image's quarter turn")
+        right = "right on" if self.real.labelled else "turns named right on"
+        return (f"{what}, {self.resolution}x{self.resolution}, "
+                f"{self.channels} ch; trained on {n_train} real images, {100 * self.accuracy:.1f}% {right} "
                 f"{n_held} held out; {f'trained now in {self.train_seconds:.0f} s' if self.trained else 'from cache'}"
                 f"{f': {self.cache_file}' if self.cache_file else ''})")
 
@@ -301,7 +267,8 @@ def format_table(score: dict, calibration: dict[str, dict], header: str = "") ->
         return f"{100 * value:.1f}%" if key in SHARES else f"{value:.4g}"
 
     cols = ["samples", *(f"{c}" for c in CALIBRATIONS)]
-    rows = [[names[k], fmt(k, score[k]), *(fmt(k, calibration[c][k]) for c in CALIBRATIONS)] for k in MEASURES]
+    shown = [k for k in MEASURES if score[k] is not None or any(calibration[c][k] is not None for c in CALIBRATIONS)]
+    rows = [[names[k], fmt(k, score[k]), *(fmt(k, calibration[c][k]) for c in CALIBRATIONS)] for k in shown]
     widths = [max(len(r[i]) for r in [["measure", *cols], *rows]) for i in range(len(cols) + 1)]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     out = [header] if header else []
@@ -377,8 +344,14 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", nargs="?",
                    help=".npz from minidiff sample (`images` uint8 [N, H, W, C], optional `labels`)")
-    p.add_argument("--dataset", choices=DATASETS, default="builtin", help="the labelled set the samples imitate")
-    p.add_argument("--data-root", help="for --dataset folder: a folder with one sub-folder of images per class")
+    p.add_argument("--dataset", choices=DATASETS, default="builtin", help="the set the samples imitate")
+    p.add_argument("--data-root", help="for --dataset folder: a folder of images; with one sub-folder per class a "
+                                       "classifier judges, without, a network trained on it without labels")
+    p.add_argument("--labels", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-labels: judge a folder of classes with the network trained without labels too")
+    p.add_argument("--copies", action=argparse.BooleanOptionalAction, default=True,
+                   help="for --dataset folder: how near the samples come to their nearest image of the folder, "
+                        "against real images (are they copies?)")
     p.add_argument("--resolution", type=int, help="the classifier's image side (default: the samples')")
     p.add_argument("--num-images", type=int, default=10_000, help="built-in images the classifier trains on")
     p.add_argument("--num-reference", type=int, default=5_000,
@@ -396,7 +369,8 @@ def main(argv=None) -> None:
             if args.threads:
                 torch.set_num_threads(args.threads)
             judge = Judge.for_dataset(args.dataset, data_root=args.data_root, resolution=args.resolution or 32,
-                                      num=args.num_images, num_reference=args.num_reference, cache_dir=args.cache_dir)
+                                      num=args.num_images, num_reference=args.num_reference, cache_dir=args.cache_dir,
+                                      labels=args.labels)
             print(format_spread(judge.real_spread(args.real_spread)))
             return
         images, labels = load_npz(args.samples)
@@ -406,14 +380,21 @@ def main(argv=None) -> None:
             raise ValueError(f"{args.samples}: {err}") from None
         if args.dataset == "folder":
             if not args.data_root:
-                raise ValueError("--dataset folder needs --data-root DIR (one sub-folder of images per class)")
-            check_class_folder(args.data_root)
+                raise ValueError("--dataset folder needs --data-root DIR (a folder of images)")
+            if not Path(args.data_root).expanduser().is_dir():
+                raise ValueError(f"--data-root {args.data_root} is not a folder; pass a folder of images (png, jpg, ...)")
+            found = sum(1 for f in Path(args.data_root).expanduser().rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if found < 50:
+                raise ValueError(f"--data-root {args.data_root} holds {found} images; the metrics need at least 50 "
+                                 "(a fifth is held out to compare with, a fifth to calibrate)")
         if args.threads:
             torch.set_num_threads(args.threads)
         judge = Judge.for_dataset(args.dataset, data_root=args.data_root, resolution=resolution,
                                   num=args.num_images, num_reference=args.num_reference,
-                                  cache_dir=args.cache_dir)
+                                  cache_dir=args.cache_dir, labels=args.labels)
         print(judge.report(images, labels))
+        if args.dataset == "folder" and args.copies:
+            print(format_copy_check(judge.copies(images)))
         if args.figure:
             judge.figure(images, args.figure)
             print(f"wrote {args.figure}")

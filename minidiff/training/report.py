@@ -2,7 +2,7 @@
 
     sample_grid     cfg.num_samples images from the EMA model with a fixed seed, saved as one PNG
     judge_samples   cfg.judge_samples images scored by minidiff.evaluation.metrics beside its calibration,
-                    printed and saved to quality.json
+                    and checked for copies of training images; printed and saved to quality.json
 
 The report's sampler settings come from `sample.report_sampling`; the checkpoint keeps them, so
 that `minidiff sample CKPT` with no flags draws what the run was judged on.
@@ -53,17 +53,23 @@ def sample_grid(model, cfg: TrainConfig, schedule: Schedule, num_classes: int, p
 
 def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | None:
     """Draw cfg.judge_samples images from the EMA model (every class in turn, the grids' sampler)
-    and print minidiff.evaluation.metrics' report: Frechet distance in a small classifier's features, class
-    accuracy and brightness W1, beside their calibration on real data. Saved to quality.json."""
+    and print minidiff.evaluation.metrics' report: Frechet distance in the features of a small
+    network trained on the real images (a classifier when they have classes, else one trained
+    without labels), class accuracy and brightness W1, beside their calibration on real data; then
+    the copy check (how near the samples come to the training images, against real images).
+    Saved to quality.json."""
     if not cfg.judge_samples or cfg.dataset == "cifar10":
         return None
-    if data.num_classes < 2:
-        print("quality: skipped (the measure needs a folder with one sub-folder per class)")
-        return None
     from ..evaluation import metrics
+    from ..evaluation.copies import copy_check, format_copy_check
     from .sample import generate
 
-    judge = metrics.Judge.for_dataset(cfg.dataset, data_root=cfg.data_root, resolution=cfg.resolution)
+    if cfg.dataset == "builtin":
+        judge = metrics.Judge.for_dataset("builtin", resolution=cfg.resolution)
+    else:  # the images the model trained on, as they are in memory: labelled or not
+        where = str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else cfg.dataset
+        judge = metrics.Judge.for_images(data.images, data.labels, data.classes,
+                                         where if cfg.dataset == "folder" else f"{cfg.dataset}-{where}")
     labels = torch.arange(cfg.judge_samples) % data.num_classes if cfg.class_cond else None
     start = time.perf_counter()
     settings = report_sampling(plain_config(cfg))
@@ -71,10 +77,13 @@ def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | No
                       device=device, progress=False, **settings)
     seconds = time.perf_counter() - start
     score = judge.score(images, labels)
+    copies = copy_check(metrics.as_uint8_images(images, channels=data.channels, resolution=data.resolution)[0],
+                        data.images)
     print(f"quality of {cfg.judge_samples} EMA samples ({describe_sampling(settings)}; drawn in {seconds:.0f} s):")
     print(metrics.format_table(score, judge.calibration(score["num"]), judge.describe()))
-    result = dict(score, calibration=judge.calibration(score["num"]), sampling=settings,
-                  sample_steps=settings["steps"], guidance=settings["guidance"], sampling_s=seconds)
+    print(format_copy_check(copies))
+    result = dict(score, calibration=judge.calibration(score["num"]), copies=copies, sampling=settings,
+                  sample_steps=settings["steps"], guidance=settings["guidance"], sampling_s=seconds,
+                  features="classifier" if judge.real.labelled else "self-supervised")
     (out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
