@@ -167,7 +167,10 @@ def test_the_page_in_chromium(browser, page, checkpoint, tmp_path):
         pixels = np.array(js("const c = document.getElementById('rev-xt');"
                              "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"), np.uint8)
         pixels = pixels.reshape(size, SHOWN, size, 4)[..., :3].transpose(1, 0, 2, 3)
-        assert np.array_equal(pixels, drawn_by_minidiff_sample(checkpoint, text("rev-command"), tmp_path)), (factor, value)
+        want = drawn_by_minidiff_sample(checkpoint, text("rev-command"), tmp_path)
+        assert np.array_equal(pixels, want), (factor, value)
+        printed = [float(b) for b in text("rev-brightness").split(", ")]  # the predicted x0 at the end: the sample
+        assert np.allclose(printed, want.reshape(SHOWN, -1).mean(1) / 127.5 - 1, atol=0.0051)
 
     # nothing fetched, nothing wrong
     resources = js("return performance.getEntriesByType('resource').map(e => e.name)")

@@ -70,7 +70,8 @@ Leading spacing never visits t = T (docs/04_sample_steps.md); guidance pushes to
 <p><label for="step">sampling step</label> <input type="range" id="step" min="0" max="1" step="1" value="0">
 step <output id="step-value" for="step"></output>; <span id="rev-t"></span></p>
 <figure><canvas class="pixels" id="rev-xt"></canvas><figcaption>x_t at this step</figcaption></figure>
-<figure><canvas class="pixels" id="rev-x0"></canvas><figcaption>predicted x0 at this step</figcaption></figure>
+<figure><canvas class="pixels" id="rev-x0"></canvas><figcaption>predicted x0 at this step<br>
+  its mean brightness: <span id="rev-brightness"></span></figcaption></figure>
 <p>setting: <span id="rev-label"></span><br>the same images: <code id="rev-command"></code></p></section>
 <section id="brightness"><h2>4. Brightness</h2>
 <p>The mean brightness of all {reverse['num']} samples (red) against the data's (grey) for the chosen setting: a flawed schedule or a bad sampler squeezes it towards grey (Lin et al. Figure 1; docs/07_brightness.md).</p>

@@ -155,6 +155,19 @@ function drawFrame(canvas, sprite, frames, s) {
   g.putImageData(out, 0, 0);
 }
 
+function frameBrightness(sprite, frames, s) {  // mean of each image of frame s, in [-1, 1]
+  const size = sprite.height / frames, out = [];
+  for (let i = 0; i < sprite.width / size; i++) {
+    let sum = 0;
+    for (let r = 0; r < size; r++) for (let x = 0; x < size; x++) {
+      const p = 4 * (sprite.width * (r * frames + s) + i * size + x);
+      sum += sprite.data[p] + sprite.data[p + 1] + sprite.data[p + 2];
+    }
+    out.push(sum / (3 * size * size) / 127.5 - 1);
+  }
+  return out;
+}
+
 let ticket = 0;
 async function drawReverse() {
   const mine = ++ticket, d = R.settings[keyOf(sel)], s = +$("step").value, n = d.timesteps.length;
@@ -167,6 +180,7 @@ async function drawReverse() {
   if (mine !== ticket) return;
   drawFrame($("rev-xt"), xt, n + 1, s);
   drawFrame($("rev-x0"), x0, n + 1, s);
+  $("rev-brightness").textContent = frameBrightness(x0, n + 1, s).map((b) => b.toFixed(2)).join(", ");
   $("step-value").textContent = s === n ? `${n} of ${n}: the sample` : `${s} of ${n}`;
   $("rev-t").textContent = s === n ? "after the last step (alpha_bar = 1)" : `t = ${d.timesteps[s]}, alpha_bar = ${num(d.alpha_bar[s])}`;
   $("rev-label").textContent = d.label + (keyOf(sel) === R.own ? " (the checkpoint's own)" : "");
