@@ -59,12 +59,15 @@ def test_a_flat_folder_gets_the_network_trained_without_labels(judge):
 
 def test_real_against_real_lies_far_below_noise_and_below_a_blur(judge):
     cal = judge.calibration()
-    real, blurred, squeezed, noise = (cal[k]["frechet"] for k in M.CALIBRATIONS)
-    assert real < 0.5 * blurred and real < squeezed and 20 * real < noise
+    real, squeezed, noise = cal["real"]["frechet"], cal["squeezed"]["frechet"], cal["noise"]["frechet"]
+    assert 20 * real < noise and 2 * real < squeezed
     assert all(cal[k]["accuracy"] is None for k in M.CALIBRATIONS)  # no labels: no class accuracy
+    # A blur of one pixel and of two lie far above real-vs-real, further the more blur. (The
+    # calibration row's half-pixel blur of these 16-pixel images is within what 300 real images
+    # scatter by; docs/metrics.md shows it at 28 pixels and 2,000 images.)
     x = judge.real.other[0]
-    fd = [judge.score(v)["frechet"] for v in (x, M.blur(x, 0.5), M.blur(x, 1.0), M.blur(x, 2.0))]
-    assert fd == sorted(fd)  # more blur, further away
+    one, two = (judge.score(M.blur(x, sigma))["frechet"] for sigma in (1.0, 2.0))
+    assert 3 * real < one < two
 
 
 def test_the_table_leaves_out_the_class_accuracy_without_labels(judge):

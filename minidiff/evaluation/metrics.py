@@ -1,11 +1,13 @@
-"""Sample quality without a download: a small classifier trained on the real images judges samples.
+"""Sample quality without a download: a small network trained on the real images judges samples.
 
 FID needs Inception weights from the internet and 50,000 samples; a student's ten-minute CPU run
-has neither. This file measures samples against a labelled set (the built-in shapes, or a folder
-with one sub-folder per class) with a classifier trained on that set's own real images, once, in
-seconds, and cached on disk by a fingerprint of the data it describes. The measures:
+has neither. This file measures samples against the real set they imitate with a small network
+trained on that set's own images, once, in seconds, and cached on disk by a fingerprint of the
+data it describes: a classifier for a labelled set (the built-in shapes, or a folder with one
+sub-folder per class), and for a folder without labels the same network trained to name each
+image's quarter turn (minidiff.evaluation.self_supervised). The measures:
 
-- **Frechet distance** between the samples and held-out real images in the classifier's
+- **Frechet distance** between the samples and held-out real images in the network's
   penultimate features (64 numbers an image): Heusel et al.'s FID formula, computed by
   `fid.frechet_distance` and `fid.statistics`, with this network in place of Inception.
 - **Class accuracy**: for class-conditional samples, the share the classifier assigns to the class
@@ -21,6 +23,10 @@ A number means little alone, so each is printed beside its calibration on the sa
 same number of images: another real draw (the floor: what sampling noise alone gives), and that
 draw blurred, with its brightness squeezed halfway towards the mean, and replaced by uniform noise.
 
+For a folder, the command line also checks for copies (minidiff.evaluation.copies): how near each
+sample comes to its nearest image of the folder, against how near the folder's own images come to
+each other.
+
 Every image passes through uint8 (as a saved sample does) before it is measured. The real sets
 get random horizontal flips, as the trainer's batches do, so the reference is the distribution a
 model is trained on.
@@ -31,7 +37,7 @@ importable from here too); this file holds the measures, the calibration, `Judge
 
     minidiff sample CKPT --num 2000 --npz samples.npz --png ""
     minidiff metrics samples.npz --dataset builtin
-    minidiff metrics samples.npz --dataset folder --data-root DIR
+    minidiff metrics samples.npz --dataset folder --data-root DIR     # labelled or not
 
 In Python (what the trainer calls at the end of a run):
 
@@ -55,7 +61,7 @@ from .classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classif
                          RealData, builtin_data, cache_path, check_class_folder, classify, folder_data,
                          is_class_folder, load_cached, random_flips, shuffle_channels, split_real, train_classifier)
 from .copies import copy_check, format_copy_check
-from .self_supervised import SelfSupervisedNet, rotation_accuracy, train_self_supervised, unlabelled_data, unlabelled_folder_data
+from .self_supervised import TURNS, rotation_accuracy, train_self_supervised, unlabelled_data, unlabelled_folder_data
 from .fid import frechet_distance, statistics
 from .measures import (BACKGROUND_CORNER, NEAR_BLACK, NEAR_WHITE, background, background_shares,  # noqa: F401 (re-exported)
                        blur, brightness, squeeze_brightness, uniform_noise, wasserstein1)
@@ -100,8 +106,7 @@ class Judge:
                 tmp = self.cache_file.with_name(self.cache_file.name + ".tmp")
                 torch.save(stored, tmp)
                 tmp.replace(self.cache_file)
-        self.net = (Classifier(real.channels, len(real.classes), real.recipe["widths"]) if real.labelled
-                    else SelfSupervisedNet(real.channels, real.recipe["widths"]))
+        self.net = Classifier(real.channels, len(real.classes) if real.labelled else TURNS, real.recipe["widths"])
         self.net.load_state_dict(stored["state"])
         self.net.eval()
         self.accuracy = stored["accuracy"]
