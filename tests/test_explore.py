@@ -171,6 +171,8 @@ def test_the_page_in_chromium(browser, page, checkpoint, tmp_path):
         assert np.array_equal(pixels, want), (factor, value)
         printed = [float(b) for b in text("rev-brightness").split(", ")]  # the predicted x0 at the end: the sample
         assert np.allclose(printed, want.reshape(SHOWN, -1).mean(1) / 127.5 - 1, atol=0.0051)
+        spread = np.std(np.load(tmp_path / "s.npz")["images"].reshape(8, -1).mean(1) / 127.5 - 1)
+        assert abs(float(text("rev-spread")) - spread) < 0.0006  # all 8 samples' brightness, at the last step
 
     # nothing fetched, nothing wrong
     resources = js("return performance.getEntriesByType('resource').map(e => e.name)")

@@ -30,7 +30,7 @@ STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; max-width: 980px; margin: 1em auto; padding: 0 1em; color: #222; }
 section { border-top: 1px solid #ccc; padding: 0.4em 0 1em; }
 canvas.pixels { image-rendering: pixelated; height: 96px; border: 1px solid #999; }
-figure { display: inline-block; margin: 0.5em 1.5em 0.5em 0; vertical-align: top; }
+figure { display: inline-block; width: 400px; margin: 0.5em 1.5em 0.5em 0; vertical-align: top; }
 button[aria-pressed="true"] { background: #1f77b4; color: #fff; }
 input[type=range] { width: 420px; vertical-align: middle; }
 .swatch { display: inline-block; width: 1em; height: 0.7em; margin-right: 0.4em; }
@@ -48,7 +48,8 @@ def body(reverse: dict | None, forward: dict, name: str) -> str:
 <section id="forward"><h2>1. Forward process</h2>
 <p>Noise is added to {html.escape(forward['what'])} as x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (docs/01_forward_process.md).
 At the last step t = T a flawed schedule still holds some of the image: its brightness leaks into x_T, which the model then learns to read (docs/02_snr_leakage.md).
-The leaked correlation is that of each image's mean brightness with the mean of its x_t, over {len(forward['brightness'])} images.</p>
+The leaked correlation is that of each image's mean brightness with the mean of its x_t, over {len(forward['brightness'])} images
+(chance alone gives about &plusmn;{1 / math.sqrt(len(forward['brightness'])):.2f}; with no signal at all it is written 0).</p>
 <p><label for="t">timestep t (0 to T = 999)</label> <input type="range" id="t" min="0" max="999" step="1" value="999">
 t = <output id="t-value" for="t"></output></p>
 <p>flawed schedule: {flawed}</p>{figures}</section>
@@ -72,6 +73,8 @@ step <output id="step-value" for="step"></output>; <span id="rev-t"></span></p>
 <figure><canvas class="pixels" id="rev-xt"></canvas><figcaption>x_t at this step</figcaption></figure>
 <figure><canvas class="pixels" id="rev-x0"></canvas><figcaption>predicted x0 at this step<br>
   its mean brightness: <span id="rev-brightness"></span></figcaption></figure>
+<p>spread (std) of the mean brightness of all {reverse['num']} predicted x0 at this step: <span id="rev-spread"></span>
+(the data's: <span id="data-spread"></span>); where it stops growing, the samples' brightness is decided.</p>
 <p>setting: <span id="rev-label"></span><br>the same images: <code id="rev-command"></code></p></section>
 <section id="brightness"><h2>4. Brightness</h2>
 <p>The mean brightness of all {reverse['num']} samples (red) against the data's (grey) for the chosen setting: a flawed schedule or a bad sampler squeezes it towards grey (Lin et al. Figure 1; docs/07_brightness.md).</p>

@@ -122,10 +122,12 @@ def setting_data(model, config: dict, setting: dict, report: dict, *, num: int, 
     xs_u8 = [to_uint8(x[:shown]) for x in xs]
     x0_u8 = [to_uint8(x[:shown]) for x in x0s]
     x0_u8.append(xs_u8[-1])  # at the last position the "prediction" is the sample itself
+    # the spread of all `num` predicted x0s' brightness at each step: when it stops growing, brightness is decided
+    spread = [float(np.std(brightness(to_uint8(x0)))) for x0 in x0s] + [float(np.std(brightness(images)))]
     return dict(label=describe_sampling(setting), command=sample_command(setting, report, num, seed),
                 timesteps=timesteps.tolist(), alpha_bar=[float(ab[t]) for t in timesteps.tolist()],
                 xt=png_data_uri(interleaved_sprite(xs_u8)), x0=png_data_uri(interleaved_sprite(x0_u8)),
-                brightness=brightness(images))
+                brightness=brightness(images), spread=[round(v, 4) for v in spread])
 
 
 def network_calls(settings: list[dict]) -> int:

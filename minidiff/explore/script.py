@@ -23,6 +23,8 @@ function num(x) {  // six significant digits, as the Python side's f"{x:.5e}"
   if (!isFinite(x)) return x > 0 ? "inf" : "-inf";
   return x.toExponential(5);
 }
+function mean(xs) { return xs.reduce((a, b) => a + b, 0) / xs.length; }
+function std(xs) { const m = mean(xs); return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length); }
 function logSnr(ab) { return ab === 0 ? -Infinity : ab === 1 ? Infinity : Math.log(ab) - Math.log1p(-ab); }
 function toU8(x) { return Math.round((Math.min(1, Math.max(-1, x)) + 1) * 127.5); }
 function pearson(a, b) {
@@ -181,6 +183,7 @@ async function drawReverse() {
   drawFrame($("rev-xt"), xt, n + 1, s);
   drawFrame($("rev-x0"), x0, n + 1, s);
   $("rev-brightness").textContent = frameBrightness(x0, n + 1, s).map((b) => b.toFixed(2)).join(", ");
+  $("rev-spread").textContent = d.spread[s].toFixed(3);
   $("step-value").textContent = s === n ? `${n} of ${n}: the sample` : `${s} of ${n}`;
   $("rev-t").textContent = s === n ? "after the last step (alpha_bar = 1)" : `t = ${d.timesteps[s]}, alpha_bar = ${num(d.alpha_bar[s])}`;
   $("rev-label").textContent = d.label + (keyOf(sel) === R.own ? " (the checkpoint's own)" : "");
@@ -202,8 +205,8 @@ function drawHistogram(d) {
   }
   g.fillStyle = "#333"; g.font = "11px sans-serif";
   for (const v of [-1, -0.5, 0, 0.5, 1]) g.fillText(String(v), L + (v + 1) / 2 * (W - 2 * L) - 6, H - 8);
-  const stats = (xs) => { const m = xs.reduce((a, b) => a + b, 0) / xs.length;
-    return `${m.toFixed(3)} (std ${Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length).toFixed(3)})`; };
+  const stats = (xs) => `${mean(xs).toFixed(3)} (std ${std(xs).toFixed(3)})`;
+  $("data-spread").textContent = std(F.brightness).toFixed(3);
   $("hist-text").textContent = `mean brightness of the ${d.brightness.length} samples ${stats(d.brightness)}, ` +
     `of ${F.brightness.length} data images ${stats(F.brightness)}; W1 between the two = ${d.w1.toFixed(3)}`;
 }
