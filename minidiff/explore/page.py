@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB); open it in a browser, no network needed")
+    if out.stat().st_size > 10e6:  # what an LMS or a mail attachment may refuse
+        print("note: over 10 MB; --shown 2 or fewer --steps make it smaller")
     return out
 
 
