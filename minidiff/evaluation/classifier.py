@@ -187,17 +187,19 @@ def check_class_folder(root: str | Path) -> Path:
 
 
 def split_real(name: str, images: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], *,
-               num_reference: int = 5_000, recipe: dict = CLASSIFIER_RECIPE, where: str = "the folder") -> RealData:
+               num_reference: int = 5_000, recipe: dict = CLASSIFIER_RECIPE, where: str = "the folder",
+               flip: bool = True) -> RealData:
     """A set of real images split at random (fixed seed) into held-out and other parts of
-    min(num_reference, N/5) images each, and the rest for training the network."""
+    min(num_reference, N/5) images each, and the rest for training the network; with `flip`, the
+    held-out and other parts mirrored at random, as the trainer's batches are."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     k = min(num_reference, len(images) // 5)
     if k < 10:
         raise ValueError(f"{where} holds {len(images)} images; the metrics need at least 50 (to hold 20% out)")
     held, other, train = order[:k], order[k:2 * k], order[2 * k:]
-    return RealData(name, tuple(classes), (images[train], labels[train]),
-                    (random_flips(images[held], 1), labels[held]),
-                    (random_flips(images[other], 2), labels[other]), recipe=recipe)
+    mirror = random_flips if flip else (lambda x, seed: x)
+    return RealData(name, tuple(classes), (images[train], labels[train]), (mirror(images[held], 1), labels[held]),
+                    (mirror(images[other], 2), labels[other]), recipe=recipe)
 
 
 def is_class_folder(root: str | Path) -> bool:
