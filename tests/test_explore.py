@@ -39,6 +39,18 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def unconditional_page(tmp_path_factory):
+    """The page of a 2-step tiny unconditional run on grey images (one channel): no guidance to offer."""
+    out = tmp_path_factory.mktemp("uncond")
+    T.train(T.TrainConfig(dataset="builtin", num_images=32, preset="tiny", batch_size=8, max_steps=2, minutes=0,
+                          sample_every=0, ckpt_every=0, num_samples=4, sample_steps=2, device="cpu", judge_samples=0,
+                          class_cond=False, sampler="ddim", unet={"in_channels": 1, "out_channels": 1}, out=str(out)))
+    path = out / "explore.html"
+    path.write_text(build_page(out / T.CHECKPOINT, num=4, shown=2, steps=(3,), progress=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
 def page(checkpoint, tmp_path_factory):
     path = tmp_path_factory.mktemp("page") / "explore.html"
     # the page offers 3 steps and the checkpoint's 2 (not 10, 25, 50), to keep the test short
@@ -180,3 +192,16 @@ def test_the_page_in_chromium(browser, page, checkpoint, tmp_path):
     errors = [e for e in d.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert not errors, errors
     assert torch.get_num_threads() == 1
+
+
+def test_an_unconditional_grey_model_in_chromium(browser, unconditional_page):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(unconditional_page.as_uri())
+    WebDriverWait(browser, 10).until(lambda d: int(d.find_element("tag name", "body").get_attribute("data-drawn")) >= 2)
+    assert not browser.find_elements("css selector", '[data-factor="guidance"]')
+    samplers = [b.text for b in browser.find_elements("css selector", '[data-factor="sampler"]')]
+    assert samplers == ["DDIM", "DPM-Solver++(2M)"]  # the run's own, DDIM, is not offered twice
+    assert browser.find_element("id", "rev-command").text == "minidiff sample CKPT --num 4 --seed 0"
+    assert browser.execute_script("return document.getElementById('rev-xt').width") == 2 * 16
+    assert not [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]

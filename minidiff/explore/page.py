@@ -22,7 +22,7 @@ from ..evaluation.measures import wasserstein1
 from ..training.cli import add_common_flags, resolve_device
 from ..training.runtime import require, run_command
 from .forward import FLAWED, NAMES, forward_panel, schedules_panel
-from .reverse import STEPS, reverse_panel
+from .reverse import BATCH, STEPS, reverse_panel
 from .script import SCRIPT
 
 CSP = "default-src 'none'; img-src data:; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
@@ -82,6 +82,11 @@ step <output id="step-value" for="step"></output>; <span id="rev-t"></span></p>
     return "\n".join(parts)
 
 
+def inline_json(data) -> str:
+    """JSON to sit inside a <script> element: "</" written as "<\\/" so no string can end the element."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+
+
 def build_page(checkpoint: str | Path | None = None, *, num: int = 32, shown: int = 4, seed: int = 0,
                steps=STEPS, device="cpu", progress: bool = True) -> str:
     """The page's HTML (a string): the schedule panels, and with a checkpoint its sampling too."""
@@ -98,8 +103,6 @@ def build_page(checkpoint: str | Path | None = None, *, num: int = 32, shown: in
                                 device=device, progress=progress)
         for d in reverse["settings"].values():
             d["w1"] = round(wasserstein1(d["brightness"], forward["brightness"]), 4)
-        reverse["report"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                             for k, v in reverse["report"].items()}
     data = dict(schedules=schedules_panel(), forward=forward, reverse=reverse)
     name = str(checkpoint) if checkpoint is not None else "noise schedules"
     return f"""<!doctype html>
@@ -108,7 +111,7 @@ def build_page(checkpoint: str | Path | None = None, *, num: int = 32, shown: in
 <title>minidiff explore: {html.escape(name)}</title><style>{STYLE}</style></head>
 <body data-drawn="0">
 {body(reverse, forward, name)}
-<script>const DATA = {json.dumps(data, separators=(",", ":"), allow_nan=False)};</script>
+<script>const DATA = {inline_json(data)};</script>
 <script>{SCRIPT}</script>
 </body></html>
 """
@@ -129,7 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> Path:
-    require(args.num >= 1 and 1 <= args.shown <= 8, "--num must be at least 1 and --shown from 1 to 8")
+    require(1 <= args.num <= BATCH and 1 <= args.shown <= 8,
+            f"--num must lie in 1..{BATCH} (one batch of minidiff sample) and --shown in 1..8")
     require(all(1 <= n <= 1000 for n in args.steps), "--steps: each number of steps must lie in 1..1000")
     require(args.checkpoint is None or Path(args.checkpoint).is_file(), f"{args.checkpoint}: no such file")
     out = Path(args.out)

@@ -29,6 +29,7 @@ STEPS = (10, 25, 50)
 SPACINGS = ("trailing", "leading")
 GUIDANCES = (1.0, 7.5)  # and the checkpoint's own
 RESCALES = (0.0, 0.7)   # phi of Lin et al. Algorithm 2, and the checkpoint's own
+BATCH = 256  # `minidiff sample`'s --batch-size: up to this many samples are one draw of its generator
 
 
 def _unique(values):
@@ -72,6 +73,8 @@ def trajectory(model, config: dict, setting: dict, num: int, seed: int, device="
     """(samples uint8 [num, C, H, W], xs, x0s, timesteps): one batch drawn as `generate(model, config, num,
     seed=seed, **setting)` draws it (its first batch: generator seed * 1_000_003), with x_t at every step
     (x_T first, the sample last) and the x0 predicted at every step."""
+    if num > BATCH:
+        raise ValueError(f"num = {num}: `minidiff sample` draws more than {BATCH} in batches of their own seeds")
     size, channels = model.config["image_size"], model.config["in_channels"]
     labels = class_labels(None, num, model.config["num_classes"])
     guided = setting["guidance"] != 1.0
@@ -157,5 +160,5 @@ def reverse_panel(model, config: dict, report: dict, *, num: int = 32, shown: in
                 samplers={s: SAMPLER_NAMES.get(s, s) for s in _unique(x["sampler"] for x in settings)},
                 steps=sorted({x["steps"] for x in settings}), spacings=_unique(x["spacing"] for x in settings),
                 guidances=sorted({x["guidance"] for x in settings}),
-                rescales=sorted({x["guidance_rescale"] for x in settings}), report=report)
+                rescales=sorted({x["guidance_rescale"] for x in settings}))
 

@@ -208,7 +208,7 @@ function drawHistogram(d) {
   const stats = (xs) => `${mean(xs).toFixed(3)} (std ${std(xs).toFixed(3)})`;
   $("data-spread").textContent = std(F.brightness).toFixed(3);
   $("hist-text").textContent = `mean brightness of the ${d.brightness.length} samples ${stats(d.brightness)}, ` +
-    `of ${F.brightness.length} data images ${stats(F.brightness)}; W1 between the two = ${d.w1.toFixed(3)}`;
+    `of the ${F.what} ${stats(F.brightness)}; W1 between the two = ${d.w1.toFixed(3)}`;
 }
 
 function buttons(group, factor, values, names) {
