@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from minidiff.evaluation import metrics as M  # noqa: E402
+from minidiff.evaluation.classifier import random_flips  # noqa: E402
 from minidiff.evaluation.copies import format_copy_check  # noqa: E402
 from minidiff.evaluation.self_supervised import SELF_SUPERVISED_RECIPE, unlabelled_data  # noqa: E402
 from minidiff.training import data as datasets  # noqa: E402
@@ -73,8 +74,8 @@ def main(argv=None) -> None:
 
     cal = judge.calibration(args.num)
     x = judge.real.other[0][:args.num]
-    extra = {"contrast 80%": judge.score(contrast(x, 0.8)), "blur 0.5 px": judge.score(M.blur(x, 0.5)),
-             "blur 2 px": judge.score(M.blur(x, 2.0))}
+    extra = {"contrast 80%": judge.score(contrast(x, 0.8)), "half mirrored": judge.score(random_flips(x, 5)),
+             "blur 0.5 px": judge.score(M.blur(x, 0.5)), "blur 2 px": judge.score(M.blur(x, 2.0))}
     print(f"\ncalibration ({args.num} images each against {len(judge.real.held[0])} held out)")
     print(f"{'set':<28}{'Frechet':>10}{'x real':>9}{'brightness W1':>15}")
     for name, s in [*cal.items(), *extra.items()]:

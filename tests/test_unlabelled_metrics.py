@@ -81,6 +81,9 @@ def test_the_same_images_in_memory_share_the_folders_cached_network(judge, flat,
     again = M.Judge.for_images(loaded.images, loaded.labels, loaded.classes, str(flat.resolve()),
                                cache_dir=cache_dir, progress=False)
     assert not again.trained and again.cache_file == judge.cache_file
+    # the samples are compared with the folder's images as they are, not mirrored as training batches are
+    as_saved = {image.numpy().tobytes() for image in loaded.images}
+    assert all(image.numpy().tobytes() in as_saved for image in torch.cat([judge.real.held[0], judge.real.other[0]]))
 
 
 # ------------------------------------------------------------------------------ the copy check

@@ -67,9 +67,9 @@ def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | No
     if cfg.dataset == "builtin":
         judge = metrics.Judge.for_dataset("builtin", resolution=cfg.resolution)
     else:  # the images the model trained on, as they are in memory: labelled or not
-        where = str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else cfg.dataset
-        judge = metrics.Judge.for_images(data.images, data.labels, data.classes,
-                                         where if cfg.dataset == "folder" else f"{cfg.dataset}-{where}")
+        where = str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else ""
+        source = where if cfg.dataset == "folder" else "-".join(filter(None, (cfg.dataset, where)))
+        judge = metrics.Judge.for_images(data.images, data.labels, data.classes, source)
     labels = torch.arange(cfg.judge_samples) % data.num_classes if cfg.class_cond else None
     start = time.perf_counter()
     settings = report_sampling(plain_config(cfg))
