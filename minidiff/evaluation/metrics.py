@@ -27,13 +27,16 @@ For a folder, the command line also checks for copies (minidiff.evaluation.copie
 sample comes to its nearest image of the folder, against how near the folder's own images come to
 each other.
 
-Every image passes through uint8 (as a saved sample does) before it is measured. The real sets
-get random horizontal flips, as the trainer's batches do, so the reference is the distribution a
-model is trained on.
+Every image passes through uint8 (as a saved sample does) before it is measured. A labelled
+set's real images get random horizontal flips, as the trainer's batches do, so the reference is the
+distribution a model is trained on; a folder without labels is compared as it is (see
+minidiff.evaluation.self_supervised for why).
 
 The classifier, the real images it learns from and its cache are in minidiff.evaluation.classifier,
-the image layouts it accepts (`nchw`, `as_uint8_images`) in minidiff.training.data (their names are
-importable from here too); this file holds the measures, the calibration, `Judge` and the command line.
+the network trained without labels in minidiff.evaluation.self_supervised, the measures' arithmetic
+and the calibration's damage in minidiff.evaluation.measures, the image layouts it accepts (`nchw`,
+`as_uint8_images`) in minidiff.training.data (their names are importable from here too); this file
+holds the calibration, `Judge` and the command line.
 
     minidiff sample CKPT --num 2000 --npz samples.npz --png ""
     minidiff metrics samples.npz --dataset builtin
@@ -61,10 +64,10 @@ from .classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classif
                          RealData, builtin_data, cache_path, check_class_folder, classify, folder_data,
                          is_class_folder, load_cached, random_flips, shuffle_channels, split_real, train_classifier)
 from .copies import copy_check, format_copy_check
-from .self_supervised import TURNS, rotation_accuracy, train_self_supervised, unlabelled_data, unlabelled_folder_data
 from .fid import frechet_distance, statistics
 from .measures import (BACKGROUND_CORNER, NEAR_BLACK, NEAR_WHITE, background, background_shares,  # noqa: F401 (re-exported)
                        blur, brightness, squeeze_brightness, uniform_noise, wasserstein1)
+from .self_supervised import TURNS, rotation_accuracy, train_self_supervised, unlabelled_data, unlabelled_folder_data
 
 DATASETS = ("builtin", "folder")
 CALIBRATIONS = ("real", "blurred", "squeezed", "noise")
