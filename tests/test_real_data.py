@@ -116,3 +116,22 @@ def test_a_bad_set_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as err:
         T.parse_args(["--set", "unet.width=3"])
     assert err.value.code == 2 and "no setting 'width'" in capsys.readouterr().err
+
+
+def test_folders_train_unflipped_and_the_built_in_set_and_cifar10_flipped(tmp_path):
+    """A folder is learnt as it is (Fashion-MNIST's shoes all face left); DDPM's sets keep its flips."""
+    assert T.parse_args(["--dataset", "folder", "--data-root", str(tmp_path)]).resolved().flip is False
+    assert T.parse_args(["--dataset", "fashion-mnist"]).resolved().flip is False
+    assert T.parse_args(["--dataset", "folder", "--data-root", str(tmp_path), "--flip"]).resolved().flip is True
+    assert T.parse_args([]).resolved().flip is True and T.parse_args(["--dataset", "cifar10"]).resolved().flip is True
+
+
+def test_without_flips_every_batch_and_reference_is_the_images_as_they_are():
+    shapes = data.builtin_shapes(40, resolution=16)
+    asymmetric = torch.arange(16, dtype=torch.uint8).expand(40, 3, 16, 16).contiguous()  # brightness grows to the right
+    shapes.images = asymmetric
+    for flip, expect_mirrored in ((False, False), (True, True)):
+        batches = data.Batches(shapes, 40, seed=0, flip=flip)
+        seen = torch.cat([batches.batch(s)[0] for s in range(4)] + [batches.reference(s, 40)[0] for s in range(4)])
+        mirrored = seen[:, 0, 0, 0] > seen[:, 0, 0, -1]
+        assert bool(mirrored.any()) == expect_mirrored

@@ -144,13 +144,15 @@ class Judge:
 
     @classmethod
     def for_images(cls, images: torch.Tensor, labels: torch.Tensor, classes, source: str, *, num_reference: int = 5_000,
-                   cache_dir: str | Path | None = DEFAULT_CACHE, progress: bool = True) -> "Judge":
+                   cache_dir: str | Path | None = DEFAULT_CACHE, progress: bool = True, flip: bool = True) -> "Judge":
         """The judge of a set already in memory (uint8 [N, C, H, W], as the trainer holds it): a
         classifier with two classes or more, else the self-supervised network. `source` names the
         set; for a folder, its resolved path, so this judge and `for_dataset("folder", ...)` share
-        the cache when they see the same images."""
+        the cache when they see the same images. `flip`: the labelled reference mirrored at random, as
+        a model trained with flips sees it (the trainer passes its own setting)."""
         if len(classes) > 1:
-            real = split_real(f"folder-{source}", images, labels, tuple(classes), num_reference=num_reference, where=source)
+            real = split_real(f"folder-{source}" + ("" if flip else "-unflipped"), images, labels, tuple(classes),
+                              num_reference=num_reference, where=source, flip=flip)
         else:
             real = unlabelled_data(images, source, num_reference=num_reference)
         return cls(real, cache_dir=cache_dir, progress=progress)

@@ -54,6 +54,7 @@ CIFAR10 = dict(  # DDPM (Ho et al. 2020), App. B: the GPU recipe the paper train
     sampler="ddim", sample_steps=50,  # the grids: DDIM (Song et al.'s 50 steps)
     guidance=1.0, guidance_rescale=0.7, guidance_from=-math.inf,  # unguided; Lin et al.'s phi when guided
     judge_samples=0,              # scored by FID (minidiff fid), not the CPU measure
+    flip=True,                    # the paper's random horizontal flips
 )
 
 BUILTIN = dict(  # the main job: shapes in 10 CPU-minutes (docs/recipe_history.md has each study)
@@ -77,6 +78,7 @@ BUILTIN = dict(  # the main job: shapes in 10 CPU-minutes (docs/recipe_history.m
     guidance_rescale=0.0,         # at w = 3 the rescale squeezed the brightness: W1 0.19 against 0.11 (docs/06_guidance.md)
     guidance_from=-3.0,           # guide only at log-SNR >= -3: worst W1 of nine checkpoints 0.175 -> 0.099
     judge_samples=1000,           # at 500, real against real alone ranges over W1 0.013-0.071
+    flip=True,                    # random horizontal flips, as DDPM (every class drawn either way)
 )
 
 FOLDER = dict(  # a user's own images, and Fashion-MNIST / MNIST by name
@@ -94,17 +96,20 @@ FOLDER = dict(  # a user's own images, and Fashion-MNIST / MNIST by name
     sampler="ddim", sample_steps=50,
     guidance=1.0, guidance_rescale=0.7, guidance_from=-math.inf,
     judge_samples=500,
+    flip=False,                   # a folder is drawn as it is: Fashion-MNIST's shoes all face left, and half
+                                  # mirrored its real images score FCD 43 against 1.0 (docs/recipe_history.md)
 )
 
 RECIPES = {"cifar10": CIFAR10, "builtin": BUILTIN, "folder": FOLDER, "fashion-mnist": FOLDER, "mnist": FOLDER}
 # Flags that define what is being trained: a resumed run must not change them.
-IDENTITY = ("dataset", "data_root", "num_images", "preset", "unet", "schedule", "zero_snr", "prediction",
+IDENTITY = ("dataset", "data_root", "num_images", "flip", "preset", "unet", "schedule", "zero_snr", "prediction",
             "class_cond", "label_dropout", "batch_size", "seed", "lr", "warmup", "lr_decay", "lr_cooldown",
             "adam_beta2", "ema_decay", "ema_share", "grad_clip", "resolution",
             "offset_noise", "weighting", "timesteps", "timesteps_mean", "timesteps_uniform", "timesteps_low_snr",
             "stf_reference", "dropout")
 # What checkpoints written before these flags were recorded were trained with.
-UNRECORDED = {"adam_beta2": 0.999, "lr_cooldown": 0.2, "timesteps_mean": 2.4, "ema_share": 0.0, "stf_reference": 0}
+UNRECORDED = {"adam_beta2": 0.999, "lr_cooldown": 0.2, "timesteps_mean": 2.4, "ema_share": 0.0, "stf_reference": 0,
+              "flip": True}
 
 
 @dataclass
@@ -115,6 +120,7 @@ class TrainConfig:
     data_root: str | None = None
     download: bool = True
     num_images: int = 20_000          # size of the built-in set
+    flip: bool | None = None          # random horizontal flips of the training batches (and the STF's references)
     resolution: int | None = None     # default: the preset's image_size
     preset: str | None = None
     unet: dict | None = None          # overrides of the preset's UNet config, e.g. {"base_channels": 32}
@@ -281,6 +287,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     data.add_argument("--download", action=flag, default=d.download, help="download CIFAR-10 or (Fashion-)MNIST if missing")
     data.add_argument("--num-images", type=int, default=d.num_images, help="size of the built-in set")
     data.add_argument("--resolution", type=int, help="image side (default: the preset's)")
+    data.add_argument("--flip", action=flag,
+                      help="random horizontal flips of the training images (recipe: on for builtin and cifar10 as "
+                           "DDPM, off for folders and (Fashion-)MNIST, whose images may face one way)")
     model = p.add_argument_group("model and diffusion")
     model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset (recipe: small-patch2 builtin, ddpm-cifar10 cifar10, small folder)")
     model.add_argument("--dropout", type=float, help="override the preset's dropout")
@@ -483,7 +492,8 @@ def describe(cfg: TrainConfig, model: UNet) -> list[str]:
     guidance = (f"{cfg.guidance:g}, rescale {cfg.guidance_rescale:g}, from log-SNR {cfg.guidance_from:g} "
                 "(guidance.cfg via samplers.guided_output)" if guided else "none")
     rows = [
-        ("data", f"{cfg.dataset}, {cfg.resolution}x{cfg.resolution}, batch {cfg.batch_size}"
+        ("data", f"{cfg.dataset}, {cfg.resolution}x{cfg.resolution}, batch {cfg.batch_size}, "
+                 f"{'random horizontal flips' if cfg.flip else 'no flips'} (data.Batches)"
                  + (f", {cfg.label_dropout:.0%} of labels dropped (train.drop_labels)" if cfg.class_cond else "")),
         ("network", f"UNet preset {cfg.preset}: {width}, {model.num_parameters() / 1e6:.2f}M parameters (unet.UNet)"),
         ("schedule", f"{cfg.schedule}{zsnr}"),

@@ -69,7 +69,7 @@ def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | No
     else:  # the images the model trained on, as they are in memory: labelled or not
         where = str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else ""
         source = where if cfg.dataset == "folder" else "-".join(filter(None, (cfg.dataset, where)))
-        judge = metrics.Judge.for_images(data.images, data.labels, data.classes, source)
+        judge = metrics.Judge.for_images(data.images, data.labels, data.classes, source, flip=cfg.flip)
     labels = torch.arange(cfg.judge_samples) % data.num_classes if cfg.class_cond else None
     start = time.perf_counter()
     settings = report_sampling(plain_config(cfg))

@@ -142,7 +142,7 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     data = datasets.load_dataset(cfg.dataset, data_root=cfg.data_root, resolution=cfg.resolution,
                                  download=cfg.download, seed=cfg.seed, num=cfg.num_images)
-    batches = datasets.Batches(data, cfg.batch_size // world, seed=cfg.seed, device=device,
+    batches = datasets.Batches(data, cfg.batch_size // world, seed=cfg.seed, device=device, flip=cfg.flip,
                                rank=rank, world_size=world)
     model = build_model(cfg, data.num_classes, data.channels).to(device)
     if cfg.channels_last:
