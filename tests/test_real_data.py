@@ -135,3 +135,14 @@ def test_without_flips_every_batch_and_reference_is_the_images_as_they_are():
         seen = torch.cat([batches.batch(s)[0] for s in range(4)] + [batches.reference(s, 40)[0] for s in range(4)])
         mirrored = seen[:, 0, 0, 0] > seen[:, 0, 0, -1]
         assert bool(mirrored.any()) == expect_mirrored
+
+
+def test_the_folder_recipe_carries_the_real_images_study():
+    """docs/recipe_history.md, "the folder recipe": the main job's lessons, no flips, DPM-Solver++ at 25
+    steps, guidance 1.5 above log-SNR -3 when the folder has labels."""
+    cfg = T.parse_args(["--dataset", "fashion-mnist"]).resolved()
+    assert (cfg.preset, cfg.batch_size, cfg.lr, cfg.lr_decay, cfg.adam_beta2, cfg.ema_share) == \
+        ("small", 64, 1e-3, "wsd", 0.99, 0.05)
+    assert (cfg.weighting, cfg.stf_reference, cfg.timesteps_low_snr, cfg.flip) == ("level_mean", 512, 0.08, False)
+    assert (cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.guidance_from, cfg.guidance_rescale) == \
+        ("dpmpp_2m", 25, 1.5, -3.0, 0.0)
