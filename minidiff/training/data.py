@@ -9,15 +9,15 @@ in `to_float`, so a 50k-image set costs 150 MB as uint8 and can live on the GPU 
 flip per image (DDPM, Sec. 4: "random horizontal flips"), both a pure function of (seed, step), so a
 run resumed at step s sees exactly the batches it would have seen, with no loader state to save.
 
-The built-in set is drawn in code (no download): ten classes of simple shapes, each its own shape
-and colour, on a background whose brightness is uniform from nearly black to nearly white. It is
-the dataset on which Lin et al.'s brightness effect (a non-zero terminal SNR pulls every sample
-towards medium brightness) shows after minutes of CPU training.
+The built-in set is drawn in code (no download, minidiff/training/shapes.py): ten classes of simple
+shapes, each its own shape and colour, on a background whose brightness is uniform from nearly
+black to nearly white. It is the dataset on which Lin et al.'s brightness effect (a non-zero
+terminal SNR pulls every sample towards medium brightness) shows after minutes of CPU training.
+Fashion-MNIST and MNIST are read from their idx files (minidiff/training/idx.py).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,26 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .idx import IDX_CLASSES, idx_file, read_idx  # noqa: F401 (read_idx re-exported)
 from .runtime import StepOrder, UsageError, mix_seed
+from .shapes import BUILTIN_CLASSES, BUILTIN_COLOURS, draw_shapes  # noqa: F401 (BUILTIN_COLOURS re-exported)
 
 DATASETS = ("builtin", "cifar10", "fashion-mnist", "mnist", "folder")
-# The 28x28 grayscale sets stored as the four idx files of LeCun et al. (MNIST) and Xiao et al. 2017
-# (Fashion-MNIST); the class names are those of the sets' papers.
-IDX_CLASSES = {
-    "mnist": tuple(str(d) for d in range(10)),
-    "fashion-mnist": ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                      "ankle-boot"),
-}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-BUILTIN_CLASSES = ("disc", "square", "triangle", "ring", "cross",
-                   "diamond", "stripes", "bars", "checker", "dot-pair")
-# One saturated colour per class (RGB in [0, 1]), so class shows in shape and in colour.
-BUILTIN_COLOURS = torch.tensor([
-    [1.00, 0.20, 0.20], [0.20, 0.60, 1.00], [0.25, 0.85, 0.25], [1.00, 0.80, 0.10],
-    [0.80, 0.30, 1.00], [0.10, 0.90, 0.90], [1.00, 0.50, 0.00], [1.00, 0.30, 0.70],
-    [0.60, 0.60, 0.60], [0.50, 1.00, 0.40],
-], dtype=torch.float64)
 
 
 @dataclass
@@ -153,80 +139,6 @@ def as_uint8_images(images, *, channels: int, resolution: int) -> tuple[torch.Te
 # ------------------------------------------------------------------------------ built-in shapes
 
 
-def _shape_distance(kind: int, x: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Signed distance (in pixels, negative inside) to shape `kind` of radius r centred at 0."""
-    ax, ay = x.abs(), y.abs()
-    if kind == 0:  # disc
-        return torch.sqrt(x**2 + y**2) - r
-    if kind == 1:  # square
-        return torch.maximum(ax, ay) - 0.85 * r
-    if kind == 2:  # triangle pointing up (image y grows downwards)
-        return torch.maximum(y - 0.6 * r, (2 * ax - y - r) / math.sqrt(5))
-    if kind == 3:  # ring
-        return (torch.sqrt(x**2 + y**2) - 0.75 * r).abs() - 0.25 * r
-    if kind == 4:  # plus-shaped cross
-        arm = 0.3 * r
-        return torch.minimum(torch.maximum(ax - arm, ay - r), torch.maximum(ay - arm, ax - r))
-    if kind == 5:  # diamond
-        return (ax + ay - 1.1 * r) / math.sqrt(2)
-    if kind == 6:  # square filled with horizontal stripes
-        period = 0.5 * r
-        stripe = ((y / period).frac() - 0.5).abs() * period - 0.25 * period
-        return torch.maximum(torch.maximum(ax, ay) - 0.9 * r, stripe)
-    if kind == 7:  # two vertical bars
-        return torch.maximum((ax - 0.5 * r).abs() - 0.2 * r, ay - r)
-    if kind == 8:  # 2x2 checkerboard
-        checker = torch.where((x > 0) == (y > 0), -torch.minimum(ax, ay), torch.minimum(ax, ay))
-        return torch.maximum(torch.maximum(ax, ay) - 0.85 * r, checker)
-    if kind == 9:  # two dots on a diagonal
-        d1 = torch.sqrt((x - 0.5 * r) ** 2 + (y - 0.5 * r) ** 2)
-        d2 = torch.sqrt((x + 0.5 * r) ** 2 + (y + 0.5 * r) ** 2)
-        return torch.minimum(d1, d2) - 0.4 * r
-    raise ValueError(f"unknown built-in shape {kind}")
-
-
-def _draw_builtin(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw one image per label: float32 [N, 3, size, size] in [-1, 1]."""
-    n = labels.shape[0]
-
-    def uniform(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(n, *shape, generator=generator)
-
-    # Target mean brightness: the quantity Lin et al.'s effect is about, uniform over nearly the
-    # whole range [-0.9, 0.9] (pixel levels 13 to 242). A gentle gradient in a random direction
-    # keeps the background from being flat.
-    brightness = uniform(-0.9, 0.9)
-    tilt, angle = uniform(-0.1, 0.1), uniform(0, 2 * math.pi)
-    scale = size / 32
-    centre = uniform(-3 * scale, 3 * scale, 2)
-    radius = uniform(8 * scale, 11 * scale)
-    contrast = uniform(0.9, 1.3)
-
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    ramp = xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]
-    background = brightness[:, None, None] + tilt[:, None, None] * ramp * (2 / size)
-
-    distance = torch.empty(n, size, size)
-    x = xx - centre[:, 0, None, None]
-    y = yy - centre[:, 1, None, None]
-    for kind in labels.unique().tolist():
-        rows = labels == kind
-        distance[rows] = _shape_distance(kind, x[rows], y[rows], radius[rows, None, None])
-    coverage = (0.5 - distance).clamp_(0, 1)[:, None]  # one-pixel antialiased edge
-
-    # The shape is the class colour, lighter than a dark background and darker than a light one,
-    # with the same hue either way (a dark red stays red), so it is visible at every brightness.
-    colour = BUILTIN_COLOURS.float()[labels]  # [N, 3]
-    light = brightness > 0  # a light background gets a dark shape
-    weight = 0.35 + 0.65 * torch.where(light[:, None], 1 - colour, colour)
-    shape = brightness[:, None] + torch.where(light, -contrast, contrast)[:, None] * weight
-    image = background[:, None] + coverage * (shape[:, :, None, None] - background[:, None])
-    # Shift each image so its mean is the drawn brightness (the shape would pull it to the middle).
-    image += (brightness - image.mean((1, 2, 3)))[:, None, None, None]
-    return image.clamp_(-1, 1)
-
-
 def builtin_shapes(num: int = 20_000, *, seed: int = 0, resolution: int = 32,
                    chunk: int = 5_000, progress: bool = False) -> ImageSet:
     """The built-in dataset: `num` images of ten shape classes, deterministic in `seed`.
@@ -243,7 +155,7 @@ def builtin_shapes(num: int = 20_000, *, seed: int = 0, resolution: int = 32,
         starts = tqdm(starts, desc="drawing built-in shapes", unit="chunk")
     for start in starts:
         stop = min(start + chunk, num)
-        images[start:stop] = to_uint8(_draw_builtin(labels[start:stop], resolution, generator))
+        images[start:stop] = to_uint8(draw_shapes(labels[start:stop], resolution, generator))
     return ImageSet(images, labels, BUILTIN_CLASSES, "builtin")
 
 
@@ -274,34 +186,6 @@ def cifar10(root: str | Path = "data", *, train: bool = True, download: bool = T
 # ------------------------------------------------------------------------ MNIST, Fashion-MNIST
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """One idx file (the format of MNIST and Fashion-MNIST; gzipped or not) as a numpy array.
-
-    The header is two zero bytes, a type code (0x08: unsigned bytes) and the number of dimensions,
-    then one big-endian int32 per dimension; the data follow, row-major.
-    """
-    import gzip
-
-    path = Path(path)
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes (its header is {raw[:4].hex() or 'empty'})")
-    dims = np.frombuffer(raw, ">i4", count=raw[3], offset=4)
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3])
-    if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: its header promises {int(np.prod(dims))} bytes, it holds {data.size}")
-    return data.reshape(tuple(int(d) for d in dims))
-
-
-def _idx_file(root: Path, stem: str) -> Path | None:
-    """root/stem, gzipped or not, also where torchvision keeps it (root/raw, root/FashionMNIST/raw, ...)."""
-    folders = (root, root / "raw", root / "FashionMNIST" / "raw", root / "MNIST" / "raw")
-    names = (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz")
-    found = [folder / name for folder in folders for name in names if (folder / name).is_file()]
-    return found[0] if found else None
-
-
 def idx_dataset(name: str, root: str | Path | None = "data", *, train: bool = True, download: bool = True,
                 resolution: int = 28) -> ImageSet:
     """MNIST or Fashion-MNIST: the four standard idx files in `root` (or its raw/ folder, as
@@ -312,8 +196,8 @@ def idx_dataset(name: str, root: str | Path | None = "data", *, train: bool = Tr
     """
     root = Path(root or "data").expanduser()
     split = "train" if train else "t10k"
-    images_path = _idx_file(root, f"{split}-images-idx3-ubyte")
-    labels_path = _idx_file(root, f"{split}-labels-idx1-ubyte")
+    images_path = idx_file(root, f"{split}-images-idx3-ubyte")
+    labels_path = idx_file(root, f"{split}-labels-idx1-ubyte")
     if images_path is None or labels_path is None:
         fetched = None
         if download:
