@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from minidiff.training import train as T  # noqa: E402
 from minidiff.training.sample import generate, load_run  # noqa: E402
+from quality import cell  # noqa: E402 (benchmarks/quality.py: a mean and its spread over seeds)
 
 STUDY = Path("runs/study")
 SCORER = ROOT.parent / "shared" / "tools" / "fmnist_fcd.py"
@@ -91,11 +91,6 @@ def table(path: Path) -> str:
         groups.setdefault((r["name"], r["eval"]), []).append(r)
     lines = ["| recipe | sampler | seeds | steps | FCD | class_kl | brightness W1 | brightness std (data 0.252) |",
              "|---|---|---|---|---|---|---|---|"]
-
-    def cell(values, fmt):
-        if len(values) == 1:
-            return fmt(values[0])
-        return f"{fmt(statistics.mean(values))} ({fmt(min(values))}..{fmt(max(values))})"
 
     for (name, text), rs in groups.items():
         sampler = f"{rs[0]['sampler']} {rs[0]['sample_steps']}" + (f", w {rs[0]['guidance']:g}" if rs[0]["guidance"] != 1 else "")

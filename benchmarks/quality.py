@@ -107,6 +107,16 @@ def _median_rate(out: Path) -> float:
     return statistics.median(rates) if rates else float("nan")
 
 
+def cell(values, fmt) -> str:
+    """One table cell: the mean over seeds, then the min..max spread when there are several
+    (None values skipped; "n/a" when none is left)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ({fmt(min(values))}..{fmt(max(values))})"
+
+
 def table(path: Path) -> str:
     """One markdown row per (name, sampling steps): the mean over seeds and the min..max spread."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -115,13 +125,6 @@ def table(path: Path) -> str:
         # rows from before these were recorded: DDIM, guided at every step
         key = (r["name"], r.get("sampler", "ddim"), r["sample_steps"], r.get("guidance", 1.0), r.get("guidance_from", -math.inf))
         groups.setdefault(key, []).append(r)
-
-    def cell(values, fmt):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "n/a"
-        mean = sum(values) / len(values)
-        return fmt(mean) if len(values) == 1 else f"{fmt(mean)} ({fmt(min(values))}..{fmt(max(values))})"
 
     lines = ["| recipe | changes | seeds | steps trained | img/s | sampler, steps | guidance | class accuracy | Frechet | "
              "brightness W1 | near-black bg | near-white bg |",

@@ -29,16 +29,6 @@ SHOWN = 4
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A 2-step tiny run of the built-in recipe: class-conditional, guided 2.5 from log-SNR -3, dpmpp_2m."""
-    out = tmp_path_factory.mktemp("run")
-    T.train(T.TrainConfig(dataset="builtin", num_images=32, preset="tiny", batch_size=8, max_steps=2, minutes=0,
-                          sample_every=0, ckpt_every=0, num_samples=4, sample_steps=2, device="cpu",
-                          judge_samples=0, out=str(out)))
-    return out / T.CHECKPOINT
-
-
-@pytest.fixture(scope="module")
 def unconditional_page(tmp_path_factory):
     """The page of a 2-step tiny unconditional run on grey images (one channel): no guidance to offer."""
     out = tmp_path_factory.mktemp("uncond")
@@ -51,10 +41,10 @@ def unconditional_page(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(checkpoint, tmp_path_factory):
+def page(tiny_checkpoint, tmp_path_factory):
     path = tmp_path_factory.mktemp("page") / "explore.html"
     # the page offers 3 steps and the checkpoint's 2 (not 10, 25, 50), to keep the test short
-    path.write_text(build_page(checkpoint, num=8, shown=SHOWN, steps=(3,), progress=False), encoding="utf-8")
+    path.write_text(build_page(tiny_checkpoint, num=8, shown=SHOWN, steps=(3,), progress=False), encoding="utf-8")
     return path
 
 
@@ -74,16 +64,16 @@ def last_frame(uri, frames):
     return sprite[np.arange(rows) * frames + frames - 1]
 
 
-def test_each_setting_ends_where_minidiff_sample_does(checkpoint, tmp_path):
-    _, config, report = sample.load_run(checkpoint)
+def test_each_setting_ends_where_minidiff_sample_does(tiny_checkpoint, tmp_path):
+    _, config, report = sample.load_run(tiny_checkpoint)
     settings = R.offered_settings(report, conditional=True)
     assert report in settings and len({R.setting_key(s) for s in settings}) == len(settings)
     assert {s["guidance"] for s in settings} == {1.0, 2.5, 7.5} and {s["spacing"] for s in settings} == {"trailing", "leading"}
-    model, _ = sample.load_model(checkpoint)
+    model, _ = sample.load_model(tiny_checkpoint)
     for s in (report, dict(report, sampler="ddim", steps=10, spacing="leading"), dict(report, guidance=7.5, guidance_rescale=0.7)):
         d = R.setting_data(model, config, s, report, num=8, shown=SHOWN, seed=0)
         frames = len(d["timesteps"]) + 1
-        want = drawn_by_minidiff_sample(checkpoint, d["command"], tmp_path)
+        want = drawn_by_minidiff_sample(tiny_checkpoint, d["command"], tmp_path)
         assert np.array_equal(last_frame(d["xt"], frames).reshape(16, SHOWN, 16, 3).transpose(1, 0, 2, 3), want)
         assert np.array_equal(last_frame(d["x0"], frames), last_frame(d["xt"], frames))
 
@@ -128,7 +118,7 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_the_page_in_chromium(browser, page, checkpoint, tmp_path):
+def test_the_page_in_chromium(browser, page, tiny_checkpoint, tmp_path):
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -179,7 +169,7 @@ def test_the_page_in_chromium(browser, page, checkpoint, tmp_path):
         pixels = np.array(js("const c = document.getElementById('rev-xt');"
                              "return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"), np.uint8)
         pixels = pixels.reshape(size, SHOWN, size, 4)[..., :3].transpose(1, 0, 2, 3)
-        want = drawn_by_minidiff_sample(checkpoint, text("rev-command"), tmp_path)
+        want = drawn_by_minidiff_sample(tiny_checkpoint, text("rev-command"), tmp_path)
         assert np.array_equal(pixels, want), (factor, value)
         printed = [float(b) for b in text("rev-brightness").split(", ")]  # the predicted x0 at the end: the sample
         assert np.allclose(printed, want.reshape(SHOWN, -1).mean(1) / 127.5 - 1, atol=0.0051)

@@ -10,16 +10,6 @@ from minidiff.training import train as T
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def zero_snr_checkpoint(tmp_path_factory):
-    """A 2-step tiny run of the built-in recipe's kind: zero terminal SNR, v prediction."""
-    out = tmp_path_factory.mktemp("run")
-    T.train(T.TrainConfig(dataset="builtin", num_images=32, preset="tiny", batch_size=8, max_steps=2, minutes=0,
-                          sample_every=0, ckpt_every=0, num_samples=4, sample_steps=2, device="cpu",
-                          judge_samples=0, out=str(out)))
-    return out / T.CHECKPOINT
-
-
 def write_png(path, array):
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
     return str(path)
@@ -39,31 +29,31 @@ def images(tmp_path):
     return dark, bright
 
 
-def test_full_strength_on_a_zero_snr_checkpoint_ignores_the_input(zero_snr_checkpoint, tmp_path):
+def test_full_strength_on_a_zero_snr_checkpoint_ignores_the_input(tiny_checkpoint, tmp_path):
     dark, bright = images(tmp_path)
-    assert T.load_checkpoint(zero_snr_checkpoint)["config"]["zero_snr"]
-    a = draw(zero_snr_checkpoint, tmp_path, "--init", dark, "--strength", "1.0")
-    b = draw(zero_snr_checkpoint, tmp_path, "--init", bright, "--strength", "1.0")
+    assert T.load_checkpoint(tiny_checkpoint)["config"]["zero_snr"]
+    a = draw(tiny_checkpoint, tmp_path, "--init", dark, "--strength", "1.0")
+    b = draw(tiny_checkpoint, tmp_path, "--init", bright, "--strength", "1.0")
     assert np.array_equal(a, b)
-    assert np.array_equal(a, draw(zero_snr_checkpoint, tmp_path))  # and it is what sampling draws
+    assert np.array_equal(a, draw(tiny_checkpoint, tmp_path))  # and it is what sampling draws
     # a weaker edit keeps some of each input: the dark input's edit is darker
-    a6 = draw(zero_snr_checkpoint, tmp_path, "--init", dark, "--strength", "0.3")
-    b6 = draw(zero_snr_checkpoint, tmp_path, "--init", bright, "--strength", "0.3")
+    a6 = draw(tiny_checkpoint, tmp_path, "--init", dark, "--strength", "0.3")
+    b6 = draw(tiny_checkpoint, tmp_path, "--init", bright, "--strength", "0.3")
     assert a6.mean() + 50 < b6.mean()
 
 
-def test_mask_keeps_the_black_pixels_of_the_input(zero_snr_checkpoint, tmp_path):
+def test_mask_keeps_the_black_pixels_of_the_input(tiny_checkpoint, tmp_path):
     dark, _ = images(tmp_path)
     m = np.zeros((16, 16), np.uint8)
     m[4:12, 4:12] = 255
-    out = draw(zero_snr_checkpoint, tmp_path, "--init", dark, "--mask", write_png(tmp_path / "m.png", m),
+    out = draw(tiny_checkpoint, tmp_path, "--init", dark, "--mask", write_png(tmp_path / "m.png", m),
                "--resample", "1")
     keep = m == 0
     src = np.asarray(Image.open(dark))
     assert np.array_equal(out[:, keep], np.broadcast_to(src[keep], out[:, keep].shape))
     # an RGB mask whose channels agree is the same mask
     rgb = write_png(tmp_path / "m3.png", np.stack([m] * 3, -1))
-    assert np.array_equal(draw(zero_snr_checkpoint, tmp_path, "--init", dark, "--mask", rgb, "--resample", "1"), out)
+    assert np.array_equal(draw(tiny_checkpoint, tmp_path, "--init", dark, "--mask", rgb, "--resample", "1"), out)
 
 
 @pytest.mark.parametrize("make, words", [
@@ -77,15 +67,15 @@ def test_mask_keeps_the_black_pixels_of_the_input(zero_snr_checkpoint, tmp_path)
     (lambda d, p: ["--init", d, "--resample", "2"], "give a --mask too"),
     (lambda d, p: ["--threshold", "1.5"], "--threshold is a percentile"),
 ])
-def test_bad_edits_exit_2_with_one_line(zero_snr_checkpoint, tmp_path, capsys, make, words):
+def test_bad_edits_exit_2_with_one_line(tiny_checkpoint, tmp_path, capsys, make, words):
     dark, _ = images(tmp_path)
     with pytest.raises(SystemExit) as exit_:
-        sample.main([str(zero_snr_checkpoint), "--num", "2", "--png", "", *make(dark, tmp_path)])
+        sample.main([str(tiny_checkpoint), "--num", "2", "--png", "", *make(dark, tmp_path)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and words in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_threshold_flag_reaches_the_sampler(zero_snr_checkpoint, tmp_path, monkeypatch):
+def test_threshold_flag_reaches_the_sampler(tiny_checkpoint, tmp_path, monkeypatch):
     seen = {}
     real = sample.sample
 
@@ -94,6 +84,6 @@ def test_threshold_flag_reaches_the_sampler(zero_snr_checkpoint, tmp_path, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sample, "sample", spy)
-    draw(zero_snr_checkpoint, tmp_path, "--threshold", "0.995")
+    draw(tiny_checkpoint, tmp_path, "--threshold", "0.995")
     assert seen["threshold"] == 0.995 and not seen["clip_x0"]
     assert "init" not in seen  # no editing asked for: the sampler's plain path

@@ -2,6 +2,7 @@
 
     Classifier         a small CNN whose penultimate features the Frechet distance is taken in
     train_classifier   fits it to real images: their class, and each channel's mean
+    fit                the training loop it shares with the unlabelled network (self_supervised.py)
     classify           features and predicted classes of uint8 images
     RealData           the real images: `train` fits the classifier, `held` is the reference
                        samples are compared with, `other` is what the calibration degrades
@@ -75,26 +76,41 @@ class Classifier(nn.Module):
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
                      recipe: dict = CLASSIFIER_RECIPE, progress: bool = True) -> Classifier:
-    """Fit the classifier to uint8 images: cross-entropy on the class plus squared error on each
-    channel's mean (weighted by recipe["colour_weight"]); Adam, a fixed number of steps with the
-    learning rate decayed linearly to 0, random flips. Seeded; leaves the global RNG as it was."""
+    """Fit the classifier to uint8 images and their classes (see `fit`); on colour images each
+    batch's channels are shuffled first when recipe["shuffle_channels"] is set."""
+
+    def batch(x, index, g):
+        if recipe["shuffle_channels"] and x.shape[1] == 3:
+            x = shuffle_channels(x, g)
+        return x, labels[index]
+
+    return fit(images, num_classes, batch, recipe=recipe, desc="training the metrics classifier",
+               progress=progress)
+
+
+def fit(images: torch.Tensor, num_outputs: int, batch, *, recipe: dict, desc: str,
+        progress: bool = True) -> Classifier:
+    """A Classifier with `num_outputs` outputs fitted to uint8 images [N, C, H, W]: each step draws
+    recipe["batch_size"] images, mirrors each with probability 1/2, and `batch(x, index, generator)`
+    returns the network's input and its target class (the label, or a task the images set
+    themselves). The loss is cross-entropy on the target plus recipe["colour_weight"] times the
+    squared error on each channel's mean; Adam, recipe["steps"] steps with the learning rate decayed
+    linearly to 0. Seeded by recipe["seed"]; leaves the global RNG as it was."""
     from tqdm.auto import tqdm
 
     with torch.random.fork_rng():
         torch.manual_seed(recipe["seed"])
-        net = Classifier(images.shape[1], num_classes, recipe["widths"])
+        net = Classifier(images.shape[1], num_outputs, recipe["widths"])
         opt = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / recipe["steps"])
         g = torch.Generator().manual_seed(recipe["seed"])
         net.train()
-        for _ in tqdm(range(recipe["steps"]), desc="training the metrics classifier", unit="step",
-                      disable=not progress):
+        for _ in tqdm(range(recipe["steps"]), desc=desc, unit="step", disable=not progress):
             index = torch.randint(0, len(images), (recipe["batch_size"],), generator=g)
             x = random_flips(datasets.to_float(images[index]), int(torch.randint(2**62, (1,), generator=g)))
-            if recipe["shuffle_channels"] and x.shape[1] == 3:
-                x = shuffle_channels(x, g)
+            x, target = batch(x, index, g)
             f = net.features(x)
-            loss = F.cross_entropy(net.head(f), labels[index]) + \
+            loss = F.cross_entropy(net.head(f), target) + \
                 recipe["colour_weight"] * F.mse_loss(net.colour(f), x.mean((2, 3)))
             opt.zero_grad(set_to_none=True)
             loss.backward()

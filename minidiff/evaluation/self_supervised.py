@@ -32,10 +32,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..training import data as datasets
-from .classifier import Classifier, RealData, random_flips, split_real
+from .classifier import Classifier, RealData, fit, split_real
 
 TURNS = 4  # quarter turns: 0, 90, 180, 270 degrees
 SELF_SUPERVISED_RECIPE = dict(version=4, task="rotation", widths=(16, 32, 64, 64), steps=300, batch_size=128,
@@ -54,33 +53,16 @@ def rotate_each(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 
 def train_self_supervised(images: torch.Tensor, *, recipe: dict = SELF_SUPERVISED_RECIPE,
                           progress: bool = True) -> Classifier:
-    """Fit a Classifier with TURNS outputs to uint8 images [N, C, H, H], no labels: cross-entropy
-    on the quarter turn each image was given, plus squared error on each channel's mean; Adam, a
-    fixed number of steps with the learning rate decayed linearly to 0, random flips. Seeded;
-    leaves the global RNG as it was."""
-    from tqdm.auto import tqdm
+    """Fit a Classifier with TURNS outputs to uint8 images [N, C, H, H], no labels: each image of a
+    batch is given a random quarter turn and the target is that turn (classifier.fit has the loss,
+    the optimiser and the seeding)."""
 
-    with torch.random.fork_rng():
-        torch.manual_seed(recipe["seed"])
-        net = Classifier(images.shape[1], TURNS, recipe["widths"])
-        opt = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / recipe["steps"])
-        g = torch.Generator().manual_seed(recipe["seed"])
-        net.train()
-        for _ in tqdm(range(recipe["steps"]), desc="training the metrics network (no labels)", unit="step",
-                      disable=not progress):
-            index = torch.randint(0, len(images), (recipe["batch_size"],), generator=g)
-            x = random_flips(datasets.to_float(images[index]), int(torch.randint(2**62, (1,), generator=g)))
-            turns = torch.randint(0, TURNS, (len(x),), generator=g)
-            x = rotate_each(x, turns)
-            f = net.features(x)
-            loss = F.cross_entropy(net.head(f), turns) + \
-                recipe["colour_weight"] * F.mse_loss(net.colour(f), x.mean((2, 3)))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return net.eval()
+    def batch(x, index, g):
+        turns = torch.randint(0, TURNS, (len(x),), generator=g)
+        return rotate_each(x, turns), turns
+
+    return fit(images, TURNS, batch, recipe=recipe, desc="training the metrics network (no labels)",
+               progress=progress)
 
 
 @torch.no_grad()
