@@ -94,8 +94,11 @@ def test_nearest_distances_match_a_brute_force_search():
     train = torch.randint(0, 256, (40, 1, 5, 5), generator=g, dtype=torch.uint8)
     queries = torch.randint(0, 256, (7, 1, 5, 5), generator=g, dtype=torch.uint8)
     both = torch.cat([train, train.flip(-1)]).float() / 255
-    brute = ((queries.float()[:, None] / 255 - both[None]) ** 2).mean((2, 3, 4)).min(1).values.sqrt()
-    assert np.allclose(C.nearest_distances(queries, train), brute.numpy(), atol=1e-5)
+    brute, at = ((queries.float()[:, None] / 255 - both[None]) ** 2).mean((2, 3, 4)).min(1)
+    assert np.allclose(C.nearest_distances(queries, train), brute.sqrt().numpy(), atol=1e-5)
+    # with_index names the training image (mirrored or not), and small chunks find the same one
+    distances, index = C.nearest_distances(queries, train, with_index=True, chunk=3)
+    assert np.allclose(distances, brute.sqrt().numpy(), atol=1e-5) and np.array_equal(index, at.numpy() % 40)
     # leave-one-out: a training image's own copy (and its mirror) does not count
     own = C.nearest_distances(train[:3], train, exclude=torch.arange(3))
     assert (own > 0.05).all() and np.allclose(C.nearest_distances(train[:3], train), 0, atol=1e-5)
@@ -126,6 +129,24 @@ def test_cli_scores_samples_against_an_unlabelled_folder(judge, flat, cache_dir,
     assert frechet_row.split()[3] == f"{judge.score(x)['frechet']:.4g}"
     # the samples are images of the folder itself: the copy check must say so
     assert "copies?" in out and "100.0% of 200 samples lie nearer" in out
+
+
+def test_copy_figure_shows_each_training_image_beside_itself(flat, tmp_path, capsys):
+    """benchmarks/copy_figure.py on samples that are mirrored training images: each one's nearest
+    image is its own original, at distance 0, and the copy check says 100% near copies."""
+    from scripts import load_script
+
+    fig = load_script("benchmarks/copy_figure.py")
+    train = data.load_dataset("folder", data_root=flat, resolution=RES).images
+    pick = torch.tensor([5, 17, 400, 3])
+    sample.save_npz(train[pick].flip(-1), None, tmp_path / "s.npz")
+    samples = fig.load_samples(tmp_path / "s.npz")
+    assert torch.equal(samples, train[pick].flip(-1))
+    check, index, distances = fig.pair_rows(samples, train, 4)
+    same = (train[index] == train[pick]).reshape(4, -1).all(1)  # the original, or an identical image
+    assert same.all() and np.allclose(distances, 0, atol=5e-3)  # float32 rounding of |q|^2 + |t|^2 - 2 q.t and check["copy_share"] == 1.0
+    fig.main(["--out", str(tmp_path / "c.png"), "--num", "4", str(tmp_path / "s.npz"), str(flat)])
+    assert (tmp_path / "c.png").stat().st_size > 1000 and "100.0% of 4 samples" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("make", ["missing", "empty", "too few"])

@@ -8,10 +8,10 @@ come to). A model that generalises draws samples about as far from the training 
 images lie from each other; one that copies draws them much closer.
 
 Distances are root-mean-square pixel differences in [0, 1] units (0: the same image, about 0.4:
-unrelated Fashion-MNIST images). Every training image counts with its mirror image too, since the
-trainer shows both (random flips).
+unrelated Fashion-MNIST images). Every training image counts with its mirror image too: a mirrored
+copy is still a copy, and the built-in and CIFAR-10 recipes train on both (random flips).
 
-    nearest_distances   each query image's distance to its nearest training image
+    nearest_distances   each query image's distance to its nearest training image (and which one)
     copy_check          samples against leave-one-out real images: medians, their ratio, the
                         share of samples closer than nearly every real image comes
     format_copy_check   the two lines the reports print
@@ -32,15 +32,17 @@ def _flat(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def nearest_distances(queries: torch.Tensor, train: torch.Tensor, *, exclude: torch.Tensor | None = None,
-                      flips: bool = True, chunk: int = 4_096) -> np.ndarray:
+                      flips: bool = True, chunk: int = 4_096, with_index: bool = False):
     """RMS pixel distance (in [0, 1] units) from each uint8 query [Q, C, H, W] to its nearest uint8
     training image [N, C, H, W], and with `flips` to the nearest mirrored one too. `exclude` [Q]:
-    the index in `train` of each query's own image (or -1), which is then not counted (leave-one-out)."""
+    the index in `train` of each query's own image (or -1), which is then not counted (leave-one-out).
+    With `with_index`, also the index in `train` of each query's nearest image (mirrored or not)."""
     if queries.shape[1:] != train.shape[1:]:
         raise ValueError(f"queries {tuple(queries.shape[1:])} and training images {tuple(train.shape[1:])} differ in shape")
     q = _flat(queries)
     q_sq = (q * q).sum(1)
     best = torch.full((len(q),), float("inf"))
+    index = torch.zeros(len(q), dtype=torch.int64)
     views = [train, train.flip(-1)] if flips else [train]
     for view in views:
         for start in range(0, len(view), chunk):
@@ -51,8 +53,11 @@ def nearest_distances(queries: torch.Tensor, train: torch.Tensor, *, exclude: to
                 own = exclude - start
                 hit = (own >= 0) & (own < len(t))
                 d2[hit.nonzero()[:, 0], own[hit]] = float("inf")
-            best = torch.minimum(best, d2.min(1).values)
-    return (best.clamp_min(0) / q.shape[1]).sqrt().double().numpy()
+            d2_min, at = d2.min(1)
+            nearer = d2_min < best
+            best, index = torch.where(nearer, d2_min, best), torch.where(nearer, at + start, index)
+    distances = (best.clamp_min(0) / q.shape[1]).sqrt().double().numpy()
+    return (distances, index.numpy()) if with_index else distances
 
 
 def copy_check(samples: torch.Tensor, train: torch.Tensor, *, num_real: int | None = None, seed: int = 0,
