@@ -61,26 +61,24 @@ def main(argv=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2 * len(pairs), args.num, figsize=(1.1 * args.num, 2.6 * len(pairs)), squeeze=False,
-                             layout="constrained")
-    for row, (npz, folder) in enumerate(pairs):
+    fig = plt.figure(figsize=(1.1 * args.num, 2.7 * len(pairs)), layout="constrained")
+    for subfig, (npz, folder) in zip(np.atleast_1d(fig.subfigures(len(pairs), 1)), pairs):
         samples = load_samples(npz)
         train = datasets.load_dataset("folder", data_root=folder, resolution=samples.shape[-1]).images
         check, index, distances = pair_rows(samples, train, args.num)
         print(f"{npz} against {folder}:\n{copies.format_copy_check(check)}")
+        axes = subfig.subplots(2, args.num, squeeze=False)
         for i in range(args.num):
-            for r, image in ((2 * row, samples[i]), (2 * row + 1, train[index[i]])):
-                ax = axes[r, i]
-                ax.imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
-                ax.set_xticks([])
-                ax.set_yticks([])
-            axes[2 * row + 1, i].set_xlabel(f"{distances[i]:.3f}", fontsize=8)
-        axes[2 * row, 0].set_ylabel("sample", fontsize=8)
-        axes[2 * row + 1, 0].set_ylabel("nearest", fontsize=8)
-        axes[2 * row, 0].set_title(
-            f"{folder.name} ({check['num_train']:,} images): sample/real median distance {check['median_ratio']:.2f}, "
-            f"{100 * check['copy_share']:.0f}% near copies (real {100 * check['real_share']:.0f}%)",
-            loc="left", fontsize=9)
+            for r, image in ((0, samples[i]), (1, train[index[i]])):
+                axes[r, i].imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255)
+                axes[r, i].set_xticks([])
+                axes[r, i].set_yticks([])
+            axes[1, i].set_xlabel(f"{distances[i]:.3f}", fontsize=8)
+        axes[0, 0].set_ylabel("sample", fontsize=8)
+        axes[1, 0].set_ylabel("nearest", fontsize=8)
+        subfig.suptitle(f"{folder.name} ({check['num_train']:,} images): sample/real median distance "
+                        f"{check['median_ratio']:.2f}, {100 * check['copy_share']:.0f}% near copies "
+                        f"(real {100 * check['real_share']:.0f}%)", x=0.01, ha="left", fontsize=9)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")

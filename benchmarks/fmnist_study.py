@@ -92,13 +92,12 @@ def table(path: Path) -> str:
     lines = ["| recipe | sampler | seeds | steps | FCD | class_kl | brightness W1 | brightness std (data 0.252) |",
              "|---|---|---|---|---|---|---|---|"]
 
+    columns = (("steps", "{:,.0f}"), ("fcd", "{:.1f}"), ("class_kl", "{:.3f}"), ("brightness_w1", "{:.3f}"),
+               ("brightness_std", "{:.3f}"))
     for (name, text), rs in groups.items():
         sampler = f"{rs[0]['sampler']} {rs[0]['sample_steps']}" + (f", w {rs[0]['guidance']:g}" if rs[0]["guidance"] != 1 else "")
-        lines.append(f"| {name} | {sampler}{' (report)' if text == 'report' else ''} | {len(rs)} | "
-                     f"{cell([r['steps'] for r in rs], lambda v: f'{v:,.0f}')} | {cell([r['fcd'] for r in rs], lambda v: f'{v:.1f}')} | "
-                     f"{cell([r['class_kl'] for r in rs], lambda v: f'{v:.3f}')} | "
-                     f"{cell([r['brightness_w1'] for r in rs], lambda v: f'{v:.3f}')} | "
-                     f"{cell([r['brightness_std'] for r in rs], lambda v: f'{v:.3f}')} |")
+        cells = " | ".join(cell([r[key] for r in rs], fmt.format) for key, fmt in columns)
+        lines.append(f"| {name} | {sampler}{' (report)' if text == 'report' else ''} | {len(rs)} | {cells} |")
     return "\n".join(lines)
 
 
