@@ -66,8 +66,9 @@ FOLDER = dict(  # a user's own images, and Fashion-MNIST / MNIST by name: chosen
     preset="small",               # 0.27M parameters at the folder's own 28x28; small-patch2 resized to 32 drew FCD 62.2 against 51.0
     batch_size=64, lr=1e-3,       # lr 2e-3 drew FCD 52.5 against 51.0: no gain
     warmup=200,
-    # The next seven are the main job's lessons, measured together on Fashion-MNIST at 2,900 steps (the old
-    # recipe's ten minutes): FCD 63.3 -> 51.0, brightness W1 0.041 -> 0.013, one seed each.
+    # The main job's lessons, measured together on Fashion-MNIST at 2,900 steps (the old recipe's ten
+    # minutes): lr_decay, adam_beta2, ema_share, timesteps_low_snr, weighting and stf_reference below,
+    # with the sampler further down: FCD 63.3 -> 51.0, brightness W1 0.041 -> 0.013, one seed.
     lr_decay="wsd",               # hold the rate, then linear to 0 over the last fifth of the run
     adam_beta2=0.99,              # EDM2's: squared gradients over ~100 steps, not 1,000
     ema_decay=0.999,              # used only with --ema-share 0
