@@ -190,6 +190,69 @@ def explain(got, expected, mistakes, default: str, rtol: float = 1e-6, atol: flo
     raise Fail(default)
 
 
+def agree(got, expected, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
+    """`same` for a tensor or a tuple of tensors (an (x0, eps) pair)."""
+    if isinstance(expected, (tuple, list)):
+        return isinstance(got, (tuple, list)) and len(got) == len(expected) and all(
+            isinstance(g, torch.Tensor) and same(g, e, rtol, atol) for g, e in zip(got, expected))
+    return isinstance(got, torch.Tensor) and same(got, expected, rtol, atol)
+
+
+def _math_sqrt_calls(code, scope: dict) -> bool:
+    """Whether `code` (or a function nested in it) loads math.sqrt: `math.sqrt`, or a global bound to it."""
+    import dis
+    import math
+
+    loads = [i for i in dis.get_instructions(code) if i.opname not in ("CACHE", "EXTENDED_ARG")]
+    for here, after in zip(loads, loads[1:] + [None]):
+        if here.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            value = scope.get(here.argval)
+            if value is math.sqrt:
+                return True
+            if value is math and after is not None and after.opname in ("LOAD_ATTR", "LOAD_METHOD") \
+                    and after.argval == "sqrt":
+                return True
+    return any(_math_sqrt_calls(c, scope) for c in code.co_consts if hasattr(c, "co_code"))
+
+
+def uses_math_sqrt(fn) -> bool:
+    """Whether fn's own code calls math.sqrt (as math.sqrt, or a global bound to it): read from its
+    bytecode, so that a hint never blames math.sqrt on a body that does not use it."""
+    code = getattr(fn, "__code__", None)
+    return code is not None and _math_sqrt_calls(code, getattr(fn, "__globals__", {}))
+
+
+def per_sample_check(fn, run, expected, alpha_bar: torch.Tensor, what: str = "the result") -> None:
+    """The check that one alpha_bar per sample (a [B, 1, 1, 1] tensor) works, with a hint that names
+    only what the code does. run(a, rows) calls fn on the samples `rows` (a slice) with alpha_bar a;
+    expected(a, rows) is the right answer. A wrong answer is blamed on broadcasting only when the
+    same function is right sample by sample with a float alpha_bar; math.sqrt is named only when the
+    function calls it."""
+    rows = slice(None)
+    try:
+        got = run(alpha_bar, rows)
+    except (TypeError, RuntimeError, ValueError) as e:
+        if uses_math_sqrt(fn):
+            raise Fail("with one alpha_bar per sample (a [B, 1, 1, 1] tensor) math.sqrt fails: it takes one "
+                       "number; use torch.sqrt(alpha_bar) or alpha_bar ** 0.5, which work on every sample at once") from None
+        raise Fail(f"with one alpha_bar per sample (a [B, 1, 1, 1] tensor) your function raised {type(e).__name__}: "
+                   f"{str(e).splitlines()[0] if str(e) else ''}: keep alpha_bar a tensor and use tensor operations") from None
+    if got is None:
+        raise NotWritten("it returned None (the body is still empty)")
+    if agree(got, expected(alpha_bar, rows)):
+        return
+    one_by_one = all(agree(run(float(a), slice(i, i + 1)), expected(float(a), slice(i, i + 1)))
+                     for i, a in enumerate(alpha_bar.flatten().tolist()))
+    if not one_by_one:
+        raise Fail(f"{what} is wrong with one alpha_bar per sample, and wrong too with each sample's alpha_bar given "
+                   "as a float: the formula itself is off (see the checks above), not how it broadcasts")
+    if uses_math_sqrt(fn):
+        raise Fail(f"{what} is right for a float alpha_bar but wrong for a [B, 1, 1, 1] tensor: math.sqrt reads one "
+                   "number; use torch.sqrt or ** 0.5, which broadcast")
+    raise Fail(f"{what} is right for a float alpha_bar but wrong for a [B, 1, 1, 1] tensor: sample i must get "
+               "alpha_bar[i], so keep alpha_bar's shape (no reshaping, indexing or reducing it) and let it broadcast")
+
+
 def random_inputs(seed: int, *shapes, dtype=torch.float64) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]

@@ -87,9 +87,14 @@ def keep_known_checks():
         x_next, init, mask, noise = _inputs(3, (2, 3, 4, 4), mask_shape=(1, 1, 4, 4))
         got = call(fn, x_next, init, mask, 0.6, noise)
         tensor_like(got, x_next.shape, x_next.dtype)
+        full = mask.expand_as(x_next).clone()
+        right_when_full = same(call(fn, x_next, init, full, 0.6, noise), reference_keep_known(x_next, init, full, 0.6, noise))
         explain(got, reference_keep_known(x_next, init, mask, 0.6, noise), keep_known_mistakes(x_next, init, mask, 0.6, noise),
-                "with one [1, 1, H, W] mask for every image and channel the result is wrong: write it with "
-                "tensor operations that broadcast (mask * x_next, 1 - mask), not indexing by the mask's shape")
+                "with one [1, 1, H, W] mask for every image and channel the result is wrong, though a mask of x_next's "
+                "own shape gives the right one: write it with tensor operations that broadcast (mask * x_next, "
+                "1 - mask), not indexing by the mask's shape" if right_when_full else
+                "the result is wrong with a mask of x_next's own shape too: the formula itself is off (see the "
+                "checks above), not how the mask broadcasts")
 
     def oracle(fn):
         for i, (shape, dtype) in enumerate([((2, 3, 8, 8), torch.float32), ((5, 7), torch.float64)]):

@@ -10,7 +10,7 @@ import math
 import torch
 
 from .. import objectives
-from .core import Exercise, Fail, call, explain, random_inputs, same, tensor_like, tolerance
+from .core import Exercise, Fail, call, explain, per_sample_check, random_inputs, same, tensor_like, tolerance
 
 FLOW = "Flow matching (Liu et al. 2023; Esser et al. 2024)"
 
@@ -67,11 +67,9 @@ def velocity_checks():
     def per_sample(fn):
         x0, eps = random_inputs(3, (3, 2, 2, 2), (3, 2, 2, 2))
         ab = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64).reshape(3, 1, 1, 1)
-        x_t = objectives.q_sample(x0, ab, eps)
-        got = call(fn, eps - x0, x_t, ab)
-        if not (same(got[0], x0) and same(got[1], eps)):
-            raise Fail("with one alpha_bar per sample (a [B, 1, 1, 1] tensor) the result is wrong: use tensor "
-                       "operations that broadcast (torch.sqrt, ** 0.5), not math.sqrt")
+        u = eps - x0
+        per_sample_check(fn, lambda a, rows: fn(u[rows], objectives.q_sample(x0[rows], a, eps[rows]), a),
+                         lambda a, rows: (x0[rows], eps[rows]), ab, "(x0, eps) from u")
 
     def oracle(fn):
         for i, (shape, dtype) in enumerate([((2, 3, 4, 4), torch.float32), ((5, 7), torch.float64)]):

@@ -22,11 +22,17 @@ def _std(x):
     return x.std(dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
+GUIDANCE_FROM_COND = ("the guidance starts from cond: cond + w (cond - uncond) is guidance from the conditional output, "
+                      "weight w + 1 in this course's form; x_cfg = uncond + w (cond - uncond), so that w = 1 gives cond")
+
+
 def cfg_mistakes(cond, uncond, w, phi) -> list:
     plain = uncond + w * (cond - uncond)
     wrong_branch = cond + w * (uncond - cond)
+    from_cond = cond + w * (cond - uncond)
     out = [("guidance was applied to the wrong branch: x_cfg = uncond + w (cond - uncond) moves from the "
-            "unconditional output towards the conditional one", wrong_branch)]
+            "unconditional output towards the conditional one", wrong_branch),
+           (GUIDANCE_FROM_COND, from_cond)]
     if phi == 0:
         return out
     mixed = lambda resc: phi * resc + (1 - phi) * plain
@@ -34,6 +40,7 @@ def cfg_mistakes(cond, uncond, w, phi) -> list:
     out += [
         ("the rescale was applied to the wrong branch's guidance: x_cfg = uncond + w (cond - uncond)",
          phi * wrong_branch * _std(cond) / _std(wrong_branch) + (1 - phi) * wrong_branch),
+        (GUIDANCE_FROM_COND, phi * from_cond * _std(cond) / _std(from_cond) + (1 - phi) * from_cond),
         ("the std was taken over the whole batch: Algorithm 2 takes it per sample, over all non-batch dimensions",
          mixed(plain * whole)),
         ("the rescale factor is upside down: x_rescaled = x_cfg * std(cond) / std(x_cfg)",
@@ -54,7 +61,10 @@ def cfg_checks():
 
     def scale_one(fn):
         cond, uncond = random_inputs(1, (2, 6), (2, 6))
-        if not same(call(fn, cond, uncond, 1.0, 0.0), cond):
+        got = call(fn, cond, uncond, 1.0, 0.0)
+        if same(got, 2 * cond - uncond):
+            raise Fail(GUIDANCE_FROM_COND)
+        if not same(got, cond):
             raise Fail("scale 1 must return the conditional output: x_cfg = uncond + 1 (cond - uncond) = cond")
 
     def worked(phi, expected):

@@ -10,7 +10,7 @@ import torch
 from .. import objectives, samplers
 from ..exact.analytic import GaussianDenoiser
 from ..schedules import Schedule
-from .core import Exercise, Fail, call, explain, random_inputs, same, tensor_like, tolerance
+from .core import Exercise, Fail, call, explain, per_sample_check, random_inputs, same, tensor_like, tolerance
 
 LIN = "Lin et al. 2023"
 
@@ -87,11 +87,8 @@ def conversion_checks():
     def per_sample(fn):
         x_t, out = random_inputs(4, (3, 2, 2, 2), (3, 2, 2, 2))
         ab = torch.tensor([0.0, 0.3, 0.9], dtype=torch.float64).reshape(3, 1, 1, 1)
-        got = call(fn, "v", out, x_t, ab)
-        ref = objectives.to_x0_eps("v", out, x_t, ab)
-        if not (same(got[0], ref[0]) and same(got[1], ref[1])):
-            raise Fail("with one alpha_bar per sample (a [B, 1, 1, 1] tensor) the result is wrong: use tensor "
-                       "operations that broadcast (torch.sqrt, ** 0.5), not math.sqrt")
+        per_sample_check(fn, lambda a, rows: fn("v", out[rows], x_t[rows], a),
+                         lambda a, rows: objectives.to_x0_eps("v", out[rows], x_t[rows], a), ab, "(x0, eps) from v")
 
     def oracle(fn):
         for i, (shape, dtype) in enumerate([((2, 3, 4, 4), torch.float32), ((5, 7), torch.float64), ((1, 2, 3), torch.float32)]):

@@ -8,7 +8,7 @@ import math
 import torch
 
 from .. import objectives, schedules
-from .core import Exercise, Fail, call, explain, fmt, random_inputs, same, tensor_like, tolerance
+from .core import Exercise, Fail, call, explain, fmt, per_sample_check, random_inputs, same, tensor_like, tolerance
 
 LIN = "Lin et al. 2023"
 TABLE1 = {  # Lin et al. Table 1: (SNR(T), sqrt(alpha_bar_T)); cosine is float32 tooling's value (ZERO_SNR.md)
@@ -40,7 +40,8 @@ def q_sample_checks():
             raise Fail("the coefficients are swapped: x0 takes sqrt(alpha_bar), the noise sqrt(1 - alpha_bar)")
         if abs(signal - ab) < 1e-9 or abs(noise - (1 - ab)) < 1e-9:
             raise Fail(f"at alpha_bar = {ab} x0 is multiplied by {fmt(signal)} and the noise by {fmt(noise)}, not 0.6 and "
-                       "0.8: the coefficients need square roots, sqrt(alpha_bar) and sqrt(1 - alpha_bar)")
+                       "0.8: the coefficients need square roots, sqrt(alpha_bar) and sqrt(1 - alpha_bar): alpha_bar and "
+                       "1 - alpha_bar are variances, and a sample is scaled by the standard deviation (a variance used as a std)")
         if abs(noise - 0.4) < 1e-9:
             raise Fail("the noise is multiplied by 1 - sqrt(alpha_bar) = 0.4, not sqrt(1 - alpha_bar) = 0.8")
         raise Fail(f"at alpha_bar = {ab} x0 is multiplied by {fmt(signal)} (expected sqrt(ab) = 0.6) and the noise by "
@@ -63,9 +64,8 @@ def q_sample_checks():
     def per_sample(fn):
         x0, noise = random_inputs(5, (4, 3, 2, 2), (4, 3, 2, 2))
         ab = torch.tensor([0.0, 0.2, 0.7, 1.0], dtype=torch.float64).reshape(4, 1, 1, 1)
-        if not same(call(fn, x0, ab, noise), objectives.q_sample(x0, ab, noise)):
-            raise Fail("with one alpha_bar per sample (a [B, 1, 1, 1] tensor) x_t is wrong: use tensor operations "
-                       "(torch.sqrt, or ** 0.5) that broadcast, not math.sqrt")
+        per_sample_check(fn, lambda a, rows: fn(x0[rows], a, noise[rows]),
+                         lambda a, rows: objectives.q_sample(x0[rows], a, noise[rows]), ab, "x_t")
 
     def oracle(fn):
         for i, (shape, dtype) in enumerate([((2, 3, 4, 4), torch.float32), ((5, 6), torch.float64), ((1, 1, 9), torch.float32)]):

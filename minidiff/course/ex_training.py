@@ -117,6 +117,21 @@ def loss_mistakes(x0, alphas_cumprod, t, noise, seed_model) -> list:
     ]
 
 
+UNSHAPED_ALPHA_BAR = ("a = alphas_cumprod[t] has shape [B]: against x0 [B, C, H, W] it lines up with the last axis "
+                      "(the width), not the batch; shape it [B, 1, 1, 1] (alphas_cumprod[t].view(-1, 1, 1, 1)) so "
+                      "that image i gets alpha_bar[t_i]")
+
+
+def call_loss(fn, model, x0, *args):
+    """The student's loss; an alpha_bar of shape [B] that does not broadcast against x0 is named."""
+    try:
+        return call(fn, model, x0, *args)
+    except RuntimeError as e:
+        if "must match the size of tensor" in str(e) and f"non-singleton dimension {x0.ndim - 1}" in str(e):
+            raise Fail(UNSHAPED_ALPHA_BAR) from None
+        raise
+
+
 def loss_checks():
     T, shape, seed = 1000, (4, 3, 6, 6), 7
     ab = Schedule.make("linear", T, zero_snr=True).alphas_cumprod
@@ -129,7 +144,7 @@ def loss_checks():
         return Probe(T, shape[1], dtype)
 
     def scalar(fn):
-        out = call(fn, probe(), inputs(), ab, torch.Generator().manual_seed(seed))
+        out = call_loss(fn, probe(), inputs(), ab, torch.Generator().manual_seed(seed))
         tensor_like(out, (), torch.float32, "the loss")
         if not out.requires_grad:
             raise Fail("the loss carries no gradient: compute it from the model's output with torch operations "
@@ -140,8 +155,8 @@ def loss_checks():
     def draws(fn):
         x0 = inputs()
         first, second = probe(), probe()
-        a = call(fn, first, x0, ab, torch.Generator().manual_seed(seed))
-        b = call(fn, second, x0, ab, torch.Generator().manual_seed(seed))
+        a = call_loss(fn, first, x0, ab, torch.Generator().manual_seed(seed))
+        b = call_loss(fn, second, x0, ab, torch.Generator().manual_seed(seed))
         if not first.calls:
             raise Fail("the model was never called: the loss compares model(x_t, t) with the target")
         t_seen = first.calls[0][1]
@@ -159,7 +174,7 @@ def loss_checks():
 
     def noisy_input(fn):
         x0, m = inputs(), probe()
-        call(fn, m, x0, ab, torch.Generator().manual_seed(seed))
+        call_loss(fn, m, x0, ab, torch.Generator().manual_seed(seed))
         if not m.calls:
             raise Fail("the model was never called: the loss compares model(x_t, t) with the target")
         x_seen, t_seen = m.calls[0]
@@ -178,7 +193,7 @@ def loss_checks():
     def value(fn):
         for s in (seed, seed + 1):
             x0 = inputs(seed=s)
-            got = call(fn, probe(), x0, ab, torch.Generator().manual_seed(s))
+            got = call_loss(fn, probe(), x0, ab, torch.Generator().manual_seed(s))
             t, noise = draw_t_noise(x0, T, s)
             expected = reference_v_loss(probe(), x0, ab, torch.Generator().manual_seed(s))
             explain(got.detach(), expected.detach(), loss_mistakes(x0, ab, t, noise, probe),
@@ -188,7 +203,7 @@ def loss_checks():
     def gradient(fn):
         x0 = inputs(seed=seed + 2)
         mine, ref = probe(), probe()
-        loss = call(fn, mine, x0, ab, torch.Generator().manual_seed(seed))
+        loss = call_loss(fn, mine, x0, ab, torch.Generator().manual_seed(seed))
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             raise Fail("the loss carries no gradient, so backward() cannot reach the model: compute it from the "
                        "model's output with torch operations")
@@ -207,7 +222,7 @@ def loss_checks():
         # float64, and a short zero-SNR schedule, so that many draws land on the last step (alpha_bar = 0)
         ab0 = Schedule.make("cosine", 8, zero_snr=True).alphas_cumprod
         x0 = inputs(torch.float64, (32, 3, 4, 4), seed + 3)
-        got = call(fn, probe(torch.float64, 8), x0, ab0, torch.Generator().manual_seed(seed))
+        got = call_loss(fn, probe(torch.float64, 8), x0, ab0, torch.Generator().manual_seed(seed))
         t, noise = draw_t_noise(x0, 8, seed)
         expected = reference_v_loss(probe(torch.float64, 8), x0, ab0, torch.Generator().manual_seed(seed))
         mistakes = [("the loss is not finite at alpha_bar = 0 (zero SNR): with v nothing divides, "
@@ -287,6 +302,12 @@ DDIM_SPACING_HINTS = {
 }
 
 
+INDEX_FOR_TIMESTEP = ("denoise was called with the loop's index 0, 1, 2, ... instead of the timestep: pass "
+                      "t = timesteps[i] (the training timestep the model was trained on), not i")
+FRESH_NOISE = ("two runs from the same x_T gave different samples: DDIM with eta = 0 draws no fresh noise; the noise "
+               "term of each step is the eps_hat that denoise returns (fresh noise every step is DDPM, or eta = 1)")
+
+
 def sampling_checks():
     sd0 = Schedule.make("scaled_linear", zero_snr=True)
     mean = torch.tensor([0.6, -0.4], dtype=torch.float64)
@@ -302,6 +323,13 @@ def sampling_checks():
             x_T = torch.randn(shape, generator=torch.Generator().manual_seed(10 + i), dtype=torch.float64).to(dtype)
             tensor_like(call(fn, den, x_T, sd0.alphas_cumprod, 5), shape, dtype, f"the sample for x_T of shape {shape} ({dtype})")
 
+    def deterministic(fn):
+        ab = sd0.alphas_cumprod
+        x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        first, second = call(fn, exact(ab), x_T.clone(), ab, 10), call(fn, exact(ab), x_T.clone(), ab, 10)
+        if not same(first, second):
+            raise Fail(FRESH_NOISE)
+
     def visits(fn):
         for T, S in ((1000, 10), (1000, 7), (50, 50), (1000, 1)):
             ab = Schedule.make("scaled_linear", T, zero_snr=True).alphas_cumprod
@@ -313,6 +341,8 @@ def sampling_checks():
             for spacing, hint in DDIM_SPACING_HINTS.items():
                 if den.visited == samplers.make_timesteps(T, S, spacing).tolist() and den.visited != expected:
                     raise Fail(hint)
+            if S > 1 and den.visited == list(range(S)):
+                raise Fail(INDEX_FOR_TIMESTEP)
             if den.visited == expected[::-1]:
                 raise Fail("the timesteps are visited in ascending order: sampling goes from noise (t = T-1) to data")
             if den.visited == expected[:-1]:
@@ -385,6 +415,7 @@ def sampling_checks():
                            "minidiff.samplers.sample(..., sampler='ddim', spacing='trailing', eta=0)")
 
     return [("returns a sample with x_T's shape and dtype", shapes),
+            ("the same x_T gives the same sample (no fresh noise)", deterministic),
             ("visits the trailing timesteps, from T-1 down", visits),
             ("the last step goes to alpha_bar = 1 (a clean sample)", clean),
             ("exact Gaussian data: the known mean and variance", moments),
