@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from minidiff.evaluation import metrics  # noqa: E402
 from minidiff.training import runtime, train as T  # noqa: E402
+from minidiff.training.cli import HelpFormatter  # noqa: E402
 from minidiff.training.ema import EMA  # noqa: E402
 from minidiff.training.sample import generate, load_run  # noqa: E402
 from quality import parse_sets  # noqa: E402 (benchmarks/quality.py: --set FIELD=VALUE, the same syntax)
@@ -78,7 +79,7 @@ def train_with_decays(cfg: T.TrainConfig, decays: list[float], shares: list[floa
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=6300, help="training steps (the 10-minute run's count on a fast day)")
     p.add_argument("--decays", type=float, nargs="+", default=[0.98, 0.995, 0.998, 0.999],

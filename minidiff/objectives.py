@@ -129,7 +129,7 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, prediction: str 
     t ~ Uniform{0..T-1} and eps ~ N(0, I) unless given; `weight` [B] is w_t per sample (default 1,
     the paper's lambda_t = 1 for the v loss). The squared error is averaged over every element, so
     the value does not depend on the image size. The main job adds to this (a timestep density,
-    per-level weights, the Stable Target Field): minidiff/training/recipe.py.
+    per-level weights, the Stable Target Field): minidiff/training/loss.py.
     """
     check_prediction(prediction, schedule)
     if t is None:

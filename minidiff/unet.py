@@ -38,7 +38,7 @@ PRESETS: dict[str, dict] = {
     ),
     # For minutes of CPU training (267,891 parameters): chosen by measurement among wider, deeper
     # and attention variants, which all reached a higher loss in equal CPU time (docs/unet.md).
-    # The folder recipe's network (training/config.py FOLDER sets its batch and learning rate).
+    # The folder recipe's network (training/recipes.py FOLDER sets its batch and learning rate).
     "small": dict(
         in_channels=3, out_channels=3, image_size=32, base_channels=16,
         channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),

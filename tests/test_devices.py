@@ -12,7 +12,7 @@ import torch
 
 from minidiff import objectives, schedules
 from minidiff.training import runtime
-from minidiff.training.recipe import recipe_loss
+from minidiff.training.loss import recipe_loss
 from minidiff.training.cli import add_common_flags, resolve_device
 from minidiff.schedules import Schedule
 from minidiff.training.config import TrainConfig

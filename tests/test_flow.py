@@ -10,7 +10,7 @@ from minidiff.exact.analytic import GaussianDenoiser
 from minidiff.objectives import diffusion_loss, from_x0_eps, target, to_x0_eps
 from minidiff.samplers import ddim_step, flow_euler_step, make_timesteps, sample
 from minidiff.schedules import Schedule, flow_times
-from minidiff.training.recipe import logsnr_band_shares, timestep_probabilities
+from minidiff.training.loss import logsnr_band_shares, timestep_probabilities
 
 
 def test_the_flows_alpha_bar_is_its_scaled_path_and_exactly_zero_at_the_end():

@@ -1,4 +1,4 @@
-"""The main job's recipe (minidiff/training/recipe.py): the timestep density, min-SNR and per-level
+"""The main job's recipe (minidiff/training/loss.py): the timestep density, min-SNR and per-level
 weights, the Stable Target Field, offset noise, and recipe_loss, which composes them with the core."""
 
 import math
@@ -8,7 +8,7 @@ import torch
 
 from minidiff.objectives import diffusion_loss, from_x0_eps, q_sample, target
 from minidiff.schedules import Schedule
-from minidiff.training.recipe import (LossPerLevel, logsnr_band_shares, min_snr_weight, offset_noise, recipe_loss,
+from minidiff.training.loss import (LossPerLevel, logsnr_band_shares, min_snr_weight, offset_noise, recipe_loss,
                                       stable_target, timestep_probabilities)
 
 

@@ -63,7 +63,7 @@ def test_conversion_between_all_parameterisations(src, dst):
 
 
 def test_v_loss_is_snr_plus_one_weighted_x0_loss():
-    """|v - v_hat|^2 = (SNR + 1) |x0 - x0_hat|^2 at fixed x_t: the identity behind recipe.min_snr_weight."""
+    """|v - v_hat|^2 = (SNR + 1) |x0 - x0_hat|^2 at fixed x_t: the identity behind loss.min_snr_weight."""
     x0, eps = _pair(4)
     ab = 0.4
     x_t = q_sample(x0, ab, eps)

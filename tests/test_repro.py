@@ -197,7 +197,7 @@ def test_every_experiment_writes_under_runs_repro_name(name, capsys, monkeypatch
         repro.main([name, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default: runs/repro/{name})" in text
-    assert re.search(r"--figures-dir FIGURES_DIR [^-]*\(default: None\)", text)
+    assert re.search(r"--figures-dir FIGURES_DIR [^-]*default: none\)", text)
     assert "default: docs" not in text
 
 

@@ -144,7 +144,7 @@ def test_timesteps_mean_moves_the_median_training_log_snr(tmp_path):
 
 
 def test_timesteps_low_snr_centres_its_share_at_log_snr_minus_6(tmp_path):
-    """--timesteps-low-snr draws its share at log-SNR ~ N(-6, 2) (recipe.LOW_SNR): with nearly every
+    """--timesteps-low-snr draws its share at log-SNR ~ N(-6, 2) (loss.LOW_SNR): with nearly every
     draw in that share, the median training log-SNR lies within a step's width of -6, and the share
     below log-SNR -9 is 0.99 P(z < -1.5) = 0.066, plus the uniform draws' bit."""
     cfg = tiny(tmp_path, timesteps="logsnr_normal", timesteps_uniform=0.01, timesteps_low_snr=0.99).resolved()

@@ -174,11 +174,11 @@ def fid(samples, real_stats: tuple[np.ndarray, np.ndarray], extractor: Extractor
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from ..training.cli import add_common_flags
+    from ..training.cli import HelpFormatter, add_common_flags
 
     p = argparse.ArgumentParser(prog="minidiff fid", description="FID of generated images "
                                 "(an .npz from minidiff sample) against a dataset's training images.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("samples", help=".npz with uint8 `images` [N, H, W, 3]")
     p.add_argument("--dataset", choices=("cifar10", "builtin", "folder"), default="cifar10")
     p.add_argument("--data-root", help="where the dataset lives (as for train_cifar.py)")

@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..training.cli import HelpFormatter
 from ..training.data import IMAGE_SUFFIXES, as_uint8_images, nchw  # noqa: F401 (re-exported: the image formats the measures accept)
 from .classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classifier,  # noqa: F401 (re-exported)
                          RealData, builtin_data, cache_path, check_class_folder, classify, folder_data,
@@ -351,7 +352,7 @@ def check_args(args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="minidiff metrics", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("samples", nargs="?",
                    help=".npz from minidiff sample (`images` uint8 [N, H, W, C], optional `labels`)")
     p.add_argument("--dataset", choices=DATASETS, default="builtin", help="the set the samples imitate")

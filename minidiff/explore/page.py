@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation.measures import wasserstein1
-from ..training.cli import add_common_flags, resolve_device
+from ..training.cli import HelpFormatter, add_common_flags, resolve_device
 from ..training.runtime import require, run_command
 from .forward import FLAWED, NAMES, forward_panel, schedules_panel
 from .reverse import BATCH, STEPS, reverse_panel
@@ -119,7 +119,7 @@ def build_page(checkpoint: str | Path | None = None, *, num: int = 32, shown: in
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="minidiff explore", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", nargs="?", help="a checkpoint.pt written by train_cifar.py (none: schedules only)")
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.add_argument("--num", type=int, default=32, help="samples per setting (the brightness histogram)")

@@ -167,7 +167,7 @@ def add_run_flags(p, sizes: dict, models_help: str, seed_help: str) -> None:
     p.add_argument("--scale", choices=sorted(sizes), default="cpu", help="run size: cpu (default, minutes), test (seconds)")
     p.add_argument("--models", default="runs/repro/models", help=models_help)
     p.add_argument("--seed", type=int, default=0, help=seed_help)
-    p.add_argument("--device", default=None, help="torch device (default: cuda, else mps, else cpu)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda, then mps, then cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest on a CPU shared with other jobs)")
 
 

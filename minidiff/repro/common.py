@@ -38,7 +38,7 @@ import torch
 from ..samplers import sample
 from ..schedules import Schedule
 from ..training import data as datasets
-from ..training.cli import add_common_flags, fail, resolve_device
+from ..training.cli import HelpFormatter, add_common_flags, fail, resolve_device
 from ..unet import PRESETS
 from .figures import grid_figure, mosaic, pyplot, save_figure, to_display  # noqa: F401 (the experiments import them from here)
 
@@ -81,7 +81,7 @@ class ModelSpec:
     zero_snr: bool = False
     prediction: str = "eps"
     offset_noise: float = 0.0  # Guttenberg's offset noise (Lin et al. Sec. 5.4), the earlier fix
-    weighting: str = "none"    # the loss weight per timestep (training.recipe): none is Lin et al.'s v loss
+    weighting: str = "none"    # the loss weight per timestep (training.loss): none is Lin et al.'s v loss
 
     @property
     def label(self) -> str:
@@ -131,9 +131,9 @@ def experiment_parser(name: str, description: str, *, trained: bool = True) -> a
     """The flags every experiment has: --out and --figures-dir; trained ones add --scale, --models,
     --seed and --device (`minidiff.training.cli`), and the size overrides."""
     p = _ExperimentParser(prog=f"minidiff repro {name}", description=description,
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=HelpFormatter)
     p.add_argument("--out", default=f"runs/repro/{name}", help="folder for the figures and the JSON")
-    p.add_argument("--figures-dir", help="also copy the figures here (docs/figures updates the course's figures)")
+    p.add_argument("--figures-dir", help="also copy the figures here (docs/figures updates the course's figures; default: none)")
     if trained:
         p.add_argument("--scale", choices=sorted(SCALES), default="cpu",
                        help="run size: cpu (default, minutes), test (seconds), cifar10 (a GPU, hours)")

@@ -11,7 +11,7 @@ noises for every setup):
                  zsnr-v-level  zero SNR, level_mean         (the main job's: each level's loss over its
                                                              running mean; trained here)
                min-SNR with zero SNR is not in the list because the trainer refuses it
-               (training.recipe.check_weighting): min(SNR, 5) / (SNR + 1) is exactly 0 at SNR = 0, so the
+               (training.loss.check_weighting): min(SNR, 5) / (SNR + 1) is exactly 0 at SNR = 0, so the
                last step, the one the rescale adds, would never be trained. The run records that refusal
                and the weights it would have given; min-SNR is compared on SD's schedule instead.
     phi        the guidance rescale (Algorithm 2) on zsnr-v at guidance weight w = 4, phi in
@@ -29,7 +29,7 @@ import torch
 
 from ..schedules import Schedule
 from ..training import data as datasets
-from ..training.recipe import LossPerLevel, check_weighting, min_snr_weight
+from ..training.loss import LossPerLevel, check_weighting, min_snr_weight
 from ..training.train import CHECKPOINT, load_checkpoint
 from .cfg_rescale import overexposure
 from .common import (brightness_stats, brightness_strips, data_brightness_stats, draw,

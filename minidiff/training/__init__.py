@@ -1,8 +1,9 @@
 """The pixel-space trainer and its recipe: what `minidiff train` (train_cifar.py) runs.
 
-    config.py    every flag, and the recipe of defaults per dataset (builtin, cifar10, folder)
-    recipe.py    the main job's extras on top of the paper's loss: timestep density, per-level
-                 weights, the Stable Target Field, offset noise
+    recipes.py   the recipes: each dataset's defaults (builtin, folder, cifar10), a setting a line
+    config.py    every setting of a run and its flag, filled from the recipe; checked before work
+    loss.py      the trainer's loss: the paper's loss plus the recipe's extras (timestep density,
+                 per-level weights, the Stable Target Field, offset noise)
     train.py     the loop, to read top to bottom
     report.py    the sample grids and the end-of-run quality report
     sample.py    `minidiff sample CKPT`: images from a checkpoint, with the settings of its report

@@ -18,8 +18,18 @@ import sys
 import torch
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default after its help, unless there is none to show (None: the help says where the
+    value comes from, such as the recipe or the run's report) or the help already names it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_common_flags(parser: argparse.ArgumentParser, *, seed: bool = True, device: bool = True) -> None:
-    """Add --seed (default 0) and --device (default: cuda, else mps, else cpu) to `parser`.
+    """Add --seed (default 0) and --device (default: cuda, then mps, then cpu) to `parser`.
 
     Pass seed=False or device=False to a command that has no randomness or runs on the CPU only,
     so that it offers no flag that does nothing.
@@ -28,7 +38,7 @@ def add_common_flags(parser: argparse.ArgumentParser, *, seed: bool = True, devi
         parser.add_argument("--seed", type=int, default=0, help="seed of every random stream of the run")
     if device:
         parser.add_argument("--device", default=None,
-                            help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cuda, else mps, else cpu)")
+                            help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -26,9 +26,9 @@ from ..schedules import SCHEDULES, Schedule
 from ..unet import PRESETS, UNet
 from . import data as datasets
 from . import runtime
-from .cli import add_common_flags, check_guidance_from
-from .recipe import LOW_SNR, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
-from .recipes import EMA_SHARE, LABELS, RECIPES, UNIFORM_SHARE  # noqa: F401 (EMA_SHARE, UNIFORM_SHARE re-exported)
+from .cli import HelpFormatter, add_common_flags, check_guidance_from
+from .loss import LOW_SNR, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
+from .recipes import EMA_SHARE, LABELS, RECIPE_KEYS, RECIPES, recipe_values  # noqa: F401 (EMA_SHARE re-exported)
 from .runtime import LR_DECAYS, UsageError, require
 
 
@@ -72,7 +72,7 @@ class TrainConfig:
     timesteps: str | None = None      # training timesteps: uniform (DDPM), logsnr_normal (EDM-like) or logit_normal (SD3)
     timesteps_mean: float = 2.4       # with logsnr_normal: the mean of the log-SNR normal (EDM's 2.4)
     timesteps_uniform: float | None = None  # with logsnr_normal: the share of uniform timesteps mixed in
-    timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (recipe.LOW_SNR)
+    timesteps_low_snr: float | None = None  # with logsnr_normal: the share drawn at log-SNR ~ N(-6, 2) (loss.LOW_SNR)
     stf_reference: int | None = None  # > 0: the Stable Target Field's target over this many reference images; 0: off
     offset_noise: float = 0.0         # Guttenberg's offset noise (Lin et al. Sec. 5.4); 0 = plain N(0, I)
     max_steps: int | None = None
@@ -83,7 +83,7 @@ class TrainConfig:
     ema_share: float | None = None    # > 0: EMA over about this share of the steps so far (power EMA); 0: ema_decay
     dropout: float | None = None      # default: the preset's
     seed: int = 0
-    device: str | None = None         # default: cuda, else mps, else cpu (runtime.default_device)
+    device: str | None = None         # default: cuda, then mps, then cpu (runtime.default_device)
     threads: int | None = None        # CPU threads for torch (default: torch's choice)
     bf16: bool = False
     channels_last: bool = False
@@ -203,103 +203,7 @@ def parse_settings(items: list[str]) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = argparse.ArgumentParser(
-        prog="minidiff train",
-        description="Train a pixel-space diffusion UNet with the recipe of its dataset (config.py RECIPES: the built-in "
-                    "shapes, CIFAR-10 as DDPM, a folder or Fashion-MNIST/MNIST; Lin et al.'s fixes on by default); "
-                    "also python train_cifar.py.",
-        formatter_class=_HelpFormatter)
-    d = TrainConfig()
-    flag = argparse.BooleanOptionalAction
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=datasets.DATASETS, default=d.dataset, help="what to train on")
-    data.add_argument("--data-root", help="CIFAR-10 folder (holds cifar-10-batches-py), the folder of the four idx files "
-                                           "(fashion-mnist, mnist; Debian: /usr/share/datasets/fashion-mnist), or an image folder")
-    data.add_argument("--download", action=flag, default=d.download, help="download CIFAR-10 or (Fashion-)MNIST if missing")
-    data.add_argument("--num-images", type=int, default=d.num_images, help="size of the built-in set")
-    data.add_argument("--resolution", type=int, help="image side (default: the preset's)")
-    data.add_argument("--flip", action=flag,
-                      help="random horizontal flips of the training images (recipe: on for builtin and cifar10 as "
-                           "DDPM, off for folders and (Fashion-)MNIST, whose images may face one way)")
-    model = p.add_argument_group("model and diffusion")
-    model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset (recipe: small-patch2 builtin, ddpm-cifar10 cifar10, small folder)")
-    model.add_argument("--dropout", type=float, help="override the preset's dropout")
-    model.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
-                       help="noise schedule: a beta schedule, or flow, the rectified flow (zero terminal SNR by construction)")
-    model.add_argument("--zero-snr", action=flag, default=d.zero_snr, help="rescale to zero terminal SNR (Lin et al. Alg. 1)")
-    model.add_argument("--prediction", choices=PREDICTIONS, default=d.prediction, help="model output (v: Lin et al. Sec. 3.2; u = eps - x0: the flow's velocity, with --schedule flow)")
-    model.add_argument("--class-cond", action=flag,
-                       help="condition on class labels (recipe: on for builtin, fashion-mnist, mnist and a folder "
-                            "with one sub-folder per class; --no-class-cond opts out)")
-    model.add_argument("--label-dropout", type=float, default=d.label_dropout, help="P(null label), for classifier-free guidance")
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, help="global batch size")
-    opt.add_argument("--lr", type=float, help="Adam learning rate")
-    opt.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
-    opt.add_argument("--lr-decay", choices=LR_DECAYS,
-                     help="after the warm-up: constant, cosine to 0 at the end (of --max-steps or --minutes), or wsd: "
-                          "constant, then linear to 0 over the last --lr-cooldown of the run (recipe: wsd builtin, constant else)")
-    opt.add_argument("--lr-cooldown", type=float, default=d.lr_cooldown,
-                     help="with --lr-decay wsd: the share of the run, at its end, over which the rate falls to 0")
-    opt.add_argument("--adam-beta2", type=float,
-                     help="Adam's second-moment decay: 1 / (1 - beta2) steps of squared gradients scale each "
-                          "step (recipe: 0.99 builtin, 0.999 else)")
-    opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
-    opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
-                     help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "
-                          "learned weighting; recipe: level_mean builtin, none else)")
-    opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS,
-                     help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(--timesteps-mean, 2.4); logit_normal: "
-                          "logit(s) ~ N(0, 1) of the flow's time s, as SD3; each mixed with uniform)")
-    opt.add_argument("--timesteps-mean", type=float, default=d.timesteps_mean,
-                     help="with --timesteps logsnr_normal: the mean of the log-SNR normal (lower: noisier levels)")
-    opt.add_argument("--timesteps-uniform", type=float,
-                     help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
-    opt.add_argument("--timesteps-low-snr", type=float,
-                     help=f"with --timesteps logsnr_normal: the share drawn at log-SNR ~ N{LOW_SNR}, where an "
-                          "image's overall brightness is decided (recipe: 0.08 builtin, 0 else)")
-    opt.add_argument("--stf-reference", type=int, metavar="K",
-                     help="train on the Stable Target Field (Xu et al. 2023): the target's x0 is E[x0 | x_t] over x0 "
-                          "and K reference images, so the noisiest levels learn the data's mean, not one image (0: off; recipe: 512 builtin, 0 else)")
-    opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
-                     help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
-    opt.add_argument("--ema-decay", type=float, help="EMA decay per step (a fixed length: 1 / (1 - d) steps)")
-    opt.add_argument("--ema-share", type=float,
-                     help="EMA over about this share of the steps so far, whenever the run stops (Karras et al. "
-                          "2024's power EMA; recipe: 1/30 builtin, 0 else: the fixed --ema-decay)")
-    opt.add_argument("--max-steps", type=int, help="training steps (recipe: 800k for cifar10)")
-    opt.add_argument("--minutes", type=float, help="wall-clock budget: stop cleanly after this many minutes (0: none)")
-    run = p.add_argument_group("running")
-    add_common_flags(run)  # --seed, --device
-    run.add_argument("--threads", type=int, help="CPU threads for torch; 1 is fastest on a CPU busy with other jobs")
-    run.add_argument("--bf16", action=flag, default=d.bf16, help="bfloat16 autocast")
-    run.add_argument("--channels-last", action=flag, default=d.channels_last, help="channels_last memory format")
-    run.add_argument("--compile", action=flag, default=d.compile, help="torch.compile the model")
-    run.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>-<schedule>-<snr>-<prediction>)")
-    run.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    run.add_argument("--sample-every", type=int, help="steps between EMA sample grids")
-    run.add_argument("--sampler", choices=SAMPLERS,
-                     help="sampler of those grids and the quality report (recipe: dpmpp_2m builtin, ddim else)")
-    run.add_argument("--sample-steps", type=int, help="sampler steps for those grids (recipe: 25 builtin, 50 else)")
-    run.add_argument("--spacing", choices=SPACINGS, default=d.spacing, help="timestep spacing for those grids")
-    run.add_argument("--num-samples", type=int, default=d.num_samples, help="images per grid")
-    run.add_argument("--guidance", type=float,
-                     help="classifier-free guidance weight of the grids and the quality measure (recipe: 2.5 builtin, else 1: none)")
-    run.add_argument("--guidance-rescale", type=float,
-                     help="Lin et al.'s rescale of guided samples (recipe: 0 builtin, 0.7 else)")
-    run.add_argument("--guidance-from", type=float,
-                     help="guide only where log-SNR >= this, the report and the grids (recipe: -3 builtin, "
-                          "-inf else: every step; write --guidance-from=-inf)")
-    run.add_argument("--clip-x0", action=flag, default=d.clip_x0,
-                     help="clip each predicted x0 to [-1, 1] when the grids and the report sample (DDPM's sampler "
-                          "does; eps prediction without zero SNR needs it)")
-    run.add_argument("--judge-samples", type=int,
-                     help="samples scored at the end by minidiff.evaluation.metrics (recipe: 1000 builtin, 500 labelled folders; 0: none)")
-    run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
-    run.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
-    run.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
-                     help="any setting of the run by its name, repeatable: --set lr=2e-3, --set unet.base_channels=64 "
-                          "(a key of the UNet preset); the checkpoint's config records it")
+    p = build_parser()
     args = vars(p.parse_args(argv))
     settings = args.pop("settings")
     try:
@@ -311,12 +215,110 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**{**args, **chosen})
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default, except where it is None (filled from the dataset's recipe)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `minidiff train`, one per TrainConfig field; a recipe-dependent flag's help ends
+    with each recipe's value, read from RECIPES, so the help cannot drift from the recipes."""
+    p = argparse.ArgumentParser(
+        prog="minidiff train",
+        description="Train a pixel-space diffusion UNet with the recipe of its dataset (minidiff/training/recipes.py: "
+                    "builtin, the main job on the built-in shapes; folder, a folder of images, also the recipe of "
+                    "fashion-mnist and mnist; cifar10, DDPM's; Lin et al.'s fixes on in each). A flag left out takes "
+                    "the recipe's value, which its help names. Also python train_cifar.py.",
+        formatter_class=HelpFormatter)
+    d = TrainConfig()
+    flag = argparse.BooleanOptionalAction
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=datasets.DATASETS, default=d.dataset, help="what to train on")
+    data.add_argument("--data-root", help="CIFAR-10 folder (holds cifar-10-batches-py), the folder of the four idx files "
+                                           "(fashion-mnist, mnist; Debian: /usr/share/datasets/fashion-mnist), or an image folder")
+    data.add_argument("--download", action=flag, default=d.download, help="download CIFAR-10 or (Fashion-)MNIST if missing")
+    data.add_argument("--num-images", type=int, default=d.num_images, help="size of the built-in set")
+    data.add_argument("--resolution", type=int, help="image side (default: the preset's)")
+    data.add_argument("--flip", action=flag,
+                      help="random horizontal flips of the training images (DDPM's; off where images face one "
+                           "way, as Fashion-MNIST's shoes)")
+    model = p.add_argument_group("model and diffusion")
+    model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset")
+    model.add_argument("--dropout", type=float, help="override the preset's dropout")
+    model.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                       help="noise schedule: a beta schedule, or flow, the rectified flow (zero terminal SNR by construction)")
+    model.add_argument("--zero-snr", action=flag, default=d.zero_snr, help="rescale to zero terminal SNR (Lin et al. Alg. 1)")
+    model.add_argument("--prediction", choices=PREDICTIONS, default=d.prediction, help="model output (v: Lin et al. Sec. 3.2; u = eps - x0: the flow's velocity, with --schedule flow)")
+    model.add_argument("--class-cond", action=flag,
+                       help="condition on class labels (--no-class-cond opts out)")
+    model.add_argument("--label-dropout", type=float, default=d.label_dropout, help="P(null label), for classifier-free guidance")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, help="global batch size")
+    opt.add_argument("--lr", type=float, help="Adam learning rate")
+    opt.add_argument("--warmup", type=int, help="linear learning-rate warm-up steps")
+    opt.add_argument("--lr-decay", choices=LR_DECAYS,
+                     help="after the warm-up: constant, cosine to 0 at the end (of --max-steps or --minutes), or wsd: "
+                          "constant, then linear to 0 over the last --lr-cooldown of the run")
+    opt.add_argument("--lr-cooldown", type=float, default=d.lr_cooldown,
+                     help="with --lr-decay wsd: the share of the run, at its end, over which the rate falls to 0")
+    opt.add_argument("--adam-beta2", type=float,
+                     help="Adam's second-moment decay: 1 / (1 - beta2) steps of squared gradients scale each "
+                          "step")
+    opt.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
+    opt.add_argument("--weighting", choices=WEIGHTINGS, default=d.weighting,
+                     help="loss weight per timestep (level_mean: each level's loss over its running mean, as EDM2's "
+                          "learned weighting)")
+    opt.add_argument("--timesteps", choices=TIMESTEP_DISTRIBUTIONS,
+                     help="how training timesteps are drawn (logsnr_normal: log-SNR ~ N(--timesteps-mean, 2.4); logit_normal: "
+                          "logit(s) ~ N(0, 1) of the flow's time s, as SD3; each mixed with uniform)")
+    opt.add_argument("--timesteps-mean", type=float, default=d.timesteps_mean,
+                     help="with --timesteps logsnr_normal: the mean of the log-SNR normal (lower: noisier levels)")
+    opt.add_argument("--timesteps-uniform", type=float,
+                     help="with --timesteps logsnr_normal: the share of uniform timesteps (they train the noisy end)")
+    opt.add_argument("--timesteps-low-snr", type=float,
+                     help=f"with --timesteps logsnr_normal: the share drawn at log-SNR ~ N{LOW_SNR}, where an "
+                          "image's overall brightness is decided")
+    opt.add_argument("--stf-reference", type=int, metavar="K",
+                     help="train on the Stable Target Field (Xu et al. 2023): the target's x0 is E[x0 | x_t] over x0 "
+                          "and K reference images, so the noisiest levels learn the data's mean, not one image (0: off)")
+    opt.add_argument("--offset-noise", type=float, default=d.offset_noise,
+                     help="offset-noise strength (the earlier brightness fix Lin et al. compare against; 0.1 is usual)")
+    opt.add_argument("--ema-decay", type=float, help="EMA decay per step (a fixed length: 1 / (1 - d) steps)")
+    opt.add_argument("--ema-share", type=float,
+                     help="EMA over about this share of the steps so far, whenever the run stops (Karras et al. "
+                          "2024's power EMA; 0: the fixed --ema-decay)")
+    opt.add_argument("--max-steps", type=int, help="training steps")
+    opt.add_argument("--minutes", type=float, help="wall-clock budget: stop cleanly after this many minutes (0: none)")
+    run = p.add_argument_group("running")
+    add_common_flags(run)  # --seed, --device
+    run.add_argument("--threads", type=int, help="CPU threads for torch; 1 is fastest on a CPU busy with other jobs")
+    run.add_argument("--bf16", action=flag, default=d.bf16, help="bfloat16 autocast")
+    run.add_argument("--channels-last", action=flag, default=d.channels_last, help="channels_last memory format")
+    run.add_argument("--compile", action=flag, default=d.compile, help="torch.compile the model")
+    run.add_argument("--out", help="run folder (default: runs/<dataset>-<preset>-<schedule>-<snr>-<prediction>)")
+    run.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    run.add_argument("--sample-every", type=int, help="steps between EMA sample grids")
+    run.add_argument("--sampler", choices=SAMPLERS,
+                     help="sampler of those grids and the quality report")
+    run.add_argument("--sample-steps", type=int, help="sampler steps for those grids")
+    run.add_argument("--spacing", choices=SPACINGS, default=d.spacing, help="timestep spacing for those grids")
+    run.add_argument("--num-samples", type=int, default=d.num_samples, help="images per grid")
+    run.add_argument("--guidance", type=float,
+                     help="classifier-free guidance weight of the grids and the quality measure (1: none)")
+    run.add_argument("--guidance-rescale", type=float,
+                     help="Lin et al.'s rescale of guided samples")
+    run.add_argument("--guidance-from", type=float,
+                     help="guide only where log-SNR >= this, the report and the grids (-inf: every step; write "
+                          "--guidance-from=-inf)")
+    run.add_argument("--clip-x0", action=flag, default=d.clip_x0,
+                     help="clip each predicted x0 to [-1, 1] when the grids and the report sample (DDPM's sampler "
+                          "does; eps prediction without zero SNR needs it)")
+    run.add_argument("--judge-samples", type=int,
+                     help="samples scored at the end by minidiff.evaluation.metrics (0: none)")
+    run.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
+    run.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics lines")
+    run.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
+                     help="any setting of the run by its name, repeatable: --set lr=2e-3, --set unet.base_channels=64 "
+                          "(a key of the UNet preset); the checkpoint's config records it")
+    for action in p._actions:  # every recipe-dependent flag names each recipe's value, read from RECIPES
+        if action.dest in RECIPE_KEYS:
+            action.help += f" (recipe: {recipe_values(action.dest)})"
+    return p
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -366,7 +368,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--resolution {cfg.resolution} does not fit the {cfg.preset} preset: {err}") from None
     require(cfg.dataset != "folder" or cfg.data_root, "--dataset folder needs --data-root DIR (a folder of images)")
     runtime.check_device(cfg.device)
-    # the flag pairs objectives.check_prediction / recipe.check_weighting refuse, said as flags
+    # the flag pairs objectives.check_prediction / loss.check_weighting refuse, said as flags
     require(cfg.schedule != "flow" or cfg.zero_snr,
             "--schedule flow reaches pure noise at its last step (zero terminal SNR by construction), so "
             "--no-zero-snr contradicts it. Drop --no-zero-snr, or choose a beta schedule.")
@@ -404,43 +406,6 @@ def build_model(cfg: TrainConfig, num_classes: int, channels: int = 3) -> UNet:
     if cfg.dropout is not None:
         overrides["dropout"] = cfg.dropout
     return UNet.from_preset(cfg.preset, **overrides)
-
-
-def describe(cfg: TrainConfig, model: UNet) -> list[str]:
-    """The run's resolved settings, a line each, with the file and function that does each one:
-    printed when a run starts (docs/main_job.md explains the main job's)."""
-    unet = model.config
-    width = f"{unet['base_channels']} x {list(unet['channel_mults'])}, patch {unet['patch_size']}"
-    zsnr = ", rescaled to zero terminal SNR (schedules.rescale_zero_terminal_snr)" if cfg.zero_snr else ""
-    if cfg.timesteps == "uniform":
-        density = "uniform (recipe.draw_timesteps)"
-    else:
-        law = f"log-SNR ~ N({cfg.timesteps_mean:g}, 2.4)" if cfg.timesteps == "logsnr_normal" else "logit(s) ~ N(0, 1)"
-        density = (f"{law}, {cfg.timesteps_low_snr:.0%} at N{LOW_SNR}, {cfg.timesteps_uniform:.0%} uniform "
-                   "(recipe.timestep_probabilities)")
-    ema = (f"power EMA over {cfg.ema_share:.3g} of the steps so far" if cfg.ema_share else f"decay {cfg.ema_decay}")
-    guided = cfg.class_cond and cfg.guidance != 1
-    guidance = (f"{cfg.guidance:g}, rescale {cfg.guidance_rescale:g}, from log-SNR {cfg.guidance_from:g} "
-                "(guidance.cfg via samplers.guided_output)" if guided else "none")
-    rows = [
-        ("data", f"{cfg.dataset}, {cfg.resolution}x{cfg.resolution}, batch {cfg.batch_size}, "
-                 f"{'random horizontal flips' if cfg.flip else 'no flips'} (data.Batches)"
-                 + (f", {cfg.label_dropout:.0%} of labels dropped (train.drop_labels)" if cfg.class_cond else "")),
-        ("network", f"UNet preset {cfg.preset}: {width}, {model.num_parameters() / 1e6:.2f}M parameters (unet.UNet)"),
-        ("schedule", f"{cfg.schedule}{zsnr}"),
-        ("target", f"{cfg.prediction} (objectives.target)"),
-        ("timesteps", density),
-        ("weighting", f"{cfg.weighting} (recipe.recipe_loss" + (", recipe.LossPerLevel)" if cfg.weighting == "level_mean" else ")")),
-        ("target field", f"Stable Target Field over {cfg.stf_reference} images below log-SNR 0 (recipe.stable_target)"
-                         if cfg.stf_reference else "off"),
-        ("optimiser", f"Adam lr {cfg.lr:g}, beta2 {cfg.adam_beta2:g}, warm-up {cfg.warmup}, decay {cfg.lr_decay}, "
-                      f"clip {cfg.grad_clip:g} (runtime.learning_rate)"),
-        ("EMA", f"{ema} (ema.EMA)"),
-        ("length", f"{cfg.minutes:g} minutes or {cfg.max_steps} steps" if cfg.minutes else f"{cfg.max_steps} steps"),
-        ("sampler", f"{cfg.sampler}, {cfg.sample_steps} {cfg.spacing} steps (samplers.sample)"),
-        ("guidance", guidance),
-    ]
-    return [f"  {name:13s}{value}" for name, value in rows]
 
 
 def plain_config(cfg: TrainConfig) -> dict:

@@ -399,7 +399,7 @@ class Batches:
 
     def reference(self, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`size` images drawn with replacement (and flipped at random, as batches are) for the
-        Stable Target Field's reference set at step `step` (training/recipe.py stable_target): a pure
+        Stable Target Field's reference set at step `step` (training/loss.py stable_target): a pure
         function of (seed, step, rank), like the batch."""
         g = torch.Generator().manual_seed(mix_seed(self.seed, step, self.rank, 1))
         index = torch.randint(0, len(self.labels), (size,), generator=g)

@@ -1,7 +1,7 @@
 """The main job's loss: the paper's loss (objectives.diffusion_loss) and what the recipe adds to it.
 
 Lin et al.'s loss (eq. 12) draws t uniformly, regresses on the v target of the one x0 that made x_t,
-and weighs every timestep alike. The built-in recipe (training/config.py RECIPES["builtin"]) changes
+and weighs every timestep alike. The built-in recipe (training/recipes.py BUILTIN) changes
 three of these, each measured in docs/recipe_history.md, and `recipe_loss` puts them together; a
 fourth extra is in no recipe:
 

@@ -6,17 +6,18 @@
               (docs/recipe_history.md, "the folder recipe")
 
 A flag or `--set NAME=VALUE` changes a setting for one run (minidiff.training.config, where
-TrainConfig fills what a run leaves out from RECIPES[dataset]).
+TrainConfig fills what a run leaves out from RECIPES[dataset]); `recipe_values` writes each recipe's
+value into the flag's help.
 """
 
 import math
+from fractions import Fraction
 
 # Defaults that depend on the dataset: one block a recipe, one setting a line, and why. CIFAR-10 is
 # DDPM's recipe. The built-in set's is chosen by measurement so that the README's main job (no flags)
 # draws recognisable samples in a 10-minute run on a 2-core CPU (docs/training.md, docs/recipe_history.md).
 # Any setting can be changed for one run with its flag or `--set NAME=VALUE` (`--set unet.base_channels=64`).
 EMA_SHARE = 1 / 30  # the built-in recipe's EMA: the last thirtieth of the run (0.995 at 6,000 steps)
-UNIFORM_SHARE = 0.1  # chosen by benchmarks/quality.py (docs/recipe_history.md): 0.3 and 0.5 drew worse shapes
 LABELS = "labels"  # class_cond: on when the data has classes (a folder with one sub-folder per class)
 
 CIFAR10 = dict(  # DDPM (Ho et al. 2020), App. B: the GPU recipe the paper trained for 800k steps
@@ -74,7 +75,8 @@ FOLDER = dict(  # a user's own images, and Fashion-MNIST / MNIST by name: chosen
     ema_decay=0.999,              # used only with --ema-share 0
     ema_share=0.05,               # power EMA over the last 5% of the run (EDM2: 0.05-0.10); a fixed 0.999
                                   # reached back a third of a 2,900-step run
-    timesteps="logsnr_normal", timesteps_uniform=UNIFORM_SHARE,  # log-SNR ~ N(2.4, 2.4) as EDM, 10% uniform
+    timesteps="logsnr_normal", timesteps_uniform=0.1,  # log-SNR ~ N(2.4, 2.4) as EDM, 10% uniform (on the shapes
+                                  # 0.3 and 0.5 drew worse: docs/recipe_history.md)
     timesteps_low_snr=0.08,       # 8% at log-SNR ~ N(-6, 2), where an image's brightness is decided
     weighting="level_mean",       # each level's loss over its running mean
     stf_reference=512,            # Stable Target Field below log-SNR 0: the noisiest levels learn the data's mean
@@ -90,3 +92,22 @@ FOLDER = dict(  # a user's own images, and Fashion-MNIST / MNIST by name: chosen
 )
 
 RECIPES = {"cifar10": CIFAR10, "builtin": BUILTIN, "folder": FOLDER, "fashion-mnist": FOLDER, "mnist": FOLDER}
+
+RECIPE_NAMES = ("builtin", "folder", "cifar10")  # the three blocks of RECIPES (fashion-mnist and mnist are folder's)
+RECIPE_KEYS = {key for name in RECIPE_NAMES for key in RECIPES[name]}
+
+
+def recipe_values(key: str) -> str:
+    """Each recipe's value of setting `key` as a flag's help shows it: 'builtin 0.99, folder 0.99, cifar10 0.999'."""
+    def plain(value):
+        if value is LABELS:
+            return "on when the data has classes"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if value is None:
+            return "no limit"  # minutes: None
+        if isinstance(value, float) and math.isfinite(value) and float(f"{value:.4g}") != value:
+            fraction = Fraction(value).limit_denominator(1000)
+            return f"{fraction.numerator}/{fraction.denominator}"  # 1/30, not 0.0333333
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return ", ".join(f"{name} {plain(RECIPES[name][key])}" for name in RECIPE_NAMES)

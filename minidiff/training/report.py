@@ -1,4 +1,7 @@
-"""What a training run shows of its model: sample grids during the run, a quality report at its end.
+"""What a training run shows of its model: its settings at the start, sample grids during the run, a
+quality report at its end.
+
+    describe        the resolved settings, a line each with the function that carries it out
 
     sample_grid     cfg.num_samples images from the EMA model with a fixed seed, saved as one PNG
     judge_samples   cfg.judge_samples images scored by minidiff.evaluation.metrics beside its calibration,
@@ -21,8 +24,10 @@ import torch
 
 from ..samplers import sample
 from ..schedules import Schedule
+from ..unet import UNet
 from . import data as datasets
 from .config import TrainConfig, plain_config
+from .loss import LOW_SNR
 from .sample import describe_sampling, report_sampling, sampler_kwargs
 
 
@@ -87,3 +92,40 @@ def judge_samples(model, cfg: TrainConfig, data, out: Path, device) -> dict | No
                   features="classifier" if judge.real.labelled else "self-supervised")
     (out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def describe(cfg: TrainConfig, model: UNet) -> list[str]:
+    """The run's resolved settings, a line each, with the file and function that does each one:
+    printed when a run starts (docs/main_job.md explains the main job's)."""
+    unet = model.config
+    width = f"{unet['base_channels']} x {list(unet['channel_mults'])}, patch {unet['patch_size']}"
+    zsnr = ", rescaled to zero terminal SNR (schedules.rescale_zero_terminal_snr)" if cfg.zero_snr else ""
+    if cfg.timesteps == "uniform":
+        density = "uniform (loss.draw_timesteps)"
+    else:
+        law = f"log-SNR ~ N({cfg.timesteps_mean:g}, 2.4)" if cfg.timesteps == "logsnr_normal" else "logit(s) ~ N(0, 1)"
+        density = (f"{law}, {cfg.timesteps_low_snr:.0%} at N{LOW_SNR}, {cfg.timesteps_uniform:.0%} uniform "
+                   "(loss.timestep_probabilities)")
+    ema = (f"power EMA over {cfg.ema_share:.3g} of the steps so far" if cfg.ema_share else f"decay {cfg.ema_decay}")
+    guided = cfg.class_cond and cfg.guidance != 1
+    guidance = (f"{cfg.guidance:g}, rescale {cfg.guidance_rescale:g}, from log-SNR {cfg.guidance_from:g} "
+                "(guidance.cfg via samplers.guided_output)" if guided else "none")
+    rows = [
+        ("data", f"{cfg.dataset}, {cfg.resolution}x{cfg.resolution}, batch {cfg.batch_size}, "
+                 f"{'random horizontal flips' if cfg.flip else 'no flips'} (data.Batches)"
+                 + (f", {cfg.label_dropout:.0%} of labels dropped (train.drop_labels)" if cfg.class_cond else "")),
+        ("network", f"UNet preset {cfg.preset}: {width}, {model.num_parameters() / 1e6:.2f}M parameters (unet.UNet)"),
+        ("schedule", f"{cfg.schedule}{zsnr}"),
+        ("target", f"{cfg.prediction} (objectives.target)"),
+        ("timesteps", density),
+        ("weighting", f"{cfg.weighting} (loss.recipe_loss" + (", loss.LossPerLevel)" if cfg.weighting == "level_mean" else ")")),
+        ("target field", f"Stable Target Field over {cfg.stf_reference} images below log-SNR 0 (loss.stable_target)"
+                         if cfg.stf_reference else "off"),
+        ("optimiser", f"Adam lr {cfg.lr:g}, beta2 {cfg.adam_beta2:g}, warm-up {cfg.warmup}, decay {cfg.lr_decay}, "
+                      f"clip {cfg.grad_clip:g} (runtime.learning_rate)"),
+        ("EMA", f"{ema} (ema.EMA)"),
+        ("length", f"{cfg.minutes:g} minutes or {cfg.max_steps} steps" if cfg.minutes else f"{cfg.max_steps} steps"),
+        ("sampler", f"{cfg.sampler}, {cfg.sample_steps} {cfg.spacing} steps (samplers.sample)"),
+        ("guidance", guidance),
+    ]
+    return [f"  {name:13s}{value}" for name, value in rows]

@@ -33,7 +33,7 @@ import torch
 from ..samplers import SAMPLERS, SPACINGS, sample
 from ..schedules import Schedule
 from ..unet import UNet
-from .cli import add_common_flags, check_sampling_flags, resolve_device
+from .cli import HelpFormatter, add_common_flags, check_sampling_flags, resolve_device
 from .data import to_uint8
 from .runtime import RETIRED_AT, check_output_folder, ignored_settings, load_checkpoint, require, run_command
 
@@ -234,13 +234,14 @@ def save_npz(images: torch.Tensor, labels: torch.Tensor | None, path: str | Path
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="minidiff sample", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint.pt written by train_cifar.py")
     # Left out, the sampler flags take the settings the run's own report used (stored in the
     # checkpoint), so that the figures a run printed are what this command draws.
     p.add_argument("--sampler", choices=SAMPLERS,
                    help="DDIM (eta=0: deterministic), DDPM, DPM-Solver++ 2M/3M (one network call a step) or "
-                        "Heun (two a step); docs/08_fast_samplers.md (default: the run's report's)")
+                        "Heun (two a step), or Euler for the rectified flow (--schedule flow); docs/08_fast_samplers.md "
+                        "(default: the run's report's)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's report's)")
     p.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default: the run's, trailing)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")

@@ -33,12 +33,12 @@ import torch
 from ..schedules import Schedule
 from . import data as datasets
 from . import runtime
-from .config import (EMA_SHARE, IDENTITY, RECIPES, UNIFORM_SHARE, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
-                     build_model, check_config, default_run_name, describe, make_schedule, native_resolution, parse_args,
+from .config import (EMA_SHARE, IDENTITY, RECIPES, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
+                     build_model, check_config, default_run_name, make_schedule, native_resolution, parse_args,
                      plain_config)
 from .ema import EMA
-from .recipe import LossPerLevel, logsnr_band_shares, recipe_loss, timestep_probabilities
-from .report import judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
+from .loss import LossPerLevel, logsnr_band_shares, recipe_loss, timestep_probabilities
+from .report import describe, judge_samples, report_sampling, sample_grid  # noqa: F401 (re-exported)
 from .runtime import CHECKPOINT, LR_DECAYS, TrainingError, UsageError, require  # noqa: F401 (re-exported)
 
 
@@ -58,7 +58,7 @@ def drop_labels(y: torch.Tensor, p: float, null: int, generator: torch.Generator
 
 
 def training_timesteps(cfg: TrainConfig, schedule: Schedule) -> torch.Tensor | None:
-    """p(t) of the training timesteps (float64), or None for uniform (recipe.timestep_probabilities)."""
+    """p(t) of the training timesteps (float64), or None for uniform (loss.timestep_probabilities)."""
     if cfg.timesteps == "uniform":
         return None
     return timestep_probabilities(schedule, cfg.timesteps, mean=cfg.timesteps_mean, uniform_share=cfg.timesteps_uniform,
