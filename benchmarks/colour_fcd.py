@@ -293,6 +293,8 @@ def read_samples(path: str | Path) -> np.ndarray:
     from PIL import Image
 
     path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist: write samples with minidiff sample CKPT --npz FILE")
     if path.is_file() and path.suffix == ".npz":
         with np.load(path) as d:
             if not d.files:
