@@ -8,10 +8,15 @@
     minidiff course check N FILE --gradescope results.json   # teachers: Gradescope's format, hidden checks too
     minidiff course check N FILE --json --all  # teachers: --json with the hidden checks
     minidiff course autograder N [--out ZIP]   # the zip a Gradescope programming assignment runs
+    minidiff course sets                        # the problem sets: parts, student time, graded training
+    minidiff course set N --dir D [--solution]  # a problem set's notebook (or the teacher's solution)
+    minidiff course grade N NOTEBOOK [--json] [--all]  # run it in a fresh kernel, check and train; points per part
+    minidiff course autograder --set N [--out ZIP]     # the Gradescope zip of a whole set
 
 FILE may be a folder: the .py file in it that defines the exercise's function is graded.
 
-Exit codes: 0 all checks pass (or the command did its job), 1 a check failed, 2 a usage error
+Exit codes: 0 all checks pass, full marks (or the command did its job), 1 a check failed or marks
+were lost, 2 a usage error
 (bad N, missing file, a file without the function), printed as one line without a traceback.
 Also `python -m minidiff.course ...`. In Python: `from minidiff.course import check; check(N, fn)`.
 """
@@ -154,7 +159,56 @@ def cmd_notebook(args) -> int:
     return 0
 
 
+def cmd_sets(args) -> int:
+    from .set_training import BUDGET
+    from .sets import SETS
+
+    for n, ps in SETS.items():
+        print(f"set {n}: {ps.title}  ({ps.total:g} points; about {ps.student_hours} of student time)")
+        for part in ps.parts:
+            graded = "trained and scored: " + f"{BUDGET['steps']} steps, about {SET_TRAIN_MINUTES} CPU-minutes on 2 cores" \
+                if part.trained else ", ".join(f"{ex.function}()" for ex in part.functions)
+            print(f"  part {part.key}. {part.title:38s} {part.points:4g} points  {graded}")
+    print("minidiff course set N --dir D   writes the notebook; docs/exercises/problem_sets.md has the bands")
+    return 0
+
+
+SET_TRAIN_MINUTES = "5"  # measured: docs/exercises/problem_sets.md
+
+
+def cmd_set(args) -> int:
+    from .sets import write_set
+
+    path = write_set(args.n, args.dir, solution=args.solution)
+    print(f"wrote {path}" + ("" if args.solution else f"; grade it with: minidiff course grade {args.n} {path}"))
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from .grading import format_report, grade_notebook
+
+    report = grade_notebook(args.n, args.notebook, hidden=args.all, steps=args.steps)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_report(report))
+    if args.gradescope:
+        from .grading import gradescope_set_results
+
+        write_json(args.gradescope, gradescope_set_results(report))
+    return 0 if report["score"] >= report["total"] else 1
+
+
 def cmd_autograder(args) -> int:
+    if args.set is not None:
+        from .grading import set_autograder_zip
+
+        path = set_autograder_zip(args.set, args.out)
+        print(f"wrote {path}: upload it as the autograder of a Gradescope programming assignment; students hand "
+              f"in their notebook of set {args.set} (docs/exercises/problem_sets.md)")
+        return 0
+    if args.n is None:
+        raise UsageError("give an exercise number (autograder N) or a problem set (autograder --set N)")
     path = autograder_zip(args.n, args.out, time_limit=args.time_limit)
     print(f"wrote {path}: upload it as the autograder of a Gradescope programming assignment; students "
           f"hand in the .py file that defines {EXERCISES[args.n].function} (docs/exercises/README.md)")
@@ -184,14 +238,28 @@ def main(argv=None) -> int:
     nb = sub.add_parser("notebook", help="write exercise N as a Jupyter notebook (starter, check and run cells)")
     nb.add_argument("n", type=int)
     nb.add_argument("--dir", default=".", help="folder for the notebook (default: here)")
-    a = sub.add_parser("autograder", help="teachers: build the Gradescope autograder zip of exercise N")
-    a.add_argument("n", type=int)
+    a = sub.add_parser("autograder", help="teachers: build the Gradescope autograder zip of exercise N (or --set N)")
+    a.add_argument("n", type=int, nargs="?")
+    a.add_argument("--set", type=int, help="the zip of problem set N (the whole notebook) instead of one exercise")
     a.add_argument("--out", help="the zip to write, or a folder for it (default: minidiff_autograder_exNN.zip here)")
     a.add_argument("--time-limit", type=float, default=CHECK_TIME_LIMIT, help="seconds a check may take")
+    sub.add_parser("sets", help="the problem sets: parts, student time, the graded training's CPU time")
+    st = sub.add_parser("set", help="write problem set N's notebook (never overwrites)")
+    st.add_argument("n", type=int)
+    st.add_argument("--dir", default=".", help="folder for the notebook (default: here)")
+    st.add_argument("--solution", action="store_true", help="teachers: the solution, with the written answers")
+    g = sub.add_parser("grade", help="grade a problem set's notebook: fresh kernel, every part, the trained model")
+    g.add_argument("n", type=int)
+    g.add_argument("notebook")
+    g.add_argument("--json", action="store_true", help="one JSON object: score, total, parts, the model's figures")
+    g.add_argument("--all", action="store_true", help="teachers: run the hidden checks too")
+    g.add_argument("--steps", type=int, help="train for this many steps instead of the set's budget (the band "
+                   "is set at the budget: for trying the grader, not for grading)")
+    g.add_argument("--gradescope", metavar="OUT", help="also write Gradescope's results.json to OUT")
     args = p.parse_args(argv)
     try:
         return {"list": cmd_list, "start": cmd_start, "check": cmd_check, "run": cmd_run, "notebook": cmd_notebook,
-                "autograder": cmd_autograder}[args.command](args)
+                "autograder": cmd_autograder, "sets": cmd_sets, "set": cmd_set, "grade": cmd_grade}[args.command](args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
