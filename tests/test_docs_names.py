@@ -11,8 +11,10 @@ and the names in parentheses of a ```text block, which copy a run's own output):
 - a dotted name (`minidiff.training.loss.LossPerLevel`, `loss.timestep_probabilities`,
   `Schedule.make`) resolves, its first words read as a module of minidiff (`loss` is
   minidiff/training/loss.py) or as a class or function defined in one; a call's keywords
-  (`UNet(level_bias=50)`) are parameters of what it calls; a key (`PRESETS["small-patch2"]`) is in
-  the dict; a bare call (`tau_grid(f, N)`) names a function of minidiff.
+  (`UNet(patch_size=2)`) are parameters of what it calls; a key (`PRESETS["small-patch2"]`) is in
+  the dict; a bare call (`tau_grid(f, N)`) names a function of minidiff; a dotted name whose first
+  word is no module (`recipe.timestep_probabilities`) but whose last is minidiff's is a moved name.
+- "Write `f(a, b)`:" (an exercise) is the signature its starter file asks for.
 - a name beside a file (`minidiff/training/loss.py` `recipe_loss`, `minidiff/samplers.py: ddim_step`,
   `BUILTIN` in `recipes.py`, `train.py`'s `drop_labels`) is defined in that file, not only imported.
 - any other name written as code (snake_case with long parts, or CamelCase: `drop_labels`,
@@ -20,10 +22,12 @@ and the names in parentheses of a ```text block, which copy a run's own output):
 - a flag shown with its command (`python train_cifar.py --lr-decay wsd`, `minidiff sample CKPT
   --steps 10`, `python benchmarks/quality.py --name x`) is one that command's parser accepts, and a
   value of a flag with choices is one of them (`{a,b}` lists them all); a flag written alone
-  (`--ema-share`) is a flag of a command that the same page shows. The command lines of the shell
-  blocks are parsed whole by tests/test_commands.py; here their benchmarks' flags are checked.
+  (`--ema-share`) is a flag of a command that the same page shows, in its prose or in a code block
+  (the blocks' command lines get the same check; tests/test_commands.py also parses them whole).
 
-docs/archive/ is history: it names what the code was, so it is not checked.
+Not checked: docs/archive/, which is history and names what the code was; a table row or paragraph
+that sends the reader to `git checkout COMMIT`, which names that commit's code; git-ignored paths
+(`benchmarks/wheels/`), which a reader makes.
 """
 
 import argparse
@@ -246,6 +250,16 @@ def candidates(parts: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
+@functools.cache
+def importable(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def dotted(node) -> list[str] | None:
     parts = []
     while isinstance(node, ast.Attribute):
@@ -289,6 +303,9 @@ def check_expression(text: str) -> list[str]:
         if len(parts) == 1 and looks_like_ours(parts[0]) and (call is not None or parts[0] not in python_words()):
             return [f"`{text}`: {parts[0]} is defined nowhere in minidiff" if call is not None else
                     f"`{text}`: no Python file of the repository has the word {parts[0]}"]
+        if len(parts) > 1 and defined_anywhere().get(parts[-1]) and not importable(parts[0]):
+            homes = ", ".join(defined_anywhere()[parts[-1]])
+            return [f"`{text}`: minidiff has no module {parts[0]}; {parts[-1]} is defined in {homes}"]
         return []  # not minidiff's (torch.compile, os.replace, sqrt(a))
     errors = []
     for module, rest in places:
@@ -774,7 +791,7 @@ def test_the_name_check_sees_each_kind_of_wrong_name(tmp_path):
         "`python benchmarks/quality.py --nam x` and `recipe_losss`", "",
         "Write `q_sample(x0, alpha_bars, noise)`:", "",
         "    python train_cifar.py --no-zero-snrr", "",
-        "```text", "  weighting    level_mean (loss.recipe_losses)", "```",
+        "```text", "  weighting    level_mean (loss.recipe_losses)", "  x (recipe.timestep_probabilities)", "```",
         "```python", "from minidiff import Schedules", "```",
     ]))
     found = check_page(page)
@@ -782,7 +799,7 @@ def test_the_name_check_sees_each_kind_of_wrong_name(tmp_path):
                   "rescale_zero_snr", "maker", "level_biass", "small-patch3", "tau_grids", "recipe_losses",
                   "ddim_steps", "sample_grid", "BUILTINS", "--lr-decays", "--stepz", "trian", "wsdd", "brightnes",
                   "--ema-shares", "--nam", "recipe_losss", "loss.recipe_losses", "Schedules", "alpha_bars",
-                  "--no-zero-snrr"]:
+                  "--no-zero-snrr", "recipe.timestep_probabilities"]:
         assert any(wrong in f for f in found), (wrong, found)
     assert not any("draw_timesteps" in f for f in found), found
     right = tmp_path / "q.md"
