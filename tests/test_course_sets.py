@@ -149,3 +149,29 @@ def test_the_solution_grades_every_check_and_trains_at_a_tiny_budget(tmp_path, g
     assert set(report["figures"]) == {"samples.png", "loss.png"}
     gradescope = json.loads(out.read_text())
     assert gradescope["score"] == report["score"] and len(gradescope["tests"]) == 6
+
+
+def test_the_set_autograder_zip_carries_the_scorer_and_the_training_images(tmp_path, capsys):
+    import zipfile
+    assert main(["autograder", "--set", "1", "--out", str(tmp_path / "set1.zip")]) == 0
+    names = zipfile.ZipFile(tmp_path / "set1.zip").namelist()
+    assert {"setup.sh", "run_autograder", "pyproject.toml", "minidiff/course/weights/fmnist_scorer.pt",
+            "data/train-images-idx3-ubyte.gz", "data/train-labels-idx1-ubyte.gz"} <= set(names)
+    script = zipfile.ZipFile(tmp_path / "set1.zip").read("run_autograder").decode()
+    assert "minidiff course grade 1" in script and "--gradescope" in script
+    assert main(["autograder"]) == 2
+
+
+@pytest.mark.slow
+def test_the_set_autograder_grades_a_submission_and_writes_results(tmp_path, grading_env):
+    """run_autograder from the zip, this Python, 2 training steps: results/results.json with a test a part."""
+    import subprocess
+    import zipfile
+    assert main(["autograder", "--set", "1", "--out", str(tmp_path / "set1.zip")]) == 0
+    zipfile.ZipFile(tmp_path / "set1.zip").extractall(tmp_path / "source")
+    assert main(["set", "1", "--dir", str(tmp_path / "root" / "submission"), "--solution"]) == 0
+    env = {**__import__("os").environ, "MINIDIFF_AUTOGRADER_ROOT": str(tmp_path / "root"), "MINIDIFF_PYTHON": sys.executable,
+           "MINIDIFF_SET_STEPS": "2"}
+    subprocess.run(["bash", str(tmp_path / "source" / "run_autograder")], env=env, check=True, capture_output=True)
+    results = json.loads((tmp_path / "root" / "results" / "results.json").read_text())
+    assert results["max_score"] == 100 and len(results["tests"]) == 6 and results["score"] >= 70
