@@ -209,3 +209,41 @@ def test_background_shares_of_real_and_squeezed_images(judge):
     assert s["real"]["black_backgrounds"] > 0.1 and s["real"]["white_backgrounds"] > 0.1
     assert s["squeezed"]["black_backgrounds"] == 0.0 and s["squeezed"]["white_backgrounds"] == 0.0
     assert "near-white backgrounds" in M.format_table(judge.score(*judge.real.held), s)
+
+
+def test_saturation_and_mean_colour_agree_with_colorsys():
+    """Saturation is HSV's (max - min) / max per pixel, averaged over the image: pure red 1, any grey 0,
+    black 0 (max = 0), and random pixels agree with Python's colorsys pixel by pixel."""
+    import colorsys
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 5, 5), generator=g, dtype=torch.uint8)
+    x[0] = torch.tensor([255, 0, 0], dtype=torch.uint8)[:, None, None]  # pure red
+    x[1] = 77                                                           # grey
+    x[2, :, :2] = 0                                                     # some black pixels
+    want = [np.mean([colorsys.rgb_to_hsv(*(x[i, :, r, c].double() / 255).tolist())[1]
+                     for r in range(5) for c in range(5)]) for i in range(4)]
+    assert M.saturation(x) == pytest.approx(want, abs=1e-12)
+    assert M.saturation(x)[:2] == pytest.approx([1.0, 0.0])
+    assert M.mean_colour(x)[0] == pytest.approx([1.0, 0.0, 0.0])
+    assert M.mean_colour(x)[3] == pytest.approx((x[3].double().mean((1, 2)) / 255).numpy())
+
+
+def test_the_report_shows_saturation_and_mean_colour_beside_the_datas(judge):
+    """For colour images the table has the samples' saturation and mean colour, with the data's in
+    the real column; a washed-out copy of the real images scores a lower saturation; grey images
+    have no such rows."""
+    held, labels = judge.real.held
+    real = judge.calibration()["real"]
+    assert real["saturation"] == pytest.approx(M.saturation(judge.real.other[0]).mean())
+    grey = held.float().mean(1, keepdim=True)
+    washed = (0.5 * held.float() + 0.5 * grey).round().to(torch.uint8)  # halfway to grey
+    s = judge.score(washed, labels)
+    assert s["saturation"] < 0.7 * judge.score(held, labels)["saturation"]
+    table = M.format_table(s, judge.calibration(s["num"]))
+    row = next(line for line in table.splitlines() if line.startswith("saturation"))
+    assert row.split()[3] == f"{s['saturation']:.4g}" and f"{real['saturation']:.4g}" in table
+    assert "mean colour (R/G/B)" in table
+    no_colour = {**s, "saturation": None, "mean_colour": None}
+    cal = {k: {**v, "saturation": None, "mean_colour": None} for k, v in judge.calibration(s["num"]).items()}
+    assert "saturation" not in M.format_table(no_colour, cal)

@@ -3,6 +3,7 @@ calibration does to real images. Pure functions of images, no network:
 
     blur, squeeze_brightness, uniform_noise     the calibration's degradations
     brightness, background, background_shares   per-image brightness and background
+    saturation, mean_colour                     per-image colour: HSV saturation, mean R, G, B
     wasserstein1                                W1 between two 1-D samples, exactly
 """
 
@@ -54,6 +55,21 @@ def uniform_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
 def brightness(images: torch.Tensor) -> np.ndarray:
     """Mean brightness of each uint8 image, in the library's [-1, 1] units (float64 [N])."""
     return (images.double().mean((1, 2, 3)) / 127.5 - 1).numpy()
+
+
+def saturation(images: torch.Tensor) -> np.ndarray:
+    """Mean HSV saturation of each uint8 colour image [N, 3, H, W], in [0, 1] (float64 [N]): per pixel
+    (max - min) / max over R, G, B (0 for a black pixel, where max = 0), then the mean over pixels.
+    A grey image has 0 whatever its brightness; a washed-out colour model draws too little."""
+    x = images.double()
+    hi, lo = x.amax(1), x.amin(1)
+    per_pixel = torch.where(hi > 0, (hi - lo) / hi.clamp(min=1), torch.zeros_like(hi))
+    return per_pixel.flatten(1).mean(1).numpy()
+
+
+def mean_colour(images: torch.Tensor) -> np.ndarray:
+    """Mean red, green and blue of each uint8 colour image [N, 3, H, W], in [0, 1] (float64 [N, 3])."""
+    return (images.double().mean((2, 3)) / 255).numpy()
 
 
 def background(images: torch.Tensor, corner: int = BACKGROUND_CORNER) -> np.ndarray:

@@ -18,6 +18,9 @@ image's quarter turn (minidiff.evaluation.self_supervised). The measures:
 - **Near-black and near-white backgrounds**: the share of images whose background (the median
   brightness of the pixels in the four 3x3 corners, in [0, 1]) is below 0.15 or above 0.85. W1
   says the brightness is off; these say where: a squeezed model draws too few of both extremes.
+- **Saturation and mean colour** (colour images): the mean over images of each image's HSV
+  saturation, and the mean red, green and blue, in [0, 1]; the calibration's real column holds the
+  data's. A washed-out model draws too little saturation; a tinted one moves the mean colour.
 
 A number means little alone, so each is printed beside its calibration on the same data and the
 same number of images: another real draw (the floor: what sampling noise alone gives), and that
@@ -67,12 +70,14 @@ from .classifier import (BUILTIN_SEED, CLASSIFIER_RECIPE, DEFAULT_CACHE, Classif
 from .copies import copy_check, format_copy_check
 from .fid import frechet_distance, statistics
 from .measures import (BACKGROUND_CORNER, NEAR_BLACK, NEAR_WHITE, background, background_shares,  # noqa: F401 (re-exported)
-                       blur, brightness, squeeze_brightness, uniform_noise, wasserstein1)
+                       blur, brightness, mean_colour, saturation, squeeze_brightness, uniform_noise,
+                       wasserstein1)
 from .self_supervised import TURNS, rotation_accuracy, train_self_supervised, unlabelled_data, unlabelled_folder_data
 
 DATASETS = ("builtin", "folder")
 CALIBRATIONS = ("real", "blurred", "squeezed", "noise")
-MEASURES = ("frechet", "accuracy", "brightness_w1", "black_backgrounds", "white_backgrounds")
+MEASURES = ("frechet", "accuracy", "brightness_w1", "black_backgrounds", "white_backgrounds", "saturation",
+            "mean_colour")
 SHARES = ("accuracy", "black_backgrounds", "white_backgrounds")  # printed as percentages
 
 
@@ -171,15 +176,20 @@ class Judge:
         if labels is not None and not np.all(labels >= 0):
             labels = None  # the sample CLI writes -1 for an unconditional model
         black, white = background_shares(images)
+        colour = images.shape[1] == 3
         return dict(frechet=frechet_distance(*statistics(feats), *self.reference),
                     accuracy=None if labels is None or not self.real.labelled else float((preds == labels).mean()),
                     brightness_w1=wasserstein1(brightness(images), self.reference_brightness),
-                    black_backgrounds=black, white_backgrounds=white, num=len(images))
+                    black_backgrounds=black, white_backgrounds=white,
+                    saturation=float(saturation(images).mean()) if colour else None,
+                    mean_colour=[round(float(c), 4) for c in mean_colour(images).mean(0)] if colour else None,
+                    num=len(images))
 
     def score(self, images, labels=None) -> dict:
         """The measures of `images` (see as_uint8_images for the formats) with optional class
         `labels` [N] (-1 or None: unconditional): {"frechet", "accuracy" (None without labels),
-        "brightness_w1", "black_backgrounds", "white_backgrounds", "num", "notes" (conversions made)}."""
+        "brightness_w1", "black_backgrounds", "white_backgrounds", "saturation" and "mean_colour" (None for
+        grey images), "num", "notes" (conversions made)}."""
         images, notes = as_uint8_images(images, channels=self.channels, resolution=self.resolution)
         if labels is not None:
             labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -270,16 +280,19 @@ def format_table(score: dict, calibration: dict[str, dict], header: str = "") ->
     """One row per measure: the samples' value, then the calibration rows' values."""
     names = dict(frechet="Frechet distance (features)", accuracy="class accuracy",
                  brightness_w1="brightness W1", black_backgrounds=f"near-black backgrounds (< {NEAR_BLACK})",
-                 white_backgrounds=f"near-white backgrounds (> {NEAR_WHITE})")
+                 white_backgrounds=f"near-white backgrounds (> {NEAR_WHITE})", saturation="saturation (HSV, mean)",
+                 mean_colour="mean colour (R/G/B)")
 
     def fmt(key, value):
         if value is None:
             return "n/a"
+        if key == "mean_colour":
+            return "/".join(f"{c:.2f}" for c in value)
         return f"{100 * value:.1f}%" if key in SHARES else f"{value:.4g}"
 
     cols = ["samples", *(f"{c}" for c in CALIBRATIONS)]
-    shown = [k for k in MEASURES if score[k] is not None or any(calibration[c][k] is not None for c in CALIBRATIONS)]
-    rows = [[names[k], fmt(k, score[k]), *(fmt(k, calibration[c][k]) for c in CALIBRATIONS)] for k in shown]
+    shown = [k for k in MEASURES if score.get(k) is not None or any(calibration[c].get(k) is not None for c in CALIBRATIONS)]
+    rows = [[names[k], fmt(k, score.get(k)), *(fmt(k, calibration[c].get(k)) for c in CALIBRATIONS)] for k in shown]
     widths = [max(len(r[i]) for r in [["measure", *cols], *rows]) for i in range(len(cols) + 1)]
     line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     out = [header] if header else []
