@@ -175,3 +175,12 @@ def test_the_set_autograder_grades_a_submission_and_writes_results(tmp_path, gra
     subprocess.run(["bash", str(tmp_path / "source" / "run_autograder")], env=env, check=True, capture_output=True)
     results = json.loads((tmp_path / "root" / "results" / "results.json").read_text())
     assert results["max_score"] == 100 and len(results["tests"]) == 6 and results["score"] >= 70
+
+
+def test_the_band_script_plants_each_mistake_in_the_solution(one_thread):
+    from minidiff.course.set_bands import MISTAKES, solution
+    right = solution()
+    for mistake in MISTAKES:
+        fns = solution(mistake)
+        assert any(fns[k].__code__.co_code != right[k].__code__.co_code or fns[k].__code__.co_consts != right[k].__code__.co_consts
+                   for k in fns), mistake
