@@ -23,7 +23,15 @@ Sections (each guarded: one that fails records its error and the next one runs):
                      VAE + text encoding time and the time of a v-loss training step (AdamW on the
                      UNet, gradient clipping, EMA), peak memory, against docs/latent.md's 24 GB plan.
 
-Sections run in the order 1, 2, 4, 3: the training run goes last and is shortened if the
+5. colour_run        `python train_cifar.py --dataset folder --data-root DIR --minutes M` with the
+                     CLI defaults (the folder recipe) on a colour folder, then `minidiff sample CKPT
+                     --num 2000 --npz` with sample's defaults: steps, images/s, the network the
+                     recipe chose, and DIR/colour_samples.npz to score on a machine with Debian's
+                     icon themes (`python benchmarks/colour_fcd.py score icons DIR/colour_samples.npz`;
+                     in place where the packages are there). The folder: --colour-root, else the
+                     icons set exported from Debian's packages, else skipped with what to carry.
+
+Sections run in the order 1, 2, 4, 5, 3: the training run goes last and is shortened if the
 earlier sections left less than its 3 minutes before --deadline-minutes (default 8; the JSON
 records the minutes it ran).
 Every figure is printed with the GPU's name, the torch version and the date, and written to
@@ -87,8 +95,9 @@ SECTION_TITLES = {
     "sampling": "2. Sampling throughput (DDIM, bf16, largest batch)",
     "training_run": "3. A real training run through train_cifar.py",
     "latent": "4. The latent path at Stable Diffusion 2.1-base's size",
+    "colour_run": "5. The folder recipe on a colour folder (train_cifar.py, then minidiff sample)",
 }
-RUN_ORDER = ("train_throughput", "sampling", "latent", "training_run")
+RUN_ORDER = ("train_throughput", "sampling", "latent", "colour_run", "training_run")
 
 # ------------------------------------------------------------------ Stable Diffusion 2.1-base shapes
 
@@ -153,13 +162,15 @@ class Sizes:
     latent_warmup: int
     latent_iters: int
     poll_s: float               # seconds between progress lines of the training run
+    colour_minutes: float = 1.5  # section 5's --minutes
+    colour_samples: int = 2000   # ... and the samples it draws (sample's figure for a colour set)
 
 
 GPU_SIZES = Sizes("ddpm-cifar10", 128, 3, 20, "inductor", 50, 128, 16384, 60.0, 3.0, 10,
                   ("--bf16", "--channels-last"), SD21_BASE, (1, 4, 8), 2, 5, 20.0)
 SMOKE_SIZES = Sizes("tiny", 4, 1, 1, "eager", 5, 2, 8, 30.0, 0.025, 2,
                     ("--num-images", "256", "--threads", "1", "--num-samples", "2", "--sample-steps", "1"),
-                    SD_TINY, (1, 2), 0, 1, 0.5)
+                    SD_TINY, (1, 2), 0, 1, 0.5, colour_minutes=0.05, colour_samples=4)
 
 
 class Skipped(Exception):
@@ -467,6 +478,82 @@ def training_run(sz: Sizes, device: torch.device, clock: Clock, out: Path) -> di
     return result
 
 
+def colour_folder(root: str | None, smoke: bool, scratch: Path) -> tuple[Path, str | None]:
+    """The colour folder of section 5 and the colour set that scores it (None: no scorer for it):
+    --colour-root as given; in the smoke run a few built-in shapes; else the icons set exported from
+    Debian's icon themes (benchmarks/colour_sets.py), which the GPU machine may lack."""
+    if root:
+        path = Path(root)
+        if not path.is_dir():
+            raise RuntimeError(f"--colour-root {root} is not a folder")
+        return path, ("icons" if "icons" in path.name else "stamps" if "stamps" in path.name else None)
+    if smoke:
+        from minidiff.training import data
+        data.write_image_folder(data.builtin_shapes(96, seed=5, resolution=32), scratch / "shapes")
+        flat = scratch / "flat"
+        flat.mkdir()
+        for i, png in enumerate(sorted((scratch / "shapes").rglob("*.png"))):
+            png.rename(flat / f"{i:03d}.png")
+        return flat, None
+    import colour_sets
+
+    if colour_sets.main(["export", "icons", str(scratch / "icons_flat"), "--flat"]) != 0:  # no icon themes here
+        raise Skipped("no colour folder: pass --colour-root DIR (export one with `python benchmarks/colour_sets.py "
+                      "export icons DIR --flat` where Debian's icon themes are installed, and carry it along)")
+    return scratch / "icons_flat", "icons"
+
+
+def colour_run(sz: Sizes, device: torch.device, clock: Clock, out: Path, root: str | None, smoke: bool) -> dict:
+    """The folder recipe by the clock on a colour folder, as a user runs it: train_cifar.py with the
+    CLI defaults for sz.colour_minutes, then minidiff sample's defaults; both through their command
+    lines. The samples come back as colour_samples.npz (scored here when the colour set's scorer can
+    find its images)."""
+    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_colour_"))
+    try:
+        folder, colour_set = colour_folder(root, smoke, scratch)
+        run = scratch / "run"
+        train = [sys.executable, str(ROOT / "train_cifar.py"), "--dataset", "folder", "--data-root", str(folder),
+                 "--minutes", f"{sz.colour_minutes:.3f}", "--out", str(run), "--device", device.type]
+        if smoke:
+            train += ["--threads", "1", "--judge-samples", "0", "--sample-every", "0", "--num-samples", "2",
+                      "--sample-steps", "1", "--log-every", "1"]
+        clock.progress("colour_run: " + " ".join(train[1:]))
+        log_path = out / "colour_train.log"
+        with open(log_path, "w") as log:
+            done = subprocess.run(train, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                  timeout=60 * sz.colour_minutes + 600)
+        if done.returncode != 0:
+            tail = " | ".join(log_path.read_text().strip().splitlines()[-3:])
+            raise RuntimeError(f"train_cifar.py exited with status {done.returncode}: {tail[-400:]}")
+        rows = read_metrics(run / "metrics.jsonl")
+        saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+        npz = out / "colour_samples.npz"
+        draw = [sys.executable, "-m", "minidiff", "sample", str(run / "checkpoint.pt"), "--num",
+                str(sz.colour_samples), "--npz", str(npz), "--png", str(out / "colour_samples.png"),
+                "--device", device.type] + (["--steps", "2"] if smoke else [])
+        start = time.perf_counter()
+        subprocess.run(draw, check=True, capture_output=True, text=True, cwd=ROOT, timeout=900)
+        sample_s = time.perf_counter() - start
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    config = saved["config"]
+    row = {"preset": config["preset"], "batch": config["batch_size"], "minutes": sz.colour_minutes,
+           "steps": saved["step"], "images_per_s": rows[-1]["images_per_s"] if rows else float("nan"),
+           "samples": sz.colour_samples, "sample_s": sample_s}
+    score = {}
+    if colour_set:
+        scored = subprocess.run([sys.executable, str(HERE / "colour_fcd.py"), "score", colour_set, str(npz)],
+                                capture_output=True, text=True, cwd=ROOT)
+        score = json.loads(scored.stdout) if scored.returncode == 0 else {"score_error": scored.stderr.strip()[-300:]}
+        row.update({k: score[k] for k in ("fcd", "saturation", "saturation_data") if k in score})
+    clock.figure(f"colour_run {config['preset']}, {sz.colour_minutes:g} min: {saved['step']} steps, "
+                 f"{row['images_per_s']:.0f} img/s; {sz.colour_samples} samples in {sample_s:.0f} s"
+                 + (f"; FCD {row['fcd']:.1f}" if "fcd" in row else ""))
+    return {"rows": [row], "command": " ".join(train[1:]), "sample_command": " ".join(draw[1:]),
+            "colour_set": colour_set, "score": score, "files": ["colour_samples.npz", "colour_samples.png",
+                                                                  "colour_train.log"]}
+
+
 def plot_loss(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -624,6 +711,8 @@ COLUMNS = {
     "sampling": ["batch", "steps", "sampler", "images_per_s", "seconds", "peak_memory_mib", "finite"],
     "training_run": ["steps", "images", "first_loss", "last_loss", "sustained_images_per_s",
                      "median_window_images_per_s", "ddpm_800k_hours"],
+    "colour_run": ["preset", "batch", "minutes", "steps", "images_per_s", "samples", "sample_s", "fcd",
+                   "saturation", "saturation_data"],
     "latent": ["batch", "resolution", "encode_s", "train_step_s", "images_per_s_cached", "images_per_s",
                "peak_allocated_gib", "peak_reserved_gib", "device_used_gib", "fits_24gb_card", "memory_kind",
                "error"],
@@ -657,6 +746,10 @@ def markdown(results: dict) -> str:
         if key == "training_run":
             lines += [f"- `{sec['command']}` ({sec['minutes']:.2f} min); sustained rate from step "
                       f"{sec['sustained_from_step']}; loss curve: train_loss.png"]
+        if key == "colour_run":
+            lines += [f"- `{sec['command']}`, then `{sec['sample_command']}`"]
+            if not sec["colour_set"]:
+                lines += ["- scored at home: `python benchmarks/colour_fcd.py score SET colour_samples.npz`"]
         if key == "latent":
             p = sec["plan"]
             lines += [f"- {sec['shapes']}: " + ", ".join(f"{k} {v:,}" for k, v in sec["params"].items())
@@ -707,6 +800,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-minutes", type=float, help="length of the training run (default: 3; smoke 0.025)")
     p.add_argument("--deadline-minutes", type=float, default=None,
                    help="shorten the training run so that the whole check ends by then (default: 8 on a GPU)")
+    p.add_argument("--colour-root", help="section 5's colour folder (default: the icons set exported from "
+                   "Debian's icon themes where they are installed; the smoke run: a few built-in shapes)")
     p.add_argument("--device", default=None, help="cuda (the default: cuda, then mps, then cpu; the full check "
                    "needs cuda) or cpu (--smoke only, its default)")
     args = p.parse_args(argv)
@@ -744,6 +839,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sampling": lambda: sampling(sz, device, clock),
         "latent": lambda: latent(sz, device, clock),
         "training_run": lambda: training_run(sz, device, clock, out),
+        "colour_run": lambda: colour_run(sz, device, clock, out, args.colour_root, args.smoke),
     }
     for key in RUN_ORDER:
         if key in args.sections:

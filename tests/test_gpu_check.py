@@ -24,7 +24,7 @@ import gpu_check  # noqa: E402
 
 HAS_LATENT = all(importlib.util.find_spec(m) is not None for m in ("diffusers", "transformers"))
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
-KEY_FIGURE = {"train_throughput": "images_per_s", "sampling": "images_per_s",
+KEY_FIGURE = {"train_throughput": "images_per_s", "sampling": "images_per_s", "colour_run": "images_per_s",
               "training_run": "sustained_images_per_s", "latent": "train_step_s"}
 
 
@@ -189,3 +189,17 @@ def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_colour_run_trains_the_folder_recipe_and_brings_its_samples_back(smoke):
+    """Section 5 runs train_cifar.py on a colour folder with the CLI defaults (the folder recipe's
+    network) and minidiff sample's defaults, and leaves the samples to score at home."""
+    from minidiff.training.recipes import FOLDER
+
+    out, results = smoke
+    sec = results["sections"]["colour_run"]
+    assert sec["status"] == "ok", sec.get("error")
+    assert sec["rows"][0]["preset"] == FOLDER["preset"] and sec["rows"][0]["batch"] == FOLDER["batch_size"]
+    assert "--dataset folder" in sec["command"] and "--preset" not in sec["command"]
+    images = __import__("numpy").load(out / "colour_samples.npz")["images"]
+    assert images.shape == (4, 32, 32, 3) and images.dtype.name == "uint8"
