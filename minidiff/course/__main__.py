@@ -160,20 +160,18 @@ def cmd_notebook(args) -> int:
 
 
 def cmd_sets(args) -> int:
-    from .set_training import BUDGET
     from .sets import SETS
 
     for n, ps in SETS.items():
         print(f"set {n}: {ps.title}  ({ps.total:g} points; about {ps.student_hours} of student time)")
         for part in ps.parts:
-            graded = "trained and scored: " + f"{BUDGET['steps']} steps, about {SET_TRAIN_MINUTES} CPU-minutes on 2 cores" \
+            graded = "trained and scored: " + f"{part.measure}, {ps.training.BUDGET['steps']} steps" + \
+                f"{' a model, two models' if n == 2 else ''}, about {ps.train_minutes} CPU-minutes on 2 cores" \
                 if part.trained else ", ".join(f"{ex.function}()" for ex in part.functions)
             print(f"  part {part.key}. {part.title:38s} {part.points:4g} points  {graded}")
     print("minidiff course set N --dir D   writes the notebook; docs/exercises/problem_sets.md has the bands")
     return 0
 
-
-SET_TRAIN_MINUTES = "5"  # measured: docs/exercises/problem_sets.md
 
 
 def cmd_set(args) -> int:

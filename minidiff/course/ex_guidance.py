@@ -89,9 +89,11 @@ def cfg_checks():
             cond, uncond = random_inputs(10 + i, shape, shape, dtype=dtype)
             for w, phi in ((1.0, 0.0), (3.0, 0.0), (7.5, 0.7), (2.0, 1.0), (0.0, 0.5)):
                 got = call(fn, cond, uncond, w, phi)
+                # minidiff.guidance.cfg takes the stds in float32, so with a rescale its float64 answer is
+                # good to float32's precision only: a float64 std must not fail here
                 explain(got, guidance.cfg(cond, uncond, w, phi), cfg_mistakes(cond.double(), uncond.double(), w, phi),
                         f"scale {w}, rescale {phi}, shape {shape}, {dtype}: differs from minidiff.guidance.cfg",
-                        *tolerance(dtype))
+                        *tolerance(torch.float32 if phi else dtype))
 
     return [("shape and dtype kept", shapes), ("scale 1 returns cond", scale_one),
             ("the paper's example without the rescale: [7.5, 8.5, 16, 17]", worked(0.0, [7.5, 8.5, 16.0, 17.0])),

@@ -23,7 +23,6 @@ from pathlib import Path
 from .core import Result, UsageError
 from .runner import CHECK_TIME_LIMIT, TIMED_OUT, check_with_limit
 from .sets import problem_set
-from .set_training import BUDGET
 
 CELL_TIME_LIMIT = 120          # seconds an answer cell may take (they only define functions)
 TRAIN_TIME_LIMIT = 20 * 60     # seconds the grading cell may take: checks, training and sampling
@@ -61,13 +60,15 @@ def check_part(number: int, key: str, namespace: dict, *, hidden: bool = False, 
     return results
 
 
-def band_points(fcd: float, band: dict, points: float) -> float:
-    """Full points at or below band["full"], none at or above band["zero"], linear in between."""
-    if not fcd == fcd or fcd >= band["zero"]:  # NaN or past the band
+def band_points(value: float, band: dict, points: float) -> float:
+    """Full points at band["full"] or better, none at band["zero"] or worse, linear in between. Lower
+    is better when full < zero (an FCD), higher when full > zero (an accuracy)."""
+    sign = 1.0 if band["full"] < band["zero"] else -1.0
+    if not value == value or sign * value >= sign * band["zero"]:  # NaN or past the band
         return 0.0
-    if fcd <= band["full"]:
+    if sign * value <= sign * band["full"]:
         return points
-    return round(points * (band["zero"] - fcd) / (band["zero"] - band["full"]), 1)
+    return round(points * (band["zero"] - value) / (band["zero"] - band["full"]), 1)
 
 
 def grade_here(number: int, namespace: dict, out: str, *, hidden: bool = False, steps: int | None = None,
@@ -94,38 +95,62 @@ def grade_here(number: int, namespace: dict, out: str, *, hidden: bool = False, 
                                     max_points=part.points, passed=passed, checks=len(results),
                                     messages=[r.line() for r in results]))
         save()
-    for part in (p for p in ps.parts if p.trained):
-        entry = dict(part=part.key, title=part.title, points=0.0, max_points=part.points, messages=[])
-        report["parts"].append(entry)
-        needed = ("v_loss", "train_loop", "ddim_sample")
-        missing = [name for name in needed if not callable(namespace.get(name))]
-        unwritten = [p for p in report["parts"] if p.get("checks") and all("not written yet" in m for m in p["messages"])]
-        if missing or unwritten:
-            entry["messages"].append("not trained: " + (f"the notebook defines no {', '.join(missing)}" if missing else
-                                     "not written yet: part " + ", ".join(p["part"] for p in unwritten)))
-            save()
-            continue
-        from .set_training import figures, train_and_draw
-
-        steps = steps or BUDGET["steps"]
-        try:
-            samples = int(os.environ.get("MINIDIFF_SET_SAMPLES", BUDGET["samples"]))  # fewer: the tests
-            result = train_and_draw({name: namespace[name] for name in needed}, steps=steps, samples=samples)
-        except Exception as e:  # the student's functions raised during training or sampling
-            entry["messages"].append(f"training or sampling stopped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            save()
-            continue
-        entry["points"] = band_points(result["fcd"], ps.band, part.points)
-        report["trained"] = {k: result[k] for k in ("steps", "train_seconds", "sample_seconds", "samples", "fcd", "class_kl")
-                             if k in result} | dict(band=ps.band, budget_steps=BUDGET["steps"])
-        report["figures"] = figures(result)
-        entry["messages"].append(f"FCD {result['fcd']:.2f} of {result['samples']} samples after {steps} steps "
-                                 f"({result['train_seconds']:.0f} s): full points at <= {ps.band['full']:g}, none at "
-                                 f">= {ps.band['zero']:g}" + ("" if steps == BUDGET["steps"] else
-                                 f" (the band is set at {BUDGET['steps']} steps; this grading trained {steps})"))
+    trained = [p for p in ps.parts if p.trained]
+    if trained:
+        _grade_trained(ps, trained, namespace, report, steps)
         save()
     save()
     return report
+
+
+def _grade_trained(ps, parts: list, namespace: dict, report: dict, steps: int | None) -> None:
+    """Train once with the student's functions (the set's trainer module), then give each trained part
+    its points by its band on its measure."""
+    entries = [dict(part=p.key, title=p.title, points=0.0, max_points=p.points, messages=[]) for p in parts]
+    report["parts"] += entries
+
+    def say(message: str) -> None:
+        for entry in entries:
+            entry["messages"].append(message)
+
+    missing = [name for name in ps.needed if not callable(namespace.get(name))]
+    unwritten = [p for p in report["parts"] if p.get("checks") and all("not written yet" in m for m in p["messages"])]
+    if missing or unwritten:
+        say("not trained: " + (f"the notebook defines no {', '.join(missing)}" if missing else
+                               "not written yet: part " + ", ".join(p["part"] for p in unwritten)))
+        return
+    training = ps.training
+    budget = training.BUDGET
+    steps = steps or budget["steps"]
+    try:
+        samples = int(os.environ.get("MINIDIFF_SET_SAMPLES", budget["samples"]))  # fewer: the tests
+        result = training.train_and_draw({name: namespace[name] for name in ps.needed}, steps=steps, samples=samples)
+    except Exception as e:  # the student's functions raised during training or sampling
+        say(f"training or sampling stopped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return
+    keys = ("steps", "train_seconds", "sample_seconds", "samples") + tuple(p.measure for p in parts) + (
+        "class_kl", "fcd_flawed", "accuracy_flawed", "brightness_ratio_fixed", "brightness_ratio_flawed",
+        "data_brightness_std")
+    report["trained"] = {k: result[k] for k in dict.fromkeys(keys) if k in result} | dict(
+        bands={p.key: p.band for p in parts}, budget_steps=budget["steps"])
+    if ps.band:
+        report["trained"]["band"] = ps.band
+    try:
+        report["figures"] = training.figures(result)
+    except Exception as e:  # a figure must never cost the points
+        report["figures"] = {}
+        say(f"(the figures could not be drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    note = "" if steps == budget["steps"] else f" (the band is set at {budget['steps']} steps; this grading trained {steps})"
+    for part, entry in zip(parts, entries):
+        value = result[part.measure]
+        entry["points"] = band_points(value, part.band, part.points)
+        better = "<=" if part.band["full"] < part.band["zero"] else ">="
+        worse = ">=" if better == "<=" else "<="
+        name = {"fcd": "FCD", "accuracy": "class accuracy", "brightness_gain": "brightness gain (fixed - flawed)"}.get(
+            part.measure, part.measure)
+        entry["messages"].append(f"{name} {value:.3g} ({result['samples']} samples, {steps} steps, "
+                                 f"{result['train_seconds']:.0f} s of training): full points at {better} "
+                                 f"{part.band['full']:g}, none at {worse} {part.band['zero']:g}{note}")
 
 
 def _kernel_env(folder: Path) -> dict:
@@ -190,10 +215,11 @@ def grade_notebook(number: int, path: str | Path, *, hidden: bool = False, steps
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        for i, c in enumerate(run.cells[:-1]):
+        for i, c in enumerate(run.cells):
             for o in c.get("outputs", []):
                 if o.get("output_type") == "error":
-                    errors.append(f"answer cell {i + 1} raised {o.get('ename')}: {o.get('evalue', '')}".strip())
+                    where = "the grading cell" if i == len(run.cells) - 1 else f"answer cell {i + 1}"
+                    errors.append(f"{where} raised {o.get('ename')}: {o.get('evalue', '')}".strip())
         report = json.loads(out.read_text()) if out.exists() else dict(
             set=number, title=ps.title, score=0.0, total=ps.total, figures={}, trained=None,
             parts=[dict(part=p.key, title=p.title, points=0.0, max_points=p.points, messages=["not graded"]) for p in ps.parts])
@@ -290,14 +316,15 @@ def set_autograder_zip(number: int, out: str | Path | None = None) -> Path:
     from .set_training import BUDGET as _B
     from .set_training import fashion_mnist_root
 
-    problem_set(number)
+    ps = problem_set(number)
     name = f"minidiff_autograder_set{number:02d}.zip"
     path = Path(out) if out else Path(name)
     if path.is_dir():
         path = path / name
     autograder_zip(1, path)  # minidiff's source, the checks' setup; its scripts are replaced below
-    data = idx_dataset("fashion-mnist", fashion_mnist_root(), train=True)
-    images, labels = data.images[:_B["images"], 0].numpy(), data.labels[:_B["images"]].numpy().astype("uint8")
+    if ps.data == "fashion-mnist":
+        data = idx_dataset("fashion-mnist", fashion_mnist_root(), train=True)
+        images, labels = data.images[:_B["images"], 0].numpy(), data.labels[:_B["images"]].numpy().astype("uint8")
 
     def idx_bytes(array, code: int) -> bytes:
         header = bytes([0, 0, 8, code]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
@@ -321,6 +348,7 @@ def set_autograder_zip(number: int, out: str | Path | None = None) -> Path:
         zf.writestr(info("run_autograder", True), SET_RUN_AUTOGRADER.format(number=number))
         for n, blob in kept.items():
             zf.writestr(infos[n], blob)
-        zf.writestr(info("data/train-images-idx3-ubyte.gz"), idx_bytes(images, 3))
-        zf.writestr(info("data/train-labels-idx1-ubyte.gz"), idx_bytes(labels, 1))
+        if ps.data == "fashion-mnist":
+            zf.writestr(info("data/train-images-idx3-ubyte.gz"), idx_bytes(images, 3))
+            zf.writestr(info("data/train-labels-idx1-ubyte.gz"), idx_bytes(labels, 1))
     return path

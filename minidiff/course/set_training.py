@@ -86,6 +86,16 @@ def train_and_draw(fns: dict, *, steps: int = BUDGET["steps"], seed: int = 0, sa
     return out
 
 
+def png(fig) -> str:
+    """The figure as base64 PNG (closed after)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def figures(result: dict) -> dict:
     """{"samples.png": base64, "loss.png": base64}: the first 100 samples and the loss curve."""
     import matplotlib
@@ -94,12 +104,6 @@ def figures(result: dict) -> dict:
     import matplotlib.pyplot as plt
 
     from ..repro.common import mosaic
-
-    def png(fig) -> str:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        return base64.b64encode(buf.getvalue()).decode("ascii")
 
     fig, ax = plt.subplots(figsize=(5, 5.3))
     ax.imshow(mosaic(result["images"][:100], nrow=10).numpy().squeeze(), cmap="gray", interpolation="nearest")
