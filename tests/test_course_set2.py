@@ -196,3 +196,16 @@ def test_the_set_2_autograder_grades_a_submission_and_writes_results(tmp_path, g
     subprocess.run(["bash", str(tmp_path / "source" / "run_autograder")], env=env, check=True, capture_output=True)
     results = json.loads((tmp_path / "root" / "results" / "results.json").read_text())
     assert results["max_score"] == 100 and len(results["tests"]) == 7 and results["score"] >= 50
+
+
+def test_the_brightness_counts_only_when_the_samples_are_shapes(tmp_path, monkeypatch, one_thread):
+    """Part 7 is gated on part 6: a gain measured on samples that score no quality points gets none."""
+    from minidiff.course import set2_training
+    from minidiff.course.grading import grade_here
+    canned = dict(steps=2000, samples=500, train_seconds=1.0, sample_seconds=1.0, accuracy=0.9, brightness_gain=0.2)
+    monkeypatch.setattr(set2_training, "figures", lambda result: {})
+    for fcd, brightness_points in ((10.0, 20), (80.0, 0)):
+        monkeypatch.setattr(set2_training, "train_and_draw", lambda fns, **kw: dict(canned, fcd=fcd))
+        report = grade_here(2, namespace(), str(tmp_path / "grade.json"))
+        points = {p["part"]: p["points"] for p in report["parts"]}
+        assert points["5"] == 15 and points["7"] == brightness_points, report["parts"]

@@ -141,9 +141,14 @@ def _grade_trained(ps, parts: list, namespace: dict, report: dict, steps: int | 
         report["figures"] = {}
         say(f"(the figures could not be drawn: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     note = "" if steps == budget["steps"] else f" (the band is set at {budget['steps']} steps; this grading trained {steps})"
+    points = {part.key: band_points(result[part.measure], part.band, part.points) for part in parts}
     for part, entry in zip(parts, entries):
         value = result[part.measure]
-        entry["points"] = band_points(value, part.band, part.points)
+        entry["points"] = points[part.key]
+        if part.gate and not points.get(part.gate):
+            entry["points"] = 0.0
+            entry["messages"].append(f"no points: part {part.gate} scored none, so these samples are not the data's "
+                                     "images and their measure says nothing")
         better = "<=" if part.band["full"] < part.band["zero"] else ">="
         worse = ">=" if better == "<=" else "<="
         name = {"fcd": "FCD", "accuracy": "class accuracy", "brightness_gain": "brightness gain (fixed - flawed)"}.get(

@@ -21,6 +21,7 @@ class Part:
     trained: bool = False          # graded by training the student's model and scoring its samples
     measure: str = ""              # a trained part: the key of the training's result its band reads
     band: dict | None = None       # {"full": x, "zero": y}: full points at x or better, none at y or worse
+    gate: str = ""                 # a trained part: the key of another trained part that must score above 0 first
 
 
 @dataclass

@@ -351,10 +351,11 @@ SET2 = ProblemSet(
              "better).", [], 15, "", "", trained=True, measure="fcd", band=dict(full=15.0, zero=40.0)),
         Part("7", "Train both ways: the brightness effect",
              _TRAINED_TEXT + "here, the brightness spread (std of each sample's mean pixel) of the fixed run's samples "
-             "at w = 1 minus the flawed run's, each as a share of the data's: the gain the fixes bring. (At w = 1, "
+             "at w = 1 minus the flawed run's, each as a share of the data's: the gain the fixes bring, counted only when part 6 scores "
+             "(samples that are not shapes say nothing about brightness). (At w = 1, "
              "because the rescale multiplies each sample's whole output, its mean too, by one factor: guided with "
              "phi = 0.7 the spread shrinks for a reason of its own.)",
-             [], 20, "", "", trained=True, measure="brightness_gain", band=dict(full=0.10, zero=0.0),
+             [], 20, "", "", trained=True, measure="brightness_gain", band=dict(full=0.10, zero=0.0), gate="6",
              question="Why are the flawed model's samples crowded towards medium brightness?",
              answer="It was trained on x_T that still held 0.068 of the image, so it learnt to read the image's mean "
                     "brightness from x_T's mean. At sampling x_T is pure noise, whose mean says 'medium', so the "
