@@ -1,7 +1,8 @@
 """Problem set 2 (issue 43): conditioning, guidance and the paper's fixes. The solution's functions pass
 every checked part, planted mistakes fail their part with the hint that names them, the conditional
 loss's own mistakes get theirs, the notebook grades in a fresh kernel (the starter 0 with no
-traceback; the solution every check's points at a tiny budget, slow) and the Gradescope zip builds."""
+traceback; the solution every check's points at a tiny budget) and the Gradescope zip builds and, slow,
+grades a submission."""
 
 import json
 import math
@@ -157,9 +158,8 @@ def test_the_starter_grades_zero_with_no_traceback(tmp_path, grading_env, capsys
     assert any("not trained" in m for m in report["parts"][-1]["messages"])
 
 
-@pytest.mark.slow
 def test_the_solution_grades_every_check_and_trains_at_a_tiny_budget(tmp_path, grading_env, capsys):
-    """In a fresh kernel, 2 steps a model and 20 samples: every check's points, the three trained parts
+    """(About 10 s.) In a fresh kernel, 2 steps a model and 20 samples: every check's points, the three trained parts
     scored, the figures in the JSON, Gradescope's results.json with a test a part."""
     assert main(["set", "2", "--dir", str(tmp_path), "--solution"]) == 0
     capsys.readouterr()
