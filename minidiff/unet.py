@@ -38,18 +38,26 @@ PRESETS: dict[str, dict] = {
     ),
     # For minutes of CPU training (267,891 parameters): chosen by measurement among wider, deeper
     # and attention variants, which all reached a higher loss in equal CPU time (docs/unet.md).
-    # The folder recipe's network (training/recipes.py FOLDER sets its batch and learning rate).
+    # The folder recipe's network for images the patch stem cannot take, such as Fashion-MNIST's 28x28.
     "small": dict(
         in_channels=3, out_channels=3, image_size=32, base_channels=16,
         channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
         dropout=0.0, num_heads=1, num_classes=None, norm_groups=8,
     ),
-    # The built-in recipe's network (1,068,844 parameters unconditional): `small` twice as wide behind
-    # a 2x2 space-to-depth stem, so its levels run at 16, 8 and 4 pixels. On a 2-core CPU a training
-    # step costs about half of `small`'s at batch 32 (wider convolutions on fewer positions run
-    # nearer the matmul peak), and it learns more per step (docs/recipe_history.md).
+    # The built-in recipe's network, and the folder recipe's for ten CPU-minutes (1,068,844 parameters
+    # unconditional): `small` twice as wide behind a 2x2 space-to-depth stem, so its levels run at 16,
+    # 8 and 4 pixels. On a 2-core CPU a training step costs about half of `small`'s at batch 32 (wider
+    # convolutions on fewer positions run nearer the matmul peak), and it learns more per step
+    # (docs/recipe_history.md).
     "small-patch2": dict(
         in_channels=3, out_channels=3, image_size=32, base_channels=32,
+        channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+        dropout=0.0, num_heads=1, num_classes=None, norm_groups=8, patch_size=2,
+    ),
+    # The folder recipe's network when the budget buys it (training/budget.py: an hour of a 2-core
+    # CPU, or a GPU): small-patch2 half as wide again, 2.4M parameters at twice the cost a step.
+    "medium-patch2": dict(
+        in_channels=3, out_channels=3, image_size=32, base_channels=48,
         channel_mults=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
         dropout=0.0, num_heads=1, num_classes=None, norm_groups=8, patch_size=2,
     ),

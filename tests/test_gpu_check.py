@@ -199,7 +199,9 @@ def test_the_colour_run_trains_the_folder_recipe_and_brings_its_samples_back(smo
     out, results = smoke
     sec = results["sections"]["colour_run"]
     assert sec["status"] == "ok", sec.get("error")
-    assert sec["rows"][0]["preset"] == FOLDER["preset"] and sec["rows"][0]["batch"] == FOLDER["batch_size"]
+    # the network the budget rule chose: 0.05 CPU-minutes buy no medium-patch2 steps to speak of
+    assert FOLDER["preset"] == "by budget" and sec["rows"][0]["preset"] == "small-patch2"
+    assert sec["rows"][0]["batch"] == FOLDER["batch_size"]
     assert "--dataset folder" in sec["command"] and "--preset" not in sec["command"]
     images = __import__("numpy").load(out / "colour_samples.npz")["images"]
     assert images.shape == (4, 32, 32, 3) and images.dtype.name == "uint8"

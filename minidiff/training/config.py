@@ -28,7 +28,8 @@ from . import data as datasets
 from . import runtime
 from .cli import HelpFormatter, add_common_flags, check_guidance_from
 from .loss import LOW_SNR, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
-from .recipes import EMA_SHARE, LABELS, RECIPE_KEYS, RECIPES, recipe_values  # noqa: F401 (EMA_SHARE re-exported)
+from .budget import MIN_STEPS, choose_network, image_size
+from .recipes import BY_BUDGET, EMA_SHARE, LABELS, RECIPE_KEYS, RECIPES, recipe_values  # noqa: F401 (EMA_SHARE re-exported)
 from .runtime import LR_DECAYS, UsageError, require
 
 
@@ -113,6 +114,8 @@ class TrainConfig:
         cfg = TrainConfig(**filled)
         if cfg.class_cond == LABELS:
             cfg.class_cond = has_labels(cfg.dataset, cfg.data_root)
+        if cfg.preset == BY_BUDGET:  # not settled by the trainer (budget.settle): the ten-minute network
+            cfg.preset = choose_network(image_size(cfg), None, None)[0]
         require(cfg.preset in PRESETS, f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
         if cfg.resolution is None:
             cfg.resolution = native_resolution(cfg) or PRESETS[cfg.preset]["image_size"]
@@ -238,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="random horizontal flips of the training images (DDPM's; off where images face one "
                            "way, as Fashion-MNIST's shoes)")
     model = p.add_argument_group("model and diffusion")
-    model.add_argument("--preset", choices=sorted(PRESETS), help="UNet preset")
+    model.add_argument("--preset", choices=sorted(PRESETS),
+                       help=f"UNet preset; 'by budget' takes the largest network --minutes buys {MIN_STEPS:,} steps of at "
+                            "the speed measured at the start: small-patch2, medium-patch2, or small for 28 x 28 "
+                            "images (training/budget.py)")
     model.add_argument("--dropout", type=float, help="override the preset's dropout")
     model.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                        help="noise schedule: a beta schedule, or flow, the rectified flow (zero terminal SNR by construction)")

@@ -19,6 +19,7 @@ from fractions import Fraction
 # Any setting can be changed for one run with its flag or `--set NAME=VALUE` (`--set unet.base_channels=64`).
 EMA_SHARE = 1 / 30  # the built-in recipe's EMA: the last thirtieth of the run (0.995 at 6,000 steps)
 LABELS = "labels"  # class_cond: on when the data has classes (a folder with one sub-folder per class)
+BY_BUDGET = "by budget"  # preset: chosen from --minutes and the device's measured speed (training/budget.py)
 
 CIFAR10 = dict(  # DDPM (Ho et al. 2020), App. B: the GPU recipe the paper trained for 800k steps
     preset="ddpm-cifar10",        # the paper's 35.7M-parameter UNet
@@ -64,7 +65,9 @@ BUILTIN = dict(  # the main job: shapes in 10 CPU-minutes (docs/recipe_history.m
 
 FOLDER = dict(  # a user's own images, and Fashion-MNIST / MNIST by name: chosen on Fashion-MNIST
     # (docs/recipe_history.md, "the folder recipe"; FCD on the shared scorer, 2,000 samples, one seed a row)
-    preset="small",               # 0.27M parameters at the folder's own 28x28; small-patch2 resized to 32 drew FCD 62.2 against 51.0
+    preset=BY_BUDGET,             # training/budget.py: small-patch2 for ten CPU-minutes on colour (FCD 122.7 -> 93.1 on
+                                  # icons against small), medium-patch2 when --minutes buys it 5,000 steps, and small
+                                  # at Fashion-MNIST's 28x28 (small-patch2 resized to 32 drew FCD 62.2 against 51.0)
     batch_size=64, lr=1e-3,       # lr 2e-3 drew FCD 52.5 against 51.0: no gain
     warmup=200,
     # The main job's lessons, measured together on Fashion-MNIST at 2,900 steps (the old recipe's ten

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from ..schedules import Schedule
+from . import budget, runtime
 from . import data as datasets
-from . import runtime
 from .config import (EMA_SHARE, IDENTITY, RECIPES, UNRECORDED, TrainConfig,  # noqa: F401 (re-exported)
                      build_model, check_config, default_run_name, make_schedule, native_resolution, parse_args,
                      plain_config)
@@ -120,7 +120,7 @@ def _plain(value):
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training. Returns a summary: step, last loss, images/s, run folder."""
-    cfg = cfg.resolved()
+    cfg = budget.settle(cfg).resolved()  # the folder recipe's network, from --minutes and measured speed
     check_config(cfg)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
