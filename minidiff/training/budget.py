@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..unet import UNet
 from . import data as datasets
 from .recipes import BY_BUDGET, RECIPES
+from .runtime import CHECKPOINT, load_checkpoint
 
 LADDER = ("small-patch2", "medium-patch2")  # the ten-minute network first, then larger ones
 FALLBACK = "small"  # for images the ladder's patch stem cannot take (Fashion-MNIST's 28 x 28)
@@ -101,10 +102,9 @@ def checkpoint_preset(cfg) -> str | None:
     """The preset of the run that --resume continues, read from its checkpoint (None: no checkpoint).
     The run folder's default name holds the preset, so each candidate's folder is looked in."""
     for preset in (*LADDER, FALLBACK):
-        path = os.path.join(dataclasses.replace(cfg, preset=preset).resolved().out, "checkpoint.pt")
+        path = os.path.join(dataclasses.replace(cfg, preset=preset).resolved().out, CHECKPOINT)
         if os.path.exists(path):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            return state.get("config", {}).get("preset")
+            return load_checkpoint(path).get("config", {}).get("preset")
     return None
 
 

@@ -28,7 +28,7 @@ from . import data as datasets
 from . import runtime
 from .cli import HelpFormatter, add_common_flags, check_guidance_from
 from .loss import LOW_SNR, TIMESTEP_DISTRIBUTIONS, WEIGHTINGS
-from .budget import MIN_STEPS, choose_network, image_size
+from .budget import MIN_STEPS, choose_network, fits, image_size
 from .recipes import BY_BUDGET, EMA_SHARE, LABELS, RECIPE_KEYS, RECIPES, recipe_values  # noqa: F401 (EMA_SHARE re-exported)
 from .runtime import LR_DECAYS, UsageError, require
 
@@ -144,12 +144,7 @@ def native_resolution(cfg: TrainConfig) -> int | None:
         size = datasets.folder_image_size(cfg.data_root)
     else:
         return None
-    if size is None or size[0] != size[1]:
-        return None
-    try:
-        with torch.device("meta"):
-            UNet.from_preset(cfg.preset, image_size=size[0])
-    except ValueError:
+    if size is None or size[0] != size[1] or not fits(cfg.preset, size[0]):
         return None
     return size[0]
 
